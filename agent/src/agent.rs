@@ -1,0 +1,141 @@
+//! The daemon: start-up, the state the API reads, and shutdown.
+//!
+//! Start-up order: data and run directories, the datapath (adopting what an
+//! earlier run left), then the API. Shutdown stops the API and leaves the
+//! datapath in the kernel, so that traffic keeps flowing while the agent is
+//! down or being upgraded.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::{
+    api::{
+        self,
+        types::{InterfaceCounters, ProgramStatus, Status},
+    },
+    config::AgentConfig,
+    dataplane::{counters, interfaces, Datapath, DatapathError},
+    VERSION,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(
+        "no interface of this node holds the advertise address {0}: pass the address of one of its interfaces"
+    )]
+    AdvertiseAddrNotLocal(std::net::IpAddr),
+    #[error(transparent)]
+    Serve(#[from] api::server::ServeError),
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("the local API failed: {0}")]
+    Api(std::io::Error),
+}
+
+/// What the API handlers read and change.
+pub struct AgentState {
+    config: AgentConfig,
+    started: Instant,
+    datapath: Mutex<Datapath>,
+}
+
+impl AgentState {
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    fn datapath(&self) -> std::sync::MutexGuard<'_, Datapath> {
+        // A panic while holding the lock leaves the datapath as the kernel
+        // has it; the agent's view of it is still usable.
+        self.datapath
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn status(&self) -> Result<Status, DatapathError> {
+        let datapath = self.datapath();
+        let programs = datapath
+            .attachments()
+            .iter()
+            .map(|a| ProgramStatus {
+                name: a.program.to_owned(),
+                kind: "tc".to_owned(),
+                ifname: a.ifname.clone(),
+                direction: a.direction,
+                prog_id: a.prog_id,
+            })
+            .collect();
+        Ok(Status {
+            node_name: self.config.node_name.clone(),
+            version: VERSION.to_owned(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            advertise_addr: self.config.advertise_addr,
+            bpffs: self.config.bpffs.display().to_string(),
+            programs,
+            interfaces: counters::read(&datapath)?,
+        })
+    }
+
+    pub fn counters(&self) -> Result<Vec<InterfaceCounters>, DatapathError> {
+        counters::read(&self.datapath())
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let underlay = interfaces::interface_with_addr(config.advertise_addr)
+        .ok_or(AgentError::AdvertiseAddrNotLocal(config.advertise_addr))?;
+
+    let mut datapath = Datapath::load(&config.bpffs)?;
+    counters::watch(&mut datapath, &underlay)?;
+
+    let listener = api::server::bind(&config.api_socket()).await?;
+    let socket_path = config.api_socket();
+    let state = Arc::new(AgentState {
+        config,
+        started: Instant::now(),
+        datapath: Mutex::new(datapath),
+    });
+    info!(
+        node = %state.config.node_name,
+        advertise_addr = %state.config.advertise_addr,
+        underlay = %underlay,
+        version = VERSION,
+        "netagent running"
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => info!("SIGTERM: shutting down"),
+            _ = sigint.recv() => info!("SIGINT: shutting down"),
+        }
+    };
+    let served = axum::serve(listener, api::server::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    // Teardown, reverse of start-up: the API socket goes; the datapath stays.
+    if let Err(error) = std::fs::remove_file(&socket_path) {
+        warn!(socket = %socket_path.display(), %error, "could not remove the API socket");
+    }
+    served.map_err(AgentError::Api)?;
+    info!("netagent stopped; the datapath stays in place");
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! A client for the local API, used by `netctl`.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::{body::Bytes, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+
+use super::types::ErrorBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no netagent socket at {0}: is netagent running on this node? (pick another agent with --host or NETCTL_HOST)")]
+    NoSocket(PathBuf),
+    #[error("netagent is not running: nothing answers on {0} (start it, e.g. `systemctl start netagent`)")]
+    NotRunning(PathBuf),
+    #[error("permission denied on {0}: the netagent API is for root only")]
+    PermissionDenied(PathBuf),
+    #[error("cannot reach netagent on {path}: {source}")]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("talking to netagent on {path} failed: {message}")]
+    Protocol { path: PathBuf, message: String },
+    #[error("{0}")]
+    Api(String),
+    #[error("netagent on {path} sent an answer netctl does not understand: {message} (are netctl and netagent the same version?)")]
+    Decode { path: PathBuf, message: String },
+}
+
+/// Talks HTTP/1.1 to one agent over its unix socket, one request per
+/// connection (the API is local and light; keeping connections buys nothing).
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    socket: PathBuf,
+}
+
+impl ApiClient {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `GET path`, decoded as `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let (status, body) = self.request("GET", path).await?;
+        self.decode(status, &body)
+    }
+
+    async fn request(&self, method: &str, path: &str) -> Result<(StatusCode, Bytes), ClientError> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::NotFound => ClientError::NoSocket(self.socket.clone()),
+                io::ErrorKind::ConnectionRefused => ClientError::NotRunning(self.socket.clone()),
+                io::ErrorKind::PermissionDenied => {
+                    ClientError::PermissionDenied(self.socket.clone())
+                }
+                _ => ClientError::Connect {
+                    path: self.socket.clone(),
+                    source,
+                },
+            })?;
+        let protocol = |error: hyper::Error| ClientError::Protocol {
+            path: self.socket.clone(),
+            message: error.to_string(),
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(protocol)?;
+        let driver = tokio::spawn(connection);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "netagent")
+            .body(Empty::<Bytes>::new())
+            .map_err(|error| ClientError::Protocol {
+                path: self.socket.clone(),
+                message: error.to_string(),
+            })?;
+        let response = sender.send_request(request).await.map_err(protocol)?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(protocol)?
+            .to_bytes();
+        driver.abort();
+        Ok((status, body))
+    }
+
+    fn decode<T: DeserializeOwned>(&self, status: StatusCode, body: &[u8]) -> Result<T, ClientError> {
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorBody>(body)
+                .map(|body| body.error)
+                .unwrap_or_else(|_| format!("netagent answered {status}"));
+            return Err(ClientError::Api(message));
+        }
+        serde_json::from_slice(body).map_err(|error| ClientError::Decode {
+            path: self.socket.clone(),
+            message: error.to_string(),
+        })
+    }
+}

@@ -1,0 +1,8 @@
+//! The local API: HTTP/JSON on a root-only unix socket, so that `netctl` and
+//! `curl --unix-socket` both drive the agent.
+
+pub mod client;
+pub mod server;
+pub mod types;
+
+pub use client::{ApiClient, ClientError};

@@ -1,0 +1,110 @@
+//! Serves the local API on the agent's unix socket.
+
+use std::{
+    io,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use axum::{
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{info, warn};
+
+use super::types::{ErrorBody, InterfaceCounters, Status};
+use crate::agent::AgentState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("another netagent is already serving {0}: stop it first, or give this one another --run-dir")]
+    InUse(PathBuf),
+    #[error("cannot create the run directory {path}: {source}")]
+    RunDir { path: PathBuf, source: io::Error },
+    #[error("cannot listen on {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+}
+
+/// An error response: a status and a one-line message.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.to_string(),
+        }
+    }
+
+    pub fn not_found(message: impl std::fmt::Display) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// Binds the API socket, root only. A socket file left by a dead agent is
+/// replaced; one a live agent answers on is an error.
+pub async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| ServeError::RunDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(ServeError::InUse(path.to_owned()));
+        }
+        warn!(socket = %path.display(), "removing a stale API socket");
+        let _ = std::fs::remove_file(path);
+    }
+    let bind_error = |source| ServeError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    let listener = UnixListener::bind(path).map_err(bind_error)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_error)?;
+    info!(socket = %path.display(), "local API listening");
+    Ok(listener)
+}
+
+/// The API's routes.
+pub fn router(state: Arc<AgentState>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/counters", get(counters))
+        .fallback(|| async { ApiError::not_found("no such API endpoint") })
+        .with_state(state)
+}
+
+async fn status(State(state): State<Arc<AgentState>>) -> Result<Json<Status>, ApiError> {
+    state.status().map(Json).map_err(ApiError::internal)
+}
+
+async fn counters(
+    State(state): State<Arc<AgentState>>,
+) -> Result<Json<Vec<InterfaceCounters>>, ApiError> {
+    state.counters().map(Json).map_err(ApiError::internal)
+}

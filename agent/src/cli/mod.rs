@@ -1,0 +1,97 @@
+//! `netctl`: the command line over the local API.
+//!
+//! Each subcommand fetches documents from the agent and prints them, as a
+//! table for people or as JSON (`--format json`) for scripts.
+
+mod status;
+pub mod table;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::{api::ApiClient, config::defaults};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("--host {0:?} is not a unix socket address: use unix:///path/to/netagent.sock")]
+    BadHost(String),
+    #[error(transparent)]
+    Client(#[from] crate::api::ClientError),
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+    #[error("cannot encode JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Drives the netagent of this node (or another one with --host).
+#[derive(Debug, Parser)]
+#[command(name = "netctl", version)]
+pub struct Netctl {
+    /// The agent to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "NETCTL_HOST",
+        default_value_t = format!("unix://{}/{}", defaults::RUN_DIR, defaults::API_SOCKET)
+    )]
+    pub host: String,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show this agent: node, version, uptime, datapath programs and counters.
+    Status,
+}
+
+/// The socket path of a `unix://` host address.
+pub fn socket_of_host(host: &str) -> Result<PathBuf, CliError> {
+    match host.strip_prefix("unix://") {
+        Some(path) if path.starts_with('/') => Ok(PathBuf::from(path)),
+        _ => Err(CliError::BadHost(host.to_owned())),
+    }
+}
+
+/// Runs one netctl invocation, writing its output to `out`.
+pub async fn run(cli: Netctl, out: &mut dyn std::io::Write) -> Result<(), CliError> {
+    let client = ApiClient::new(socket_of_host(&cli.host)?);
+    match cli.command {
+        Command::Status => status::run(&client, cli.format, out).await,
+    }
+}
+
+/// Prints `value` as pretty JSON followed by a newline.
+pub(crate) fn print_json<T: serde::Serialize>(
+    out: &mut dyn std::io::Write,
+    value: &T,
+) -> Result<(), CliError> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_must_be_an_absolute_unix_path() {
+        assert_eq!(
+            socket_of_host("unix:///run/netagent/netagent.sock").unwrap(),
+            PathBuf::from("/run/netagent/netagent.sock")
+        );
+        assert!(socket_of_host("tcp://10.0.0.1:2377").is_err());
+        assert!(socket_of_host("unix://relative.sock").is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! The agent's configuration: command-line flags over an optional TOML file
+//! over built-in defaults, resolved once at start-up.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// Where things live when neither a flag nor the config file says otherwise.
+pub mod defaults {
+    pub const CONFIG_FILE: &str = "/etc/netagent/netagent.toml";
+    pub const DATA_DIR: &str = "/var/lib/netagent";
+    pub const RUN_DIR: &str = "/run/netagent";
+    pub const BPFFS: &str = "/sys/fs/bpf/netagent";
+    pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+    /// File name of the local API socket inside the run directory.
+    pub const API_SOCKET: &str = "netagent.sock";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("no node name: pass --node-name or set node_name in the config file")]
+    NoNodeName,
+    #[error("cannot pick an advertise address: {0}; pass --advertise-addr")]
+    AdvertiseAddr(String),
+    #[error("upstream DNS server {0:?} is not an IP address or IP:port")]
+    UpstreamDns(String),
+}
+
+/// Settings read from the TOML file; every field is optional and a flag wins.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub node_name: Option<String>,
+    pub advertise_addr: Option<IpAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub run_dir: Option<PathBuf>,
+    pub bpffs: Option<PathBuf>,
+    pub upstream_dns: Option<Vec<String>>,
+}
+
+impl FileConfig {
+    /// Reads `path`; a missing file at the default location is no error.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Self::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::ReadFile {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        toml::from_str(&text).map_err(|error| ConfigError::ParseFile {
+            path: path.to_owned(),
+            message: error.message().to_owned(),
+        })
+    }
+}
+
+/// The resolved configuration the agent runs with.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub advertise_addr: IpAddr,
+    pub data_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub upstream_dns: Vec<SocketAddr>,
+}
+
+impl AgentConfig {
+    /// Path of the local API socket.
+    pub fn api_socket(&self) -> PathBuf {
+        self.run_dir.join(defaults::API_SOCKET)
+    }
+}
+
+/// Parses `IP` or `IP:PORT` (`[v6]:port` for IPv6); port 53 by default.
+pub fn parse_dns_server(text: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    text.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| ConfigError::UpstreamDns(text.to_owned()))
+}
+
+/// The `nameserver` lines of a resolv.conf, in order, as port-53 addresses.
+pub fn nameservers_from_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("nameserver"), Some(addr)) => {
+                    // Drop an IPv6 zone ("fe80::1%eth0"): SocketAddr cannot carry it.
+                    let addr = addr.split('%').next().unwrap_or(addr);
+                    addr.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Picks the node's only global unicast address among `candidates`.
+pub fn choose_advertise_addr(candidates: &[IpAddr]) -> Result<IpAddr, ConfigError> {
+    let usable: Vec<IpAddr> = candidates
+        .iter()
+        .copied()
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
+            IpAddr::V6(_) => false,
+        })
+        .collect();
+    match usable.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(ConfigError::AdvertiseAddr(
+            "this node has no IPv4 address besides loopback".into(),
+        )),
+        many => Err(ConfigError::AdvertiseAddr(format!(
+            "this node has several addresses ({})",
+            many.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// The IPv4 and IPv6 addresses of the interfaces of the current namespace.
+pub fn local_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|ifaddr| ifaddr.address)
+        .filter_map(|addr| {
+            if let Some(v4) = addr.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_nameservers_in_order() {
+        let text = "# comment\nsearch lab\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\noptions ndots:2\nnameserver bogus\n";
+        let servers = nameservers_from_resolv_conf(text);
+        assert_eq!(
+            servers,
+            vec![
+                "192.0.2.53:53".parse().unwrap(),
+                "[fe80::1]:53".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn dns_server_with_and_without_port() {
+        assert_eq!(
+            parse_dns_server("192.0.2.1").unwrap(),
+            "192.0.2.1:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_dns_server("192.0.2.1:5353").unwrap(),
+            "192.0.2.1:5353".parse().unwrap()
+        );
+        assert!(parse_dns_server("resolver.example").is_err());
+    }
+
+    #[test]
+    fn advertise_addr_needs_exactly_one_candidate() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let a: IpAddr = "192.0.2.10".parse().unwrap();
+        let b: IpAddr = "198.51.100.10".parse().unwrap();
+        assert_eq!(choose_advertise_addr(&[lo, a]).unwrap(), a);
+        assert!(choose_advertise_addr(&[lo]).is_err());
+        let error = choose_advertise_addr(&[a, b]).unwrap_err().to_string();
+        assert!(error.contains("several addresses"), "{error}");
+    }
+
+    #[test]
+    fn file_config_rejects_unknown_keys() {
+        let dir = std::env::temp_dir().join(format!("netagent-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("netagent.toml");
+        std::fs::write(&path, "node_name = \"n1\"\nbogus = 1\n").unwrap();
+        let error = FileConfig::load(&path, true).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(error.contains("bogus"), "{error}");
+    }
+
+    #[test]
+    fn missing_default_config_file_is_fine() {
+        let config = FileConfig::load(Path::new("/nonexistent/netagent.toml"), false).unwrap();
+        assert!(config.node_name.is_none());
+    }
+}

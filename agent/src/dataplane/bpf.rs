@@ -1,0 +1,249 @@
+//! The datapath object: the eBPF programs built from `ebpf/programs`, loaded
+//! once per agent with their maps pinned under the agent's bpffs directory.
+//!
+//! Programs are attached with netlink tc filters at fixed priorities and
+//! handles, so that they keep running while the agent is down, and so that a
+//! restarted agent replaces them in place (one atomic netlink request) instead
+//! of detaching and re-attaching.
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    programs::{
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+        SchedClassifier, TcAttachType,
+    },
+    Ebpf, EbpfLoader,
+};
+use tracing::{debug, info};
+
+/// The eBPF object compiled by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netagent-ebpf"));
+
+/// `statfs` magic of a bpf filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(
+        "{path} is not on a bpf filesystem: mount one with `mount -t bpf bpf /sys/fs/bpf` \
+         or pass --bpffs with a directory on one"
+    )]
+    NotBpffs { path: PathBuf },
+    #[error("cannot create the pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {0} is missing from the object")]
+    MissingProgram(&'static str),
+    #[error("eBPF map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("interface {0} does not exist")]
+    NoInterface(String),
+    #[error("cannot attach {program} to {ifname} ({direction}): {source}")]
+    Attach {
+        program: &'static str,
+        ifname: String,
+        direction: Direction,
+        source: aya::programs::ProgramError,
+    },
+}
+
+/// Which way through an interface a tc program sees packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        })
+    }
+}
+
+impl From<Direction> for TcAttachType {
+    fn from(direction: Direction) -> Self {
+        match direction {
+            Direction::Ingress => TcAttachType::Ingress,
+            Direction::Egress => TcAttachType::Egress,
+        }
+    }
+}
+
+/// Where one program sits in an interface's tc chain. Lower priorities run
+/// first; each of our programs has its own slot, so they never displace each
+/// other or anything an operator attached at other priorities.
+#[derive(Clone, Copy, Debug)]
+pub struct TcSlot {
+    pub priority: u16,
+    pub handle: u16,
+}
+
+/// One program attached to one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub program: &'static str,
+    pub ifname: String,
+    pub ifindex: u32,
+    pub direction: Direction,
+    /// The kernel's id of the program instance now attached.
+    pub prog_id: u32,
+}
+
+/// The loaded datapath object and what the agent attached from it.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    attachments: Vec<Attachment>,
+}
+
+impl Datapath {
+    /// Loads the object, reusing the maps pinned under `bpffs` by an earlier
+    /// run of this agent (so their contents survive a restart).
+    pub fn load(bpffs: &Path) -> Result<Self, DatapathError> {
+        let pin_dir = bpffs.join("maps");
+        std::fs::create_dir_all(&pin_dir).map_err(|source| DatapathError::PinDir {
+            path: pin_dir.clone(),
+            source,
+        })?;
+        if !is_bpffs(bpffs) {
+            // Leave nothing half-made: the directory we may just have created
+            // is on an ordinary filesystem.
+            let _ = std::fs::remove_dir(&pin_dir);
+            return Err(DatapathError::NotBpffs {
+                path: bpffs.to_owned(),
+            });
+        }
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pin_dir)
+            .load(OBJECT)?;
+        info!(pins = %pin_dir.display(), "datapath object loaded");
+        Ok(Self {
+            ebpf,
+            pin_dir,
+            attachments: Vec::new(),
+        })
+    }
+
+    /// Where the maps are pinned.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// What is attached, in attach order.
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    /// Read access to a map of the object.
+    pub fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DatapathError> {
+        self.ebpf.map(name).ok_or(DatapathError::MissingMap(name))
+    }
+
+    /// Attaches `program` to `ifname` in `direction` at `slot`, replacing in
+    /// place whatever an earlier run attached there.
+    pub fn attach_tc(
+        &mut self,
+        program: &'static str,
+        ifname: &str,
+        direction: Direction,
+        slot: TcSlot,
+    ) -> Result<(), DatapathError> {
+        let ifindex = super::interfaces::ifindex(ifname)
+            .ok_or_else(|| DatapathError::NoInterface(ifname.to_owned()))?;
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(DatapathError::MissingProgram(program))?
+            .try_into()
+            .map_err(|source| DatapathError::Program {
+                name: program,
+                source,
+            })?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|source| DatapathError::Program {
+                name: program,
+                source,
+            })?;
+        }
+        let attach_error = |source| DatapathError::Attach {
+            program,
+            ifname: ifname.to_owned(),
+            direction,
+            source,
+        };
+        // The clsact qdisc may be there already (an earlier run, or another
+        // tool): that is fine.
+        if let Err(error) = tc::qdisc_add_clsact(ifname) {
+            debug!(%ifname, %error, "clsact qdisc not added (usually: it exists)");
+        }
+        let handle = TcHandle::new(0, slot.handle);
+        let existing =
+            SchedClassifierLink::attached(ifname, direction.into(), slot.priority, handle, None)
+                .map_err(|error| attach_error(aya::programs::ProgramError::IOError(error)))?;
+        let link_id = match prog.attach_to_link(existing) {
+            Ok(link_id) => {
+                debug!(%ifname, %direction, program, "replaced the program in place");
+                link_id
+            }
+            Err(_) => prog
+                .attach_with_options(
+                    ifname,
+                    direction.into(),
+                    TcAttachOptions::Netlink(NlOptions {
+                        priority: slot.priority,
+                        handle,
+                        ..Default::default()
+                    }),
+                )
+                .map_err(attach_error)?,
+        };
+        // The filter must outlive the agent: take the link out of aya's
+        // bookkeeping so that dropping the program does not detach it. A
+        // netlink link owns no file descriptor, so nothing leaks.
+        let link = prog.take_link(link_id).map_err(attach_error)?;
+        std::mem::forget(link);
+        let prog_id = prog
+            .info()
+            .map(|info| info.id())
+            .map_err(|source| DatapathError::Program {
+                name: program,
+                source,
+            })?;
+        self.attachments
+            .retain(|a| !(a.ifindex == ifindex && a.direction == direction && a.program == program));
+        self.attachments.push(Attachment {
+            program,
+            ifname: ifname.to_owned(),
+            ifindex,
+            direction,
+            prog_id,
+        });
+        info!(%ifname, %direction, program, prog_id, "program attached");
+        Ok(())
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|fs| fs.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}

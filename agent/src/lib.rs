@@ -1,0 +1,14 @@
+//! netagent: the per-host networking agent of a container cluster.
+//!
+//! The library holds everything; the two binaries (`netagent`, the daemon,
+//! and `netctl`, its command line) are thin edges over it. See
+//! `docs/architecture.md` for how data flows between the modules.
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod dataplane;
+
+/// The version every component reports (`netctl status`, the API).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

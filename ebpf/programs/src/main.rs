@@ -1,0 +1,26 @@
+//! netagent's datapath programs.
+//!
+//! Built for `bpfel-unknown-none` by `agent/build.rs` (aya-build) and embedded
+//! in the agent binary. On the host this file compiles to an empty stub so the
+//! workspace can be linted as a whole.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod counters;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here; this only satisfies
+    // the compiler.
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

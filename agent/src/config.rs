@@ -107,7 +107,9 @@ pub fn nameservers_from_resolv_conf(text: &str) -> Vec<SocketAddr> {
                 (Some("nameserver"), Some(addr)) => {
                     // Drop an IPv6 zone ("fe80::1%eth0"): SocketAddr cannot carry it.
                     let addr = addr.split('%').next().unwrap_or(addr);
-                    addr.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
+                    addr.parse::<IpAddr>()
+                        .ok()
+                        .map(|ip| SocketAddr::new(ip, 53))
                 }
                 _ => None,
             }

@@ -56,19 +56,22 @@ impl ApiClient {
     }
 
     async fn request(&self, method: &str, path: &str) -> Result<(StatusCode, Bytes), ClientError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::NotFound => ClientError::NoSocket(self.socket.clone()),
-                io::ErrorKind::ConnectionRefused => ClientError::NotRunning(self.socket.clone()),
-                io::ErrorKind::PermissionDenied => {
-                    ClientError::PermissionDenied(self.socket.clone())
-                }
-                _ => ClientError::Connect {
-                    path: self.socket.clone(),
-                    source,
-                },
-            })?;
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| match source.kind() {
+                    io::ErrorKind::NotFound => ClientError::NoSocket(self.socket.clone()),
+                    io::ErrorKind::ConnectionRefused => {
+                        ClientError::NotRunning(self.socket.clone())
+                    }
+                    io::ErrorKind::PermissionDenied => {
+                        ClientError::PermissionDenied(self.socket.clone())
+                    }
+                    _ => ClientError::Connect {
+                        path: self.socket.clone(),
+                        source,
+                    },
+                })?;
         let protocol = |error: hyper::Error| ClientError::Protocol {
             path: self.socket.clone(),
             message: error.to_string(),
@@ -98,7 +101,11 @@ impl ApiClient {
         Ok((status, body))
     }
 
-    fn decode<T: DeserializeOwned>(&self, status: StatusCode, body: &[u8]) -> Result<T, ClientError> {
+    fn decode<T: DeserializeOwned>(
+        &self,
+        status: StatusCode,
+        body: &[u8],
+    ) -> Result<T, ClientError> {
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(body)
                 .map(|body| body.error)

@@ -16,7 +16,11 @@ pub async fn run(client: &ApiClient, format: Format, out: &mut dyn Write) -> Res
 fn write_table(status: &Status, out: &mut dyn Write) -> Result<(), CliError> {
     writeln!(out, "Node:            {}", status.node_name)?;
     writeln!(out, "Version:         {}", status.version)?;
-    writeln!(out, "Uptime:          {}", human_duration(status.uptime_secs))?;
+    writeln!(
+        out,
+        "Uptime:          {}",
+        human_duration(status.uptime_secs)
+    )?;
     writeln!(out, "Advertise addr:  {}", status.advertise_addr)?;
     writeln!(out, "BPF pins:        {}", status.bpffs)?;
     writeln!(out)?;
@@ -34,7 +38,13 @@ fn write_table(status: &Status, out: &mut dyn Write) -> Result<(), CliError> {
     programs.write(out)?;
     writeln!(out)?;
     writeln!(out, "Interface counters:")?;
-    let mut counters = Table::new(["INTERFACE", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES"]);
+    let mut counters = Table::new([
+        "INTERFACE",
+        "RX PACKETS",
+        "RX BYTES",
+        "TX PACKETS",
+        "TX BYTES",
+    ]);
     for c in &status.interfaces {
         counters.row([
             c.ifname.clone(),

@@ -20,9 +20,6 @@ use tracing::{debug, info};
 /// The eBPF object compiled by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netagent-ebpf"));
 
-/// `statfs` magic of a bpf filesystem.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error(
@@ -221,15 +218,16 @@ impl Datapath {
         // netlink link owns no file descriptor, so nothing leaks.
         let link = prog.take_link(link_id).map_err(attach_error)?;
         std::mem::forget(link);
-        let prog_id = prog
-            .info()
-            .map(|info| info.id())
-            .map_err(|source| DatapathError::Program {
-                name: program,
-                source,
-            })?;
-        self.attachments
-            .retain(|a| !(a.ifindex == ifindex && a.direction == direction && a.program == program));
+        let prog_id =
+            prog.info()
+                .map(|info| info.id())
+                .map_err(|source| DatapathError::Program {
+                    name: program,
+                    source,
+                })?;
+        self.attachments.retain(|a| {
+            !(a.ifindex == ifindex && a.direction == direction && a.program == program)
+        });
         self.attachments.push(Attachment {
             program,
             ifname: ifname.to_owned(),
@@ -244,6 +242,6 @@ impl Datapath {
 
 fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|fs| fs.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|fs| fs.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
         .unwrap_or(false)
 }

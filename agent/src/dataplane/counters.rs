@@ -2,9 +2,7 @@
 //! the proof that the eBPF pipeline works end to end.
 
 use aya::maps::PerCpuHashMap;
-use netagent_common::{
-    IfCounters, COUNT_EGRESS_PROG, COUNT_INGRESS_PROG, IF_COUNTERS_MAP,
-};
+use netagent_common::{IfCounters, COUNT_EGRESS_PROG, COUNT_INGRESS_PROG, IF_COUNTERS_MAP};
 use serde::{Deserialize, Serialize};
 
 use super::{

@@ -11,8 +11,7 @@ use netagent_common::{IfCounters, IF_COUNTERS_CAPACITY};
 
 /// Pinned by name so that counts survive an agent restart.
 #[map]
-static IF_COUNTERS: PerCpuHashMap<u32, IfCounters> =
-    PerCpuHashMap::pinned(IF_COUNTERS_CAPACITY, 0);
+static IF_COUNTERS: PerCpuHashMap<u32, IfCounters> = PerCpuHashMap::pinned(IF_COUNTERS_CAPACITY, 0);
 
 /// Hands the packet on to the next tc filter (or the default "pass" when
 /// there is none), so that programs attached after the counters still run.

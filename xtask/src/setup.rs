@@ -1,0 +1,175 @@
+//! `cargo xtask setup`: installs what a fresh machine lacks, and nothing
+//! that is already there. Every step checks first, so a second run takes a
+//! few seconds.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages the build, the tests, the demo and the benchmarks use.
+const PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip, tc and bridge for the lab and the checks"),
+    ("iputils-ping", "ping in tests and the demo"),
+    ("procps", "sysctl in lab namespaces"),
+    (
+        "util-linux",
+        "nsenter, to start agents inside node namespaces",
+    ),
+    (
+        "llvm-22-dev",
+        "bpf-linker links the eBPF programs with LLVM 22",
+    ),
+    ("libpolly-22-dev", "bpf-linker's LLVM link dependencies"),
+    ("libzstd-dev", "bpf-linker's LLVM link dependencies"),
+    ("zlib1g-dev", "bpf-linker's LLVM link dependencies"),
+    ("protobuf-compiler", "etcd-client's gRPC code generation"),
+    ("libprotobuf-dev", "etcd-client's well-known protobuf types"),
+    ("dnsmasq-base", "the lab's upstream DNS server"),
+    ("dnsutils", "dig, in tests and the lab's readiness checks"),
+    ("ldnsutils", "drill, a second DNS client for tests"),
+    ("iperf3", "throughput benchmarks"),
+    ("nftables", "masquerade and the nftables anchor"),
+    ("iptables", "the iptables anchor"),
+    ("tcpdump", "reading pcap files and debugging the lab"),
+    ("curl", "HTTP clients in tests and the demo"),
+    ("netcat-openbsd", "TCP and UDP probes in tests"),
+];
+
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn run() -> Result<()> {
+    install_packages()?;
+    install_rust_src()?;
+    install_bpf_linker()?;
+    mount_bpffs()?;
+    println!("setup: everything is in place");
+    Ok(())
+}
+
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn run_checked(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn is_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${db:Status-Status}", package])
+        .output()
+        .is_ok_and(|out| out.status.success() && out.stdout == b"installed")
+}
+
+fn install_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .map(|(package, _)| *package)
+        .filter(|package| !is_installed(package))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !netlab::is_root() {
+        bail!(
+            "missing Debian packages: {}; run `sudo cargo xtask setup`",
+            missing.join(" ")
+        );
+    }
+    println!("setup: installing {}", missing.join(" "));
+    run_checked(Command::new("apt-get").args(["update", "-q"]))?;
+    run_checked(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+fn install_rust_src() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("rustup is needed for the eBPF build (nightly toolchain)")?;
+    if !installed.status.success() {
+        println!("setup: installing the nightly toolchain");
+        run_checked(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    if String::from_utf8_lossy(&installed.stdout).contains("rust-src") {
+        return Ok(());
+    }
+    println!("setup: adding rust-src to nightly (the eBPF build compiles core)");
+    run_checked(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+}
+
+fn install_bpf_linker() -> Result<()> {
+    if succeeds("bpf-linker", &["--version"]) {
+        return Ok(());
+    }
+    println!("setup: building bpf-linker against LLVM 22 (about a minute)");
+    let path = format!(
+        "{LLVM_PREFIX}/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    run_checked(
+        Command::new("cargo")
+            .env("PATH", path)
+            .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "0.13.0",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ]),
+    )?;
+    if !succeeds("bpf-linker", &["--version"]) {
+        bail!("bpf-linker was installed but is not on PATH: add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}
+
+/// The agents pin maps under /sys/fs/bpf; containers often start without a
+/// bpffs mounted there.
+fn mount_bpffs() -> Result<()> {
+    if is_bpffs("/sys/fs/bpf") {
+        return Ok(());
+    }
+    if !netlab::is_root() {
+        bail!("/sys/fs/bpf is not a bpf filesystem; run `sudo cargo xtask setup` to mount one");
+    }
+    println!("setup: mounting a bpf filesystem on /sys/fs/bpf");
+    run_checked(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+fn is_bpffs(path: &str) -> bool {
+    Command::new("stat")
+        .args(["-f", "-c", "%T", path])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "bpf_fs")
+}

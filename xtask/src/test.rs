@@ -28,16 +28,25 @@ pub fn run(args: &[String]) -> Result<()> {
 
     // The namespace tests must not skip themselves for lack of root here.
     std::env::set_var("NETLAB_REQUIRED", "1");
-    let mut test_args = vec!["test"];
+    let mut test_args = vec!["test", "--lib", "--bins", "--tests"];
     test_args.extend(args.iter().map(String::as_str));
-    let tested = workspace::cargo(&test_args);
+    let tested = workspace::cargo_tests(&test_args);
 
     let after = netlab::leftovers();
     if !after.is_empty() {
         netlab::sweep(false);
         bail!("the tests left things behind (now swept):\n{after}");
     }
-    tested?;
-    println!("test: all passed and nothing was left behind");
+    let tally = tested?;
+    // One closing line for the whole run: cargo's own end with the last
+    // (often empty) test binary.
+    println!(
+        "test: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.ignored
+    );
+    if tally.failed > 0 || !tally.success {
+        bail!("tests failed");
+    }
+    println!("test: nothing was left behind");
     Ok(())
 }

@@ -8,7 +8,10 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod dataplane;
+pub mod gossip;
+pub mod model;
 
 /// The version every component reports (`netctl status`, the API).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

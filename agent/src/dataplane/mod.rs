@@ -7,5 +7,6 @@
 pub mod bpf;
 pub mod counters;
 pub mod interfaces;
+pub mod overlay;
 
 pub use bpf::{Datapath, DatapathError};

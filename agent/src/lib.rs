@@ -11,7 +11,9 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod gossip;
+pub mod ipam;
 pub mod model;
+pub mod reconcile;
 
 /// The version every component reports (`netctl status`, the API).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -18,6 +18,7 @@ use crate::{
         self,
         types::{InterfaceCounters, ProgramStatus, Status},
     },
+    cluster::ClusterRuntime,
     config::AgentConfig,
     dataplane::{counters, interfaces, Datapath, DatapathError},
     VERSION,
@@ -38,6 +39,8 @@ pub enum AgentError {
     AdvertiseAddrNotLocal(std::net::IpAddr),
     #[error(transparent)]
     Serve(#[from] api::server::ServeError),
+    #[error("cannot rejoin the cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot install the signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("the local API failed: {0}")]
@@ -49,6 +52,8 @@ pub struct AgentState {
     config: AgentConfig,
     started: Instant,
     datapath: Mutex<Datapath>,
+    /// The cluster this node is in; `None` until init or join.
+    cluster: tokio::sync::RwLock<Option<Arc<ClusterRuntime>>>,
 }
 
 impl AgentState {
@@ -62,6 +67,40 @@ impl AgentState {
         self.datapath
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The cluster runtime, if this node is in a cluster.
+    pub async fn cluster(&self) -> Option<Arc<ClusterRuntime>> {
+        self.cluster.read().await.clone()
+    }
+
+    /// `cluster init` on this node.
+    pub async fn init_cluster(
+        &self,
+        pool: Option<ipnet::Ipv4Net>,
+    ) -> Result<Arc<ClusterRuntime>, crate::api::server::ApiError> {
+        let mut cluster = self.cluster.write().await;
+        if let Some(rt) = cluster.as_ref() {
+            return Err(already_in(rt));
+        }
+        let rt = ClusterRuntime::init(&self.config, pool).await?;
+        *cluster = Some(rt.clone());
+        Ok(rt)
+    }
+
+    /// `cluster join` on this node.
+    pub async fn join_cluster(
+        &self,
+        token: &str,
+        manager: std::net::SocketAddr,
+    ) -> Result<Arc<ClusterRuntime>, crate::api::server::ApiError> {
+        let mut cluster = self.cluster.write().await;
+        if let Some(rt) = cluster.as_ref() {
+            return Err(already_in(rt));
+        }
+        let rt = ClusterRuntime::join(&self.config, token, manager).await?;
+        *cluster = Some(rt.clone());
+        Ok(rt)
     }
 
     pub fn status(&self) -> Result<Status, DatapathError> {
@@ -93,6 +132,17 @@ impl AgentState {
     }
 }
 
+fn already_in(rt: &ClusterRuntime) -> crate::api::server::ApiError {
+    crate::api::server::ApiError::with_status(
+        axum::http::StatusCode::CONFLICT,
+        format!(
+            "this node is already in cluster {} as a {}: leave it first",
+            rt.identity().cluster_id,
+            rt.identity().role
+        ),
+    )
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
@@ -105,12 +155,14 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let mut datapath = Datapath::load(&config.bpffs)?;
     counters::watch(&mut datapath, &underlay)?;
 
+    let cluster = ClusterRuntime::resume(&config).await?;
     let listener = api::server::bind(&config.api_socket()).await?;
     let socket_path = config.api_socket();
     let state = Arc::new(AgentState {
         config,
         started: Instant::now(),
         datapath: Mutex::new(datapath),
+        cluster: tokio::sync::RwLock::new(cluster),
     });
     info!(
         node = %state.config.node_name,

@@ -17,6 +17,12 @@ pub mod defaults {
     pub const RESOLV_CONF: &str = "/etc/resolv.conf";
     /// File name of the local API socket inside the run directory.
     pub const API_SOCKET: &str = "netagent.sock";
+    /// Managers serve the control plane here (Docker Swarm's port).
+    pub const CONTROL_PORT: u16 = 2377;
+    /// Every node gossips here, TCP and UDP.
+    pub const GOSSIP_PORT: u16 = 7946;
+    /// Prefix of the namespaces the agent creates (sandboxes).
+    pub const NETNS_PREFIX: &str = "netagent";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +52,9 @@ pub struct FileConfig {
     pub run_dir: Option<PathBuf>,
     pub bpffs: Option<PathBuf>,
     pub upstream_dns: Option<Vec<String>>,
+    pub control_port: Option<u16>,
+    pub gossip_port: Option<u16>,
+    pub netns_prefix: Option<String>,
 }
 
 impl FileConfig {
@@ -79,6 +88,9 @@ pub struct AgentConfig {
     pub run_dir: PathBuf,
     pub bpffs: PathBuf,
     pub upstream_dns: Vec<SocketAddr>,
+    pub control_port: u16,
+    pub gossip_port: u16,
+    pub netns_prefix: String,
 }
 
 impl AgentConfig {

@@ -11,7 +11,11 @@ use crate::model::Network;
 
 /// The first free address of `blocks` for `network`: never the subnet's
 /// network or broadcast address, never the gateway, never one in `used`.
-pub fn next_free(network: &Network, blocks: &[Ipv4Net], used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+pub fn next_free(
+    network: &Network,
+    blocks: &[Ipv4Net],
+    used: &BTreeSet<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
     blocks
         .iter()
         .flat_map(|block| block.hosts().chain([block.network(), block.broadcast()]))
@@ -55,7 +59,10 @@ mod tests {
         // ordinary hosts of the /24.
         let blocks = ["10.10.0.16/28".parse().unwrap()];
         let used: BTreeSet<Ipv4Addr> = (17..=30).map(|h| Ipv4Addr::new(10, 10, 0, h)).collect();
-        assert_eq!(next_free(&network(), &blocks, &used), Some(Ipv4Addr::new(10, 10, 0, 16)));
+        assert_eq!(
+            next_free(&network(), &blocks, &used),
+            Some(Ipv4Addr::new(10, 10, 0, 16))
+        );
     }
 
     #[test]

@@ -6,10 +6,13 @@
 
 pub mod agent;
 pub mod api;
+pub mod attach;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod endpoint_store;
 pub mod gossip;
 pub mod ipam;
 pub mod model;

@@ -172,7 +172,10 @@ mod tests {
         let net = network("app", 4096);
         let mine = endpoint(&net, "n1", 2);
         let theirs = endpoint(&net, "n2", 3);
-        let v = view(&[("n1", 11, vec![mine.clone()]), ("n2", 12, vec![theirs.clone()])]);
+        let v = view(&[
+            ("n1", 11, vec![mine.clone()]),
+            ("n2", 12, vec![theirs.clone()]),
+        ]);
         let actions = plan("n1", &[net.clone()], &[mine], &v, &Observed::default());
         assert_eq!(
             actions,
@@ -188,7 +191,10 @@ mod tests {
         let net = network("app", 4096);
         let mine = endpoint(&net, "n1", 2);
         let theirs = endpoint(&net, "n2", 3);
-        let v = view(&[("n1", 11, vec![mine.clone()]), ("n2", 12, vec![theirs.clone()])]);
+        let v = view(&[
+            ("n1", 11, vec![mine.clone()]),
+            ("n2", 12, vec![theirs.clone()]),
+        ]);
         let observed = Observed {
             sandboxes: [(4096, [peer(&theirs, 12)].into())].into(),
         };
@@ -205,7 +211,10 @@ mod tests {
             node: "n3".into(),
             ..gone.clone()
         };
-        let v = view(&[("n1", 11, vec![mine.clone()]), ("n3", 13, vec![moved.clone()])]);
+        let v = view(&[
+            ("n1", 11, vec![mine.clone()]),
+            ("n3", 13, vec![moved.clone()]),
+        ]);
         let observed = Observed {
             sandboxes: [(4096, [peer(&gone, 12)].into())].into(),
         };
@@ -250,4 +259,42 @@ mod tests {
         let actions = plan("n1", &[a.clone(), b], &[mine], &v, &Observed::default());
         assert_eq!(actions, vec![Action::EnsureSandbox(a)]);
     }
+}
+
+/// Reads what the overlay holds for the networks this node knows.
+pub async fn observe(
+    overlay: &crate::dataplane::overlay::Overlay,
+    networks: &[Network],
+) -> Result<Observed, crate::dataplane::overlay::OverlayError> {
+    let present = overlay.sandboxes().await?;
+    let mut observed = Observed::default();
+    for network in networks.iter().filter(|n| present.contains(&n.vni)) {
+        let peers = overlay.peers(network).await?;
+        observed
+            .sandboxes
+            .insert(network.vni, peers.into_iter().collect());
+    }
+    Ok(observed)
+}
+
+/// Carries out `actions` in order; a failed action is logged and the rest
+/// still run (the next pass retries what failed).
+pub async fn execute(overlay: &crate::dataplane::overlay::Overlay, actions: &[Action]) -> usize {
+    let mut failed = 0;
+    for action in actions {
+        let result = match action {
+            Action::EnsureSandbox(network) => overlay.ensure_sandbox(network).await,
+            Action::RemovePeer(network, peer) => overlay.remove_peer(network, peer).await,
+            Action::AddPeer(network, peer) => overlay.add_peer(network, peer).await,
+            Action::RemoveSandbox(network) => overlay.remove_sandbox(network).await,
+        };
+        match result {
+            Ok(()) => tracing::debug!(?action, "reconciled"),
+            Err(error) => {
+                failed += 1;
+                tracing::warn!(?action, %error, "reconcile action failed; will retry");
+            }
+        }
+    }
+    failed
 }

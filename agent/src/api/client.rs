@@ -5,7 +5,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::{body::Bytes, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -51,11 +51,36 @@ impl ApiClient {
 
     /// `GET path`, decoded as `T`.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let (status, body) = self.request("GET", path).await?;
+        let (status, body) = self.request("GET", path, None).await?;
         self.decode(status, &body)
     }
 
-    async fn request(&self, method: &str, path: &str) -> Result<(StatusCode, Bytes), ClientError> {
+    /// `POST path` with `body` as JSON, the answer decoded as `T`.
+    pub async fn post<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let json = serde_json::to_vec(body).map_err(|error| ClientError::Protocol {
+            path: self.socket.clone(),
+            message: error.to_string(),
+        })?;
+        let (status, body) = self.request("POST", path, Some(json)).await?;
+        self.decode(status, &body)
+    }
+
+    /// `DELETE path`, the answer decoded as `T`.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let (status, body) = self.request("DELETE", path, None).await?;
+        self.decode(status, &body)
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        json: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -80,11 +105,15 @@ impl ApiClient {
             .await
             .map_err(protocol)?;
         let driver = tokio::spawn(connection);
-        let request = Request::builder()
+        let mut builder = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", "netagent")
-            .body(Empty::<Bytes>::new())
+            .header("host", "netagent");
+        if json.is_some() {
+            builder = builder.header("content-type", "application/json");
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(json.unwrap_or_default())))
             .map_err(|error| ClientError::Protocol {
                 path: self.socket.clone(),
                 message: error.to_string(),

@@ -2,6 +2,7 @@
 //! `curl --unix-socket` both drive the agent.
 
 pub mod client;
+pub mod routes;
 pub mod server;
 pub mod types;
 

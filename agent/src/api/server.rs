@@ -45,9 +45,50 @@ impl ApiError {
     }
 
     pub fn not_found(message: impl std::fmt::Display) -> Self {
+        Self::with_status(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn with_status(status: StatusCode, message: impl std::fmt::Display) -> Self {
         Self {
-            status: StatusCode::NOT_FOUND,
+            status,
             message: message.to_string(),
+        }
+    }
+}
+
+impl From<crate::control::ControlError> for ApiError {
+    fn from(error: crate::control::ControlError) -> Self {
+        use crate::control::ControlError;
+        let status = match &error {
+            ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::Conflict(_) => StatusCode::CONFLICT,
+            ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::with_status(status, error)
+    }
+}
+
+impl From<crate::attach::AttachError> for ApiError {
+    fn from(error: crate::attach::AttachError) -> Self {
+        use crate::attach::AttachError;
+        match error {
+            AttachError::Control(control) => control.into(),
+            AttachError::NoEndpoint(_) | AttachError::UnknownNetwork(_) => {
+                Self::with_status(StatusCode::NOT_FOUND, error)
+            }
+            AttachError::Overlay(_) | AttachError::Store(_) => Self::internal(error),
+            _ => Self::with_status(StatusCode::BAD_REQUEST, error),
+        }
+    }
+}
+
+impl From<crate::cluster::ClusterError> for ApiError {
+    fn from(error: crate::cluster::ClusterError) -> Self {
+        match error {
+            crate::cluster::ClusterError::Control(control) => control.into(),
+            other => Self::internal(other),
         }
     }
 }
@@ -95,6 +136,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/counters", get(counters))
+        .merge(super::routes::router())
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .with_state(state)
 }

@@ -33,6 +33,15 @@ struct Flags {
     /// Upstream DNS servers (IP or IP:PORT, repeatable) [default: the node's /etc/resolv.conf].
     #[arg(long, value_name = "ADDR")]
     upstream_dns: Vec<String>,
+    /// Port of the control plane on managers [default: 2377].
+    #[arg(long)]
+    control_port: Option<u16>,
+    /// Gossip port [default: 7946].
+    #[arg(long)]
+    gossip_port: Option<u16>,
+    /// Prefix of the namespaces this agent creates [default: netagent].
+    #[arg(long)]
+    netns_prefix: Option<String>,
     /// Log filter, e.g. `info` or `netagent=debug` (RUST_LOG wins).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -85,6 +94,18 @@ fn resolve(flags: Flags) -> anyhow::Result<AgentConfig> {
             .or(file.bpffs)
             .unwrap_or_else(|| defaults::BPFFS.into()),
         upstream_dns,
+        control_port: flags
+            .control_port
+            .or(file.control_port)
+            .unwrap_or(defaults::CONTROL_PORT),
+        gossip_port: flags
+            .gossip_port
+            .or(file.gossip_port)
+            .unwrap_or(defaults::GOSSIP_PORT),
+        netns_prefix: flags
+            .netns_prefix
+            .or(file.netns_prefix)
+            .unwrap_or_else(|| defaults::NETNS_PREFIX.into()),
     })
 }
 

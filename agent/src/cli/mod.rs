@@ -3,6 +3,10 @@
 //! Each subcommand fetches documents from the agent and prints them, as a
 //! table for people or as JSON (`--format json`) for scripts.
 
+mod cluster;
+mod endpoint;
+mod node;
+mod overlay;
 mod status;
 pub mod table;
 
@@ -53,6 +57,26 @@ pub enum Format {
 pub enum Command {
     /// Show this agent: node, version, uptime, datapath programs and counters.
     Status,
+    /// Create, join and manage the cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
+    /// The cluster's nodes.
+    Node {
+        #[command(subcommand)]
+        command: node::NodeCommand,
+    },
+    /// Overlay networks.
+    Overlay {
+        #[command(subcommand)]
+        command: overlay::OverlayCommand,
+    },
+    /// Containers' attachments to overlay networks.
+    Endpoint {
+        #[command(subcommand)]
+        command: endpoint::EndpointCommand,
+    },
 }
 
 /// The socket path of a `unix://` host address.
@@ -68,7 +92,44 @@ pub async fn run(cli: Netctl, out: &mut dyn std::io::Write) -> Result<(), CliErr
     let client = ApiClient::new(socket_of_host(&cli.host)?);
     match cli.command {
         Command::Status => status::run(&client, cli.format, out).await,
+        Command::Cluster { command } => cluster::run(&client, command, cli.format, out).await,
+        Command::Node { command } => node::run(&client, command, cli.format, out).await,
+        Command::Overlay { command } => overlay::run(&client, command, cli.format, out).await,
+        Command::Endpoint { command } => endpoint::run(&client, command, cli.format, out).await,
     }
+}
+
+/// Prints `items` as a JSON array, or as a table with `header` and one row
+/// per item from `row`.
+pub(crate) fn print_list<T: serde::Serialize, const N: usize>(
+    out: &mut dyn std::io::Write,
+    format: Format,
+    items: &[T],
+    header: [&str; N],
+    row: impl Fn(&T) -> Vec<String>,
+) -> Result<(), CliError> {
+    match format {
+        Format::Json => print_json(out, &items),
+        Format::Table => {
+            let mut table = table::Table::new(header);
+            for item in items {
+                table.row(row(item));
+            }
+            Ok(table.write(out)?)
+        }
+    }
+}
+
+/// Escapes a user-given name for use as one URL path segment.
+pub(crate) fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// Prints `value` as pretty JSON followed by a newline.

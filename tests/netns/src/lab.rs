@@ -462,6 +462,9 @@ impl Lab {
             bpffs.display().to_string(),
             "--upstream-dns".into(),
             UPSTREAM_DNS_ADDR.to_string(),
+            // Sandboxes carry the lab's prefix, so the sweep finds them.
+            "--netns-prefix".into(),
+            format!("{}-{}", self.prefix, node.name),
         ];
         (args, data_dir, run_dir, bpffs)
     }
@@ -597,6 +600,22 @@ impl Lab {
             args: args.join(" "),
             error,
         })
+    }
+
+    /// Forms a cluster: `cluster init` on the first node, then every other
+    /// node joins with the worker token. Agents must be running.
+    pub fn form_cluster(&self) -> Result<(), LabError> {
+        let Some(first) = self.nodes.first() else {
+            return Ok(());
+        };
+        self.netctl_json(&first.name, &["cluster", "init"])?;
+        let token = self.netctl_json(&first.name, &["cluster", "join-token", "worker"])?;
+        let token = token["token"].as_str().unwrap_or_default().to_owned();
+        let manager = format!("{}:2377", first.addr);
+        for node in &self.nodes[1..] {
+            self.netctl_json(&node.name, &["cluster", "join", "--token", &token, &manager])?;
+        }
+        Ok(())
     }
 
     /// Runs `args` inside namespace `netns` (`ip netns exec`, which also

@@ -1,0 +1,285 @@
+//! The cluster routes of the local API: membership, nodes, overlay networks
+//! and endpoints. Each handler checks the node is in a cluster, then hands
+//! over to `cluster`, `attach` or the control plane.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    extract::{Path, Query, State},
+    http::StatusCode,
+    routing::{get, post},
+    Json, Router,
+};
+use serde::{Deserialize, Serialize};
+
+use super::server::ApiError;
+use crate::{
+    agent::AgentState,
+    attach::{self, AttachRequest},
+    cluster::ClusterRuntime,
+    control::{ControlPlane, CreateNetwork},
+    model::{Endpoint, Network, NodeInfo, NodeStatus, Role},
+};
+
+pub fn router() -> Router<Arc<AgentState>> {
+    Router::new()
+        .route("/v1/cluster", get(cluster_info))
+        .route("/v1/cluster/init", post(cluster_init))
+        .route("/v1/cluster/join", post(cluster_join))
+        .route("/v1/cluster/join-token", get(join_token))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{name}", get(node))
+        .route("/v1/networks", post(create_network).get(networks))
+        .route("/v1/networks/{name}", get(network).delete(remove_network))
+        .route("/v1/endpoints", post(attach_endpoint).get(endpoints))
+        .route("/v1/endpoints/{id}", axum::routing::delete(detach_endpoint))
+}
+
+/// `GET /v1/cluster`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub cluster_id: String,
+    pub node_id: String,
+    pub node_name: String,
+    pub role: Role,
+    pub managers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct InitRequest {
+    #[serde(default)]
+    pub advertise_addr: Option<std::net::IpAddr>,
+    #[serde(default)]
+    pub default_addr_pool: Option<ipnet::Ipv4Net>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct JoinRequest {
+    pub token: String,
+    pub manager: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenQuery {
+    role: Role,
+    #[serde(default)]
+    rotate: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub token: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct NetworkFilter {
+    network: Option<String>,
+}
+
+fn not_in_cluster() -> ApiError {
+    ApiError::with_status(
+        StatusCode::CONFLICT,
+        "this node is not in a cluster: run `netctl cluster init` or `netctl cluster join` first",
+    )
+}
+
+async fn runtime(state: &AgentState) -> Result<Arc<ClusterRuntime>, ApiError> {
+    state.cluster().await.ok_or_else(not_in_cluster)
+}
+
+fn info(rt: &ClusterRuntime) -> ClusterInfo {
+    let identity = rt.identity();
+    ClusterInfo {
+        cluster_id: identity.cluster_id.clone(),
+        node_id: identity.node_id.clone(),
+        node_name: identity.node_name.clone(),
+        role: identity.role,
+        managers: identity.managers.clone(),
+    }
+}
+
+async fn cluster_info(State(state): State<Arc<AgentState>>) -> Result<Json<ClusterInfo>, ApiError> {
+    let rt = runtime(&state).await?;
+    Ok(Json(info(&rt)))
+}
+
+async fn cluster_init(
+    State(state): State<Arc<AgentState>>,
+    Json(request): Json<InitRequest>,
+) -> Result<Json<ClusterInfo>, ApiError> {
+    let own = state.config().advertise_addr;
+    if let Some(asked) = request.advertise_addr.filter(|asked| *asked != own) {
+        return Err(ApiError::with_status(
+            StatusCode::BAD_REQUEST,
+            format!("this agent advertises {own}, not {asked}: restart netagent with --advertise-addr {asked}"),
+        ));
+    }
+    let rt = state.init_cluster(request.default_addr_pool).await?;
+    Ok(Json(info(&rt)))
+}
+
+/// `MANAGER[:PORT]`, port 2377 by default.
+fn manager_addr(text: &str) -> Result<SocketAddr, ApiError> {
+    text.parse::<SocketAddr>()
+        .or_else(|_| {
+            text.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, crate::config::defaults::CONTROL_PORT))
+        })
+        .map_err(|_| {
+            ApiError::with_status(
+                StatusCode::BAD_REQUEST,
+                format!("manager address {text:?} is not IP or IP:PORT (e.g. 192.0.2.10:2377)"),
+            )
+        })
+}
+
+async fn cluster_join(
+    State(state): State<Arc<AgentState>>,
+    Json(request): Json<JoinRequest>,
+) -> Result<Json<ClusterInfo>, ApiError> {
+    let manager = manager_addr(&request.manager)?;
+    let rt = state.join_cluster(&request.token, manager).await?;
+    Ok(Json(info(&rt)))
+}
+
+async fn join_token(
+    State(state): State<Arc<AgentState>>,
+    Query(query): Query<TokenQuery>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let rt = runtime(&state).await?;
+    let token = rt.control.join_token(query.role, query.rotate).await?;
+    Ok(Json(TokenResponse { token }))
+}
+
+async fn node_infos(rt: &ClusterRuntime) -> Result<Vec<NodeInfo>, ApiError> {
+    let view = rt.view();
+    let records = rt.control.nodes().await?;
+    Ok(records
+        .into_iter()
+        .map(|record| NodeInfo {
+            status: if view.nodes.contains_key(&record.name) {
+                NodeStatus::Ready
+            } else {
+                NodeStatus::Down
+            },
+            name: record.name,
+            id: record.id,
+            role: record.role,
+            availability: Default::default(),
+            addr: record.addr,
+        })
+        .collect())
+}
+
+async fn nodes(State(state): State<Arc<AgentState>>) -> Result<Json<Vec<NodeInfo>>, ApiError> {
+    let rt = runtime(&state).await?;
+    Ok(Json(node_infos(&rt).await?))
+}
+
+async fn node(
+    State(state): State<Arc<AgentState>>,
+    Path(name): Path<String>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    let rt = runtime(&state).await?;
+    node_infos(&rt)
+        .await?
+        .into_iter()
+        .find(|node| node.name == name || node.id.starts_with(&name))
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no node {name:?}: see `netctl node ls`")))
+}
+
+async fn create_network(
+    State(state): State<Arc<AgentState>>,
+    Json(request): Json<CreateNetwork>,
+) -> Result<(StatusCode, Json<Network>), ApiError> {
+    let rt = runtime(&state).await?;
+    let network = rt.control.create_network(request).await?;
+    rt.refresh_networks().await?;
+    Ok((StatusCode::CREATED, Json(network)))
+}
+
+async fn networks(State(state): State<Arc<AgentState>>) -> Result<Json<Vec<Network>>, ApiError> {
+    let rt = runtime(&state).await?;
+    Ok(Json(rt.refresh_networks().await?))
+}
+
+async fn network(
+    State(state): State<Arc<AgentState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Network>, ApiError> {
+    let rt = runtime(&state).await?;
+    rt.refresh_networks()
+        .await?
+        .into_iter()
+        .find(|network| network.name == name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no network {name:?}: see `netctl overlay ls`")))
+}
+
+async fn remove_network(
+    State(state): State<Arc<AgentState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Network>, ApiError> {
+    let rt = runtime(&state).await?;
+    let attached = all_endpoints(&rt)
+        .await
+        .into_iter()
+        .filter(|ep| ep.network == name)
+        .count();
+    if attached > 0 {
+        return Err(ApiError::with_status(
+            StatusCode::CONFLICT,
+            format!("network {name:?} still has {attached} endpoint(s) attached: detach them first (`netctl endpoint ls --network {name}`)"),
+        ));
+    }
+    let network = rt.control.remove_network(&name).await?;
+    rt.refresh_networks().await?;
+    Ok(Json(network))
+}
+
+/// Every endpoint of the live nodes, plus this node's own (published or not).
+async fn all_endpoints(rt: &ClusterRuntime) -> Vec<Endpoint> {
+    let view = rt.view();
+    let mut endpoints: Vec<Endpoint> = view
+        .nodes
+        .values()
+        .flat_map(|node| node.endpoints.values().cloned())
+        .collect();
+    for local in rt.endpoints.lock().await.endpoints() {
+        if !endpoints.iter().any(|ep| ep.id == local.id) {
+            endpoints.push(local);
+        }
+    }
+    endpoints.sort_by(|a, b| (&a.network, &a.node, a.ip).cmp(&(&b.network, &b.node, b.ip)));
+    endpoints
+}
+
+async fn attach_endpoint(
+    State(state): State<Arc<AgentState>>,
+    Json(request): Json<AttachRequest>,
+) -> Result<(StatusCode, Json<Endpoint>), ApiError> {
+    let rt = runtime(&state).await?;
+    let endpoint = attach::attach(&rt, request).await?;
+    Ok((StatusCode::CREATED, Json(endpoint)))
+}
+
+async fn endpoints(
+    State(state): State<Arc<AgentState>>,
+    Query(filter): Query<NetworkFilter>,
+) -> Result<Json<Vec<Endpoint>>, ApiError> {
+    let rt = runtime(&state).await?;
+    let mut endpoints = all_endpoints(&rt).await;
+    if let Some(network) = filter.network {
+        endpoints.retain(|ep| ep.network == network);
+    }
+    Ok(Json(endpoints))
+}
+
+async fn detach_endpoint(
+    State(state): State<Arc<AgentState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Endpoint>, ApiError> {
+    let rt = runtime(&state).await?;
+    Ok(Json(attach::detach(&rt, &id).await?))
+}

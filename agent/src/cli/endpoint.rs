@@ -1,0 +1,115 @@
+//! `netctl endpoint ...`.
+
+use std::{io::Write, net::Ipv4Addr, path::PathBuf};
+
+use clap::Subcommand;
+
+use super::{print_json, print_list, CliError, Format};
+use crate::{api::ApiClient, attach::AttachRequest, model::Endpoint};
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// Attach a container (a network namespace) to an overlay network.
+    Attach {
+        #[arg(long)]
+        network: String,
+        /// The container's network namespace, e.g. /run/netns/c1.
+        #[arg(long, conflicts_with = "pid")]
+        netns: Option<PathBuf>,
+        /// A process of the container (its /proc/PID/ns/net).
+        #[arg(long)]
+        pid: Option<u32>,
+        #[arg(long)]
+        service: Option<String>,
+        /// The task or container name.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+        /// A fixed address [default: the next free one of this node's blocks].
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+        /// The interface name in the container.
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+    },
+    /// Detach an endpoint of this node (id, unique id prefix or name).
+    Detach { id: String },
+    /// List the endpoints of the cluster.
+    Ls {
+        #[arg(long)]
+        network: Option<String>,
+    },
+}
+
+pub async fn run(
+    client: &ApiClient,
+    command: EndpointCommand,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    match command {
+        EndpointCommand::Attach {
+            network,
+            netns,
+            pid,
+            service,
+            name,
+            aliases,
+            ip,
+            ifname,
+        } => {
+            let request = AttachRequest {
+                network,
+                netns,
+                pid,
+                service,
+                name,
+                aliases,
+                ip,
+                ifname: Some(ifname),
+            };
+            let endpoint: Endpoint = client.post("/v1/endpoints", &request).await?;
+            match format {
+                Format::Json => print_json(out, &endpoint),
+                Format::Table => Ok(writeln!(out, "{}", endpoint.id)?),
+            }
+        }
+        EndpointCommand::Detach { id } => {
+            let endpoint: Endpoint = client
+                .delete(&format!("/v1/endpoints/{}", super::path_segment(&id)))
+                .await?;
+            match format {
+                Format::Json => print_json(out, &endpoint),
+                Format::Table => Ok(writeln!(out, "{}", endpoint.id)?),
+            }
+        }
+        EndpointCommand::Ls { network } => {
+            let path = match network {
+                Some(network) => format!("/v1/endpoints?network={}", super::path_segment(&network)),
+                None => "/v1/endpoints".to_owned(),
+            };
+            let endpoints: Vec<Endpoint> = client.get(&path).await?;
+            print_list(
+                out,
+                format,
+                &endpoints,
+                [
+                    "ID", "NAME", "NETWORK", "SERVICE", "NODE", "IP", "MAC", "HEALTH",
+                ],
+                |ep| {
+                    vec![
+                        ep.id.chars().take(12).collect(),
+                        ep.name.clone(),
+                        ep.network.clone(),
+                        ep.service.clone().unwrap_or_default(),
+                        ep.node.clone(),
+                        ep.ip.to_string(),
+                        ep.mac.to_string(),
+                        format!("{:?}", ep.health).to_lowercase(),
+                    ]
+                },
+            )
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! `netctl node ...`.
+
+use std::io::Write;
+
+use clap::Subcommand;
+
+use super::{print_json, print_list, CliError, Format};
+use crate::{api::ApiClient, model::NodeInfo};
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List the nodes of the cluster.
+    Ls,
+    /// Show one node (name or id prefix).
+    Inspect { node: String },
+}
+
+pub async fn run(
+    client: &ApiClient,
+    command: NodeCommand,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    match command {
+        NodeCommand::Ls => {
+            let nodes: Vec<NodeInfo> = client.get("/v1/nodes").await?;
+            print_list(
+                out,
+                format,
+                &nodes,
+                ["ID", "NAME", "STATUS", "AVAILABILITY", "ROLE", "ADDR"],
+                |node| {
+                    vec![
+                        node.id.chars().take(12).collect(),
+                        node.name.clone(),
+                        format!("{:?}", node.status),
+                        format!("{:?}", node.availability),
+                        node.role.to_string(),
+                        node.addr.to_string(),
+                    ]
+                },
+            )
+        }
+        NodeCommand::Inspect { node } => {
+            let node: NodeInfo = client
+                .get(&format!("/v1/nodes/{}", super::path_segment(&node)))
+                .await?;
+            print_json(out, &node)
+        }
+    }
+}

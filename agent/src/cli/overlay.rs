@@ -1,0 +1,103 @@
+//! `netctl overlay ...`.
+
+use std::{io::Write, net::Ipv4Addr};
+
+use clap::Subcommand;
+
+use super::{print_json, print_list, CliError, Format};
+use crate::{api::ApiClient, control::CreateNetwork, model::Network};
+
+#[derive(Debug, Subcommand)]
+pub enum OverlayCommand {
+    /// Create an overlay network.
+    Create {
+        name: String,
+        /// The network's subnet [default: the next free /24 of the pool].
+        #[arg(long)]
+        subnet: Option<ipnet::Ipv4Net>,
+        /// The gateway address [default: the subnet's first host].
+        #[arg(long)]
+        gateway: Option<Ipv4Addr>,
+        /// The VXLAN network identifier [default: the next free one from 4096].
+        #[arg(long)]
+        vni: Option<u32>,
+        /// No route out of the cluster (no masquerade).
+        #[arg(long)]
+        internal: bool,
+        /// MTU [default: underlay MTU - 50].
+        #[arg(long)]
+        mtu: Option<u32>,
+    },
+    /// List overlay networks.
+    Ls,
+    /// Show one overlay network.
+    Inspect { name: String },
+    /// Remove an overlay network (refused while endpoints are attached).
+    Rm { name: String },
+}
+
+pub async fn run(
+    client: &ApiClient,
+    command: OverlayCommand,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    match command {
+        OverlayCommand::Create {
+            name,
+            subnet,
+            gateway,
+            vni,
+            internal,
+            mtu,
+        } => {
+            let request = CreateNetwork {
+                name,
+                subnet,
+                gateway,
+                vni,
+                internal,
+                mtu,
+            };
+            let network: Network = client.post("/v1/networks", &request).await?;
+            match format {
+                Format::Json => print_json(out, &network),
+                Format::Table => Ok(writeln!(out, "{}", network.id)?),
+            }
+        }
+        OverlayCommand::Ls => {
+            let networks: Vec<Network> = client.get("/v1/networks").await?;
+            print_list(
+                out,
+                format,
+                &networks,
+                ["ID", "NAME", "VNI", "SUBNET", "GATEWAY", "INTERNAL"],
+                |n| {
+                    vec![
+                        n.id.chars().take(12).collect(),
+                        n.name.clone(),
+                        n.vni.to_string(),
+                        n.subnet.to_string(),
+                        n.gateway.to_string(),
+                        n.internal.to_string(),
+                    ]
+                },
+            )
+        }
+        OverlayCommand::Inspect { name } => {
+            let network: Network = client
+                .get(&format!("/v1/networks/{}", super::path_segment(&name)))
+                .await?;
+            print_json(out, &network)
+        }
+        OverlayCommand::Rm { name } => {
+            let network: Network = client
+                .delete(&format!("/v1/networks/{}", super::path_segment(&name)))
+                .await?;
+            match format {
+                Format::Json => print_json(out, &network),
+                Format::Table => Ok(writeln!(out, "{}", network.name)?),
+            }
+        }
+    }
+}

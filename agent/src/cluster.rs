@@ -1,0 +1,278 @@
+//! This node's membership of a cluster: the control-plane client (and the
+//! manager role on managers), gossip, the overlay data plane, and the
+//! reconcile loop that keeps the kernel in step with them.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Weak},
+    time::{Duration, Instant},
+};
+
+use ipnet::Ipv4Net;
+use tokio::{
+    sync::{Mutex, Notify, RwLock},
+    task::JoinHandle,
+};
+use tracing::{info, warn};
+
+use crate::{
+    config::AgentConfig,
+    control::{ClusterIdentity, ControlError, ControlPlane, Manager, ManagerClient},
+    dataplane::overlay::{Overlay, OverlayConfig, OverlayError},
+    endpoint_store::{EndpointStore, StoreError},
+    gossip::{Gossip, GossipConfig, GossipError, GossipView},
+    model::{Network, Role},
+    reconcile,
+};
+
+/// How often the reconcile loop runs when nothing wakes it earlier, and how
+/// often a node refreshes its copy of the networks from the managers.
+const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Gossip(#[from] GossipError),
+    #[error(transparent)]
+    Overlay(#[from] OverlayError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct ClusterRuntime {
+    identity: ClusterIdentity,
+    manager_task: Option<JoinHandle<()>>,
+    pub control: ManagerClient,
+    pub gossip: Gossip,
+    pub overlay: Overlay,
+    networks: RwLock<Vec<Network>>,
+    /// Address blocks this node holds, by network id.
+    pub blocks: Mutex<BTreeMap<String, Vec<Ipv4Net>>>,
+    /// Local endpoints; the lock also serialises attach and detach.
+    pub endpoints: Mutex<EndpointStore>,
+    kick: Arc<Notify>,
+    last_refresh: Mutex<Option<Instant>>,
+}
+
+impl ClusterRuntime {
+    /// `cluster init`: this node becomes the first manager of a new cluster.
+    pub async fn init(
+        config: &AgentConfig,
+        pool: Option<Ipv4Net>,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let (manager, identity) = Manager::init(
+            &config.data_dir,
+            &config.node_name,
+            config.advertise_addr,
+            pool,
+        )
+        .await?;
+        identity.save(&config.data_dir)?;
+        Self::start(config, identity, Some(manager)).await
+    }
+
+    /// `cluster join`: this node joins through the manager at `manager`.
+    pub async fn join(
+        config: &AgentConfig,
+        token: &str,
+        manager: SocketAddr,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let identity =
+            crate::control::join(manager, token, &config.node_name, config.advertise_addr).await?;
+        identity.save(&config.data_dir)?;
+        let manager = match identity.role {
+            Role::Manager => Some(Manager::open(&config.data_dir, &identity).await?),
+            Role::Worker => None,
+        };
+        Self::start(config, identity, manager).await
+    }
+
+    /// A restarted agent picks up the cluster it was in, if any.
+    pub async fn resume(config: &AgentConfig) -> Result<Option<Arc<Self>>, ClusterError> {
+        let Some(identity) = ClusterIdentity::load(&config.data_dir)? else {
+            return Ok(None);
+        };
+        let manager = match identity.role {
+            Role::Manager => Some(Manager::open(&config.data_dir, &identity).await?),
+            Role::Worker => None,
+        };
+        Self::start(config, identity, manager).await.map(Some)
+    }
+
+    async fn start(
+        config: &AgentConfig,
+        identity: ClusterIdentity,
+        manager: Option<Manager>,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let manager_task = manager.map(|manager| {
+            let listen = SocketAddr::new(config.advertise_addr, config.control_port);
+            tokio::spawn(async move {
+                if let Err(error) = manager.serve(listen).await {
+                    warn!(%error, "the control plane stopped serving");
+                }
+            })
+        });
+        let control = ManagerClient::new(&identity)?;
+        let endpoints = EndpointStore::open(&config.data_dir)?;
+        let IpAddr::V4(vtep) = config.advertise_addr else {
+            return Err(OverlayError::Other(
+                "the advertise address must be IPv4 (VXLAN underlay)".into(),
+            )
+            .into());
+        };
+        let seeds = identity
+            .managers
+            .iter()
+            .map(|manager| SocketAddr::new(manager.ip(), config.gossip_port))
+            .filter(|seed| seed.ip() != config.advertise_addr)
+            .collect();
+        let gossip = Gossip::start(
+            GossipConfig {
+                node_name: config.node_name.clone(),
+                cluster_id: identity.cluster_id.clone(),
+                listen_addr: SocketAddr::new(config.advertise_addr, config.gossip_port),
+                seeds,
+                cluster_key: identity.cluster_key,
+                vtep,
+                gossip_interval: Duration::from_millis(200),
+            },
+            endpoints.endpoints(),
+        )
+        .await?;
+        let overlay = Overlay::new(OverlayConfig {
+            netns_prefix: config.netns_prefix.clone(),
+            underlay: crate::dataplane::interfaces::interface_with_addr(config.advertise_addr)
+                .unwrap_or_default(),
+            vtep,
+            node_netns: None,
+        })?;
+        info!(
+            cluster = %identity.cluster_id,
+            node_id = %identity.node_id,
+            role = %identity.role,
+            "cluster member"
+        );
+        let runtime = Arc::new(Self {
+            identity,
+            manager_task,
+            control,
+            gossip,
+            overlay,
+            networks: RwLock::new(Vec::new()),
+            blocks: Mutex::new(BTreeMap::new()),
+            endpoints: Mutex::new(endpoints),
+            kick: Arc::new(Notify::new()),
+            last_refresh: Mutex::new(None),
+        });
+        tokio::spawn(reconcile_loop(
+            Arc::downgrade(&runtime),
+            runtime.kick.clone(),
+            runtime.gossip.subscribe(),
+        ));
+        Ok(runtime)
+    }
+
+    pub fn identity(&self) -> &ClusterIdentity {
+        &self.identity
+    }
+
+    /// Wakes the reconcile loop now.
+    pub fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    /// The networks as last read from the managers.
+    pub async fn networks(&self) -> Vec<Network> {
+        self.networks.read().await.clone()
+    }
+
+    /// Reads the networks from the managers; on failure keeps the last copy.
+    pub async fn refresh_networks(&self) -> Result<Vec<Network>, ControlError> {
+        let fresh = self.control.networks().await?;
+        *self.networks.write().await = fresh.clone();
+        Ok(fresh)
+    }
+
+    /// The network called `name`, asking the managers if this node has not
+    /// heard of it yet.
+    pub async fn network(&self, name: &str) -> Result<Option<Network>, ControlError> {
+        if let Some(network) = self.networks.read().await.iter().find(|n| n.name == name) {
+            return Ok(Some(network.clone()));
+        }
+        Ok(self
+            .refresh_networks()
+            .await?
+            .into_iter()
+            .find(|n| n.name == name))
+    }
+
+    pub fn view(&self) -> Arc<GossipView> {
+        self.gossip.subscribe().borrow().clone()
+    }
+
+    /// One reconcile pass: observe, plan, execute.
+    async fn reconcile_once(&self) {
+        let stale = self
+            .last_refresh
+            .lock()
+            .await
+            .is_none_or(|at| at.elapsed() >= RECONCILE_PERIOD);
+        if stale {
+            match self.refresh_networks().await {
+                Ok(_) => *self.last_refresh.lock().await = Some(Instant::now()),
+                Err(error) => warn!(%error, "cannot refresh the networks; using the last copy"),
+            }
+        }
+        let networks = self.networks().await;
+        let local = self.endpoints.lock().await.endpoints();
+        let view = self.view();
+        let observed = match reconcile::observe(&self.overlay, &networks).await {
+            Ok(observed) => observed,
+            Err(error) => {
+                warn!(%error, "cannot read the overlay state");
+                return;
+            }
+        };
+        let actions = reconcile::plan(
+            &self.identity.node_name,
+            &networks,
+            &local,
+            &view,
+            &observed,
+        );
+        if !actions.is_empty() {
+            reconcile::execute(&self.overlay, &actions).await;
+        }
+    }
+}
+
+impl Drop for ClusterRuntime {
+    fn drop(&mut self) {
+        if let Some(task) = self.manager_task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Reconciles on every gossip change, every kick, and every period; ends
+/// when the runtime goes (it holds the runtime only while a pass runs).
+async fn reconcile_loop(
+    runtime: Weak<ClusterRuntime>,
+    kick: Arc<Notify>,
+    mut view: tokio::sync::watch::Receiver<Arc<GossipView>>,
+) {
+    loop {
+        match runtime.upgrade() {
+            Some(rt) => rt.reconcile_once().await,
+            None => return,
+        }
+        tokio::select! {
+            changed = view.changed() => if changed.is_err() { return },
+            _ = kick.notified() => {}
+            _ = tokio::time::sleep(RECONCILE_PERIOD) => {}
+        }
+    }
+}

@@ -103,7 +103,8 @@ impl AgentState {
         Ok(rt)
     }
 
-    pub fn status(&self) -> Result<Status, DatapathError> {
+    pub async fn status(&self) -> Result<Status, DatapathError> {
+        let cluster = self.cluster().await;
         let datapath = self.datapath();
         let programs = datapath
             .attachments()
@@ -124,6 +125,9 @@ impl AgentState {
             bpffs: self.config.bpffs.display().to_string(),
             programs,
             interfaces: counters::read(&datapath)?,
+            cluster_id: cluster.as_ref().map(|rt| rt.identity().cluster_id.clone()),
+            role: cluster.as_ref().map(|rt| rt.identity().role),
+            gossip_rejected_packets: cluster.as_ref().map(|rt| rt.gossip.rejected_packets()),
         })
     }
 

@@ -103,6 +103,44 @@ fn wanted_peers(self_name: &str, network: &Network, view: &GossipView) -> BTreeS
         .collect()
 }
 
+/// Reads what the overlay holds for the networks this node knows.
+pub async fn observe(
+    overlay: &crate::dataplane::overlay::Overlay,
+    networks: &[Network],
+) -> Result<Observed, crate::dataplane::overlay::OverlayError> {
+    let present = overlay.sandboxes().await?;
+    let mut observed = Observed::default();
+    for network in networks.iter().filter(|n| present.contains(&n.vni)) {
+        let peers = overlay.peers(network).await?;
+        observed
+            .sandboxes
+            .insert(network.vni, peers.into_iter().collect());
+    }
+    Ok(observed)
+}
+
+/// Carries out `actions` in order; a failed action is logged and the rest
+/// still run (the next pass retries what failed).
+pub async fn execute(overlay: &crate::dataplane::overlay::Overlay, actions: &[Action]) -> usize {
+    let mut failed = 0;
+    for action in actions {
+        let result = match action {
+            Action::EnsureSandbox(network) => overlay.ensure_sandbox(network).await,
+            Action::RemovePeer(network, peer) => overlay.remove_peer(network, peer).await,
+            Action::AddPeer(network, peer) => overlay.add_peer(network, peer).await,
+            Action::RemoveSandbox(network) => overlay.remove_sandbox(network).await,
+        };
+        match result {
+            Ok(()) => tracing::debug!(?action, "reconciled"),
+            Err(error) => {
+                failed += 1;
+                tracing::warn!(?action, %error, "reconcile action failed; will retry");
+            }
+        }
+    }
+    failed
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -176,7 +214,13 @@ mod tests {
             ("n1", 11, vec![mine.clone()]),
             ("n2", 12, vec![theirs.clone()]),
         ]);
-        let actions = plan("n1", &[net.clone()], &[mine], &v, &Observed::default());
+        let actions = plan(
+            "n1",
+            std::slice::from_ref(&net),
+            &[mine],
+            &v,
+            &Observed::default(),
+        );
         assert_eq!(
             actions,
             vec![
@@ -218,7 +262,7 @@ mod tests {
         let observed = Observed {
             sandboxes: [(4096, [peer(&gone, 12)].into())].into(),
         };
-        let actions = plan("n1", &[net.clone()], &[mine], &v, &observed);
+        let actions = plan("n1", std::slice::from_ref(&net), &[mine], &v, &observed);
         assert_eq!(
             actions,
             vec![
@@ -236,7 +280,7 @@ mod tests {
         let observed = Observed {
             sandboxes: [(4096, [peer(&theirs, 12)].into()), (5000, BTreeSet::new())].into(),
         };
-        let actions = plan("n1", &[net.clone()], &[], &v, &observed);
+        let actions = plan("n1", std::slice::from_ref(&net), &[], &v, &observed);
         assert_eq!(actions, vec![Action::RemoveSandbox(net)]);
     }
 
@@ -259,42 +303,4 @@ mod tests {
         let actions = plan("n1", &[a.clone(), b], &[mine], &v, &Observed::default());
         assert_eq!(actions, vec![Action::EnsureSandbox(a)]);
     }
-}
-
-/// Reads what the overlay holds for the networks this node knows.
-pub async fn observe(
-    overlay: &crate::dataplane::overlay::Overlay,
-    networks: &[Network],
-) -> Result<Observed, crate::dataplane::overlay::OverlayError> {
-    let present = overlay.sandboxes().await?;
-    let mut observed = Observed::default();
-    for network in networks.iter().filter(|n| present.contains(&n.vni)) {
-        let peers = overlay.peers(network).await?;
-        observed
-            .sandboxes
-            .insert(network.vni, peers.into_iter().collect());
-    }
-    Ok(observed)
-}
-
-/// Carries out `actions` in order; a failed action is logged and the rest
-/// still run (the next pass retries what failed).
-pub async fn execute(overlay: &crate::dataplane::overlay::Overlay, actions: &[Action]) -> usize {
-    let mut failed = 0;
-    for action in actions {
-        let result = match action {
-            Action::EnsureSandbox(network) => overlay.ensure_sandbox(network).await,
-            Action::RemovePeer(network, peer) => overlay.remove_peer(network, peer).await,
-            Action::AddPeer(network, peer) => overlay.add_peer(network, peer).await,
-            Action::RemoveSandbox(network) => overlay.remove_sandbox(network).await,
-        };
-        match result {
-            Ok(()) => tracing::debug!(?action, "reconciled"),
-            Err(error) => {
-                failed += 1;
-                tracing::warn!(?action, %error, "reconcile action failed; will retry");
-            }
-        }
-    }
-    failed
 }

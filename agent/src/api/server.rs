@@ -142,7 +142,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
 }
 
 async fn status(State(state): State<Arc<AgentState>>) -> Result<Json<Status>, ApiError> {
-    state.status().map(Json).map_err(ApiError::internal)
+    state.status().await.map(Json).map_err(ApiError::internal)
 }
 
 async fn counters(

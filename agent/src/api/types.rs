@@ -18,6 +18,14 @@ pub struct Status {
     pub bpffs: String,
     pub programs: Vec<ProgramStatus>,
     pub interfaces: Vec<InterfaceCounters>,
+    /// The cluster this node is in, if any.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    #[serde(default)]
+    pub role: Option<crate::model::Role>,
+    /// Gossip datagrams dropped because they did not open with the cluster key.
+    #[serde(default)]
+    pub gossip_rejected_packets: Option<u64>,
 }
 
 /// One datapath program attached to one interface.

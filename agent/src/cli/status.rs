@@ -23,6 +23,13 @@ fn write_table(status: &Status, out: &mut dyn Write) -> Result<(), CliError> {
     )?;
     writeln!(out, "Advertise addr:  {}", status.advertise_addr)?;
     writeln!(out, "BPF pins:        {}", status.bpffs)?;
+    match (&status.cluster_id, status.role) {
+        (Some(id), Some(role)) => writeln!(out, "Cluster:         {id} ({role})")?,
+        _ => writeln!(out, "Cluster:         none (netctl cluster init | join)")?,
+    }
+    if let Some(rejected) = status.gossip_rejected_packets {
+        writeln!(out, "Gossip rejected: {rejected} packets")?;
+    }
     writeln!(out)?;
     writeln!(out, "Datapath programs:")?;
     let mut programs = Table::new(["PROGRAM", "KIND", "INTERFACE", "DIRECTION", "PROG ID"]);

@@ -613,7 +613,10 @@ impl Lab {
         let token = token["token"].as_str().unwrap_or_default().to_owned();
         let manager = format!("{}:2377", first.addr);
         for node in &self.nodes[1..] {
-            self.netctl_json(&node.name, &["cluster", "join", "--token", &token, &manager])?;
+            self.netctl_json(
+                &node.name,
+                &["cluster", "join", "--token", &token, &manager],
+            )?;
         }
         Ok(())
     }

@@ -650,6 +650,33 @@ impl Lab {
         Ok(container)
     }
 
+    /// Adds container `name` and attaches it on `node` to `network`
+    /// (`netctl endpoint attach`); returns the container and its address.
+    pub fn attach_container(
+        &mut self,
+        node: &str,
+        name: &str,
+        network: &str,
+    ) -> Result<(Container, String), LabError> {
+        let container = self.add_container(name)?;
+        let path = container.netns_path().display().to_string();
+        let endpoint = self.netctl_json(
+            node,
+            &[
+                "endpoint",
+                "attach",
+                "--network",
+                network,
+                "--netns",
+                &path,
+                "--name",
+                name,
+            ],
+        )?;
+        let ip = endpoint["ip"].as_str().unwrap_or_default().to_owned();
+        Ok((container, ip))
+    }
+
     /// The last `lines` lines of every agent's log, for failure reports.
     pub fn agent_logs(&self, lines: usize) -> String {
         let mut report = String::new();

@@ -23,25 +23,7 @@ fn cluster(nodes: usize) -> Lab {
 
 /// Attaches a new container on `node` to `network`; returns it and its IP.
 fn attach(lab: &mut Lab, node: &str, name: &str, network: &str) -> (Container, String) {
-    let container = lab.add_container(name).expect("container");
-    let path = container.netns_path().display().to_string();
-    let endpoint = lab
-        .netctl_json(
-            node,
-            &[
-                "endpoint",
-                "attach",
-                "--network",
-                network,
-                "--netns",
-                &path,
-                "--name",
-                name,
-            ],
-        )
-        .expect("attach");
-    let ip = endpoint["ip"].as_str().expect("ip").to_owned();
-    (container, ip)
+    lab.attach_container(node, name, network).expect("attach")
 }
 
 fn pings(lab: &Lab, from: &Container, to: &str) -> bool {

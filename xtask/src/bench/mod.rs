@@ -1,0 +1,33 @@
+//! `cargo xtask bench NAME`: benchmarks, each measuring netagent and its
+//! anchor side by side in one lab and one run, reported as ratios.
+
+mod converge;
+mod overlay;
+mod report;
+
+use anyhow::{bail, Result};
+
+use crate::{setup, workspace};
+
+const BENCHMARKS: &[&str] = &["overlay", "converge"];
+
+pub fn run(name: &str, args: &[String]) -> Result<()> {
+    if !BENCHMARKS.contains(&name) {
+        bail!(
+            "unknown benchmark {name:?}: pick one of {}",
+            BENCHMARKS.join(", ")
+        );
+    }
+    setup::run()?;
+    workspace::require_root("cargo xtask bench")?;
+    // Benchmarks measure the release build.
+    workspace::cargo(&["build", "--release", "-p", "netagent", "--bins"])?;
+    std::env::set_var(
+        "NETAGENT_BIN_DIR",
+        workspace::root().join("target").join("release"),
+    );
+    match name {
+        "overlay" => overlay::run(args),
+        _ => converge::run(args),
+    }
+}

@@ -226,3 +226,46 @@ async fn gossip_cluster_converges_forgets_dead_and_refuses_strangers() {
         g.shutdown().await;
     }
 }
+
+/// A state far larger than one datagram: chitchat sends it in MTU-bounded
+/// deltas over several rounds, and the largest ones are fragmented by the
+/// sealed transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_large_state_converges() {
+    const N: usize = 4000;
+    let (addr_x, addr_y) = (free_addr(), free_addr());
+    let endpoints: Vec<Endpoint> = (0..N)
+        .map(|i| {
+            let mut e = endpoint(&format!("endpoint-{i:05}-{:x}", i * 7919), "x", 0);
+            e.ip = Ipv4Addr::from(0x0a00_0000 + i as u32);
+            e.mac = Mac::from_ipv4(e.ip);
+            e.aliases = vec![format!("alias-{}", i * 31)];
+            e
+        })
+        .collect();
+    let x = Gossip::start(config("x", addr_x, &[addr_y], KEY), endpoints)
+        .await
+        .unwrap();
+    let y = Gossip::start(config("y", addr_y, &[addr_x], KEY), vec![])
+        .await
+        .unwrap();
+    let took = wait_all(
+        &mut [y.subscribe()],
+        Duration::from_secs(30),
+        "large state",
+        |v| v.nodes.get("x").is_some_and(|p| p.endpoints.len() == N),
+    )
+    .await;
+    println!("{N} endpoints converged in {took:?}");
+    assert_eq!(y.rejected_packets(), 0);
+    x.shutdown().await;
+    y.shutdown().await;
+}
+
+#[tokio::test]
+async fn gossip_refuses_wildcard_listen_address() {
+    let addr: SocketAddr = "0.0.0.0:7946".parse().unwrap();
+    assert!(Gossip::start(config("w", addr, &[], KEY), vec![])
+        .await
+        .is_err());
+}

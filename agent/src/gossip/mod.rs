@@ -58,6 +58,8 @@ pub enum GossipError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("gossip address {0} must be the node's own address, not a wildcard")]
+    Wildcard(SocketAddr),
     #[error("cannot start gossip on {addr}: {reason}")]
     Start { addr: SocketAddr, reason: String },
 }
@@ -133,6 +135,10 @@ impl Gossip {
         config: GossipConfig,
         endpoints: Vec<Endpoint>,
     ) -> Result<Self, GossipError> {
+        // The listen address is also what peers are told to gossip to.
+        if config.listen_addr.ip().is_unspecified() {
+            return Err(GossipError::Wildcard(config.listen_addr));
+        }
         let interval = if config.gossip_interval.is_zero() {
             DEFAULT_GOSSIP_INTERVAL
         } else {

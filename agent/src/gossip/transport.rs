@@ -240,3 +240,70 @@ impl Socket for SealedSocket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chitchat::{ChitchatMessage, ProtocolVersion};
+
+    use super::*;
+
+    const KEY: [u8; 32] = [3; 32];
+
+    async fn open(key: [u8; 32]) -> (Box<dyn Socket>, Arc<AtomicU64>) {
+        let rejected = Arc::new(AtomicU64::new(0));
+        let transport = SealedTransport::new(Sealer::new(&key, "c"), rejected.clone());
+        (transport.open(loopback()).await.unwrap(), rejected)
+    }
+
+    fn syn(cluster_id: String) -> ChitchatEnvelope {
+        ChitchatEnvelope {
+            version: ProtocolVersion::V1,
+            message: ChitchatMessage::Syn {
+                cluster_id,
+                // The digest type is private to chitchat; an empty one will do.
+                digest: Default::default(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn gossip_sealed_socket_relays_small_and_fragmented_messages() {
+        let (mut a, _) = open(KEY).await;
+        let (mut b, b_rejected) = open(KEY).await;
+        let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+
+        // The second is big enough that its sealed datagram would exceed
+        // 65 507 bytes: it goes as two fragments.
+        for cluster_id in ["c".to_owned(), "x".repeat(65_490)] {
+            a.send(b_addr, syn(cluster_id.clone())).await.unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(2), b.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.from_addr, a_addr);
+            assert_eq!(got.envelope, syn(cluster_id));
+        }
+        // And back: b answers a at the address it came from.
+        b.send(a_addr, syn("reply".into())).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), a.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.from_addr, b_addr);
+        assert_eq!(b_rejected.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn gossip_sealed_socket_drops_foreign_and_plain_packets() {
+        let (mut stranger, _) = open([4; 32]).await;
+        let (mut b, b_rejected) = open(KEY).await;
+        let b_addr = b.local_addr().unwrap();
+        stranger.send(b_addr, syn("c".into())).await.unwrap();
+        let plain = UdpSocket::bind(loopback()).await.unwrap();
+        plain.send_to(b"not sealed at all", b_addr).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(300), b.recv())
+            .await
+            .is_err());
+        assert_eq!(b_rejected.load(Ordering::Relaxed), 2);
+    }
+}

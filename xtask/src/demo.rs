@@ -44,6 +44,48 @@ fn show(lab: &mut Lab) -> Result<()> {
         print_output(&lab.netctl(name, &["status"])?);
     }
 
+    step("forming a cluster: n1 inits, n2 and n3 join with the worker token");
+    lab.form_cluster()?;
+    print_output(&lab.netctl("n1", &["node", "ls"])?);
+
+    step("creating overlay network appnet (VXLAN) and attaching a container on every node");
+    print_output(&lab.netctl(
+        "n1",
+        &["overlay", "create", "appnet", "--subnet", "10.10.0.0/24"],
+    )?);
+    let mut containers = Vec::new();
+    for (i, node) in names.iter().enumerate() {
+        let (container, ip) = lab.attach_container(node, &format!("web{}", i + 1), "appnet")?;
+        containers.push((node.clone(), container, ip));
+    }
+    print_output(&lab.netctl("n1", &["endpoint", "ls"])?);
+
+    step("every container pings every other, across nodes, over the overlay");
+    for (from_node, from, _) in &containers {
+        for (to_node, to, ip) in &containers {
+            if from.name == to.name {
+                continue;
+            }
+            let reached = netlab::wait_until(Duration::from_secs(5), || {
+                let out = lab
+                    .exec(&from.netns, &["ping", "-c", "1", "-W", "1", ip])
+                    .ok()?;
+                out.status.success().then_some(())
+            });
+            match reached {
+                Ok(()) => println!(
+                    "{} ({from_node}) -> {} ({to_node}) {ip}: ok",
+                    from.name, to.name
+                ),
+                Err(_) => bail!(
+                    "{} on {from_node} cannot reach {} on {to_node} ({ip})",
+                    from.name,
+                    to.name
+                ),
+            }
+        }
+    }
+
     let target = lab.node("n1")?.addr.to_string();
     step(&format!(
         "the external client pings n1 ({target}); n1's eBPF counters see every packet"
@@ -61,7 +103,6 @@ fn show(lab: &mut Lab) -> Result<()> {
     })
     .map_err(|_| anyhow::anyhow!("n1's counters did not see the pings"))?;
     println!("n1 eth0 rx_packets: {before} -> {after}");
-    print_output(&lab.netctl("n1", &["status"])?);
     Ok(())
 }
 

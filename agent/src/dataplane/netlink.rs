@@ -254,7 +254,7 @@ impl Netlink {
             .filter_map(|m| {
                 let mac = lladdr(m)?;
                 let vtep = m.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                    NeighbourAttribute::Destination(address) => bridge_dst(address),
                     _ => None,
                 })?;
                 Some((mac, vtep, m.header.state))
@@ -317,6 +317,18 @@ impl Netlink {
                 }
             }
         }
+    }
+}
+
+/// NDA_DST of an AF_BRIDGE entry: the parser only knows the address family
+/// of the message (bridge), so an IPv4 VTEP arrives as 4 raw bytes.
+fn bridge_dst(address: &NeighbourAddress) -> Option<Ipv4Addr> {
+    match address {
+        NeighbourAddress::Inet(ip) => Some(*ip),
+        NeighbourAddress::Other(bytes) => <[u8; 4]>::try_from(bytes.as_slice())
+            .ok()
+            .map(Ipv4Addr::from),
+        _ => None,
     }
 }
 

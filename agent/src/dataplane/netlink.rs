@@ -439,7 +439,6 @@ fn link_infos(link: &LinkMessage) -> impl Iterator<Item = &LinkInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_core::Emitable;
 
     #[test]
     fn fdb_append_message_is_what_bridge_fdb_append_sends() {
@@ -450,8 +449,8 @@ mod tests {
         message.serialize(&mut bytes);
         #[rustfmt::skip]
         let want: Vec<u8> = vec![
-            // nlmsghdr: len 44, RTM_NEWNEIGH (28), flags REQUEST|ACK|CREATE|APPEND (0x0c05), seq 0, pid 0
-            44, 0, 0, 0, 28, 0, 0x05, 0x0c, 0, 0, 0, 0, 0, 0, 0, 0,
+            // nlmsghdr: len 48, RTM_NEWNEIGH (28), flags REQUEST|ACK|CREATE|APPEND (0x0c05), seq 0, pid 0
+            48, 0, 0, 0, 28, 0, 0x05, 0x0c, 0, 0, 0, 0, 0, 0, 0, 0,
             // ndmsg: AF_BRIDGE (7), pad, ifindex 7, NUD_PERMANENT (0x80), NTF_SELF (2), type 0
             7, 0, 0, 0, 7, 0, 0, 0, 0x80, 0, 2, 0,
             // NDA_LLADDR (2): 6 bytes + 2 padding

@@ -22,8 +22,6 @@ use nix::{
 
 /// Where named namespaces live (as with `ip netns`).
 pub const NETNS_RUN_DIR: &str = "/run/netns";
-/// `f_type` of a mounted namespace file (nsfs).
-const NSFS_MAGIC: i64 = 0x6e73_6673;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -59,7 +57,8 @@ pub fn open(path: &Path) -> Result<OwnedFd, NetnsError> {
 /// Whether `path` is a live namespace (a mounted nsfs file), not a stale
 /// plain file left by a crash between "create the file" and "mount on it".
 pub fn is_namespace(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|fs| fs.filesystem_type().0 as i64 == NSFS_MAGIC)
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
 /// Runs `work` on a dedicated std thread that first enters namespace `netns`

@@ -70,13 +70,10 @@ fn link_names(lab: &Lab, netns: &str) -> Vec<String> {
 }
 
 fn pings(lab: &Lab, from: &str, to: Ipv4Addr) -> bool {
-    lab.exec(
-        from,
-        &["ping", "-c", "1", "-W", "1", "-q", &to.to_string()],
-    )
-    .expect("run ping")
-    .status
-    .success()
+    lab.exec(from, &["ping", "-c", "1", "-W", "1", "-q", &to.to_string()])
+        .expect("run ping")
+        .status
+        .success()
 }
 
 fn endpoint(id: &str, ip: Ipv4Addr, container_netns: &Path) -> Attachment {
@@ -108,11 +105,23 @@ async fn overlay_connects_containers_across_nodes_and_cleans_up() {
     assert_eq!(vxlan["mtu"], 1450, "{vxlan}");
     assert_eq!(vxlan["master"], "br0", "{vxlan}");
     o1.ensure_sandbox(&net).await.expect("ensure again");
-    assert_eq!(link(&lab, &sb1, "vxlan0").unwrap()["ifindex"], vxlan["ifindex"]);
-    assert_eq!(link(&lab, &sb1, "br0").unwrap()["ifindex"], bridge["ifindex"]);
+    assert_eq!(
+        link(&lab, &sb1, "vxlan0").unwrap()["ifindex"],
+        vxlan["ifindex"]
+    );
+    assert_eq!(
+        link(&lab, &sb1, "br0").unwrap()["ifindex"],
+        bridge["ifindex"]
+    );
     assert_eq!(o1.sandboxes().await.expect("sandboxes"), vec![4096]);
     let details = stdout(&lab, &sb1, &["ip", "-d", "link", "show", "vxlan0"]);
-    for want in ["id 4096", "dstport 4789", "nolearning", "proxy", "local 198.18.0.11"] {
+    for want in [
+        "id 4096",
+        "dstport 4789",
+        "nolearning",
+        "proxy",
+        "local 198.18.0.11",
+    ] {
         assert!(details.contains(want), "{want} missing: {details}");
     }
     // The vxlan device is not left in the node namespace.
@@ -127,7 +136,10 @@ async fn overlay_connects_containers_across_nodes_and_cleans_up() {
     let e2 = endpoint("e2bbbbbbbbbb", ip2, &c2.netns_path());
     o1.attach(&net, &e1).await.expect("attach c1");
     o2.attach(&net, &e2).await.expect("attach c2");
-    assert_eq!(o1.attached(&net).await.expect("attached"), vec![e1.endpoint_id.clone()]);
+    assert_eq!(
+        o1.attached(&net).await.expect("attached"),
+        vec![e1.endpoint_id.clone()]
+    );
     let eth0 = link(&lab, &c1.netns, "eth0").expect("eth0 in c1");
     assert_eq!(eth0["address"], e1.mac.to_string());
     assert_eq!(eth0["mtu"], 1450);
@@ -135,8 +147,16 @@ async fn overlay_connects_containers_across_nodes_and_cleans_up() {
     assert!(routes.contains("via 10.10.0.1"), "{routes}");
 
     // Peers, added twice: idempotent.
-    let p1 = Peer { ip: ip1, mac: e1.mac, vtep: vtep1 };
-    let p2 = Peer { ip: ip2, mac: e2.mac, vtep: vtep2 };
+    let p1 = Peer {
+        ip: ip1,
+        mac: e1.mac,
+        vtep: vtep1,
+    };
+    let p2 = Peer {
+        ip: ip2,
+        mac: e2.mac,
+        vtep: vtep2,
+    };
     for _ in 0..2 {
         o1.add_peer(&net, &p2).await.expect("peer on n1");
         o2.add_peer(&net, &p1).await.expect("peer on n2");
@@ -144,10 +164,15 @@ async fn overlay_connects_containers_across_nodes_and_cleans_up() {
     assert_eq!(o1.peers(&net).await.expect("peers"), vec![p2]);
     assert_eq!(o2.peers(&net).await.expect("peers"), vec![p1]);
 
-    wait_until(Duration::from_secs(5), || pings(&lab, &c1.netns, ip2).then_some(()))
-        .expect("c1 reaches c2 across nodes");
+    wait_until(Duration::from_secs(5), || {
+        pings(&lab, &c1.netns, ip2).then_some(())
+    })
+    .expect("c1 reaches c2 across nodes");
     assert!(pings(&lab, &c2.netns, ip1), "c2 reaches c1");
-    assert!(pings(&lab, &c1.netns, net.gateway), "c1 reaches its gateway");
+    assert!(
+        pings(&lab, &c1.netns, net.gateway),
+        "c1 reaches its gateway"
+    );
 
     // vxlan0's own table holds exactly the static peer entry: nothing
     // learned, no all-zeros flood entry.
@@ -165,16 +190,25 @@ async fn overlay_connects_containers_across_nodes_and_cleans_up() {
     o1.remove_peer(&net, &p2).await.expect("remove peer");
     o1.remove_peer(&net, &p2).await.expect("remove peer again");
     assert!(o1.peers(&net).await.expect("peers").is_empty());
-    assert!(!pings(&lab, &c1.netns, ip2), "traffic flows without a peer entry");
+    assert!(
+        !pings(&lab, &c1.netns, ip2),
+        "traffic flows without a peer entry"
+    );
 
     // An attach to a namespace that does not exist: one-line error, no veth.
     let missing = Path::new("/run/netns").join(format!("{}-nope", lab.prefix()));
     let error = o1
-        .attach(&net, &endpoint("e3cccccccccc", Ipv4Addr::new(10, 10, 0, 4), &missing))
+        .attach(
+            &net,
+            &endpoint("e3cccccccccc", Ipv4Addr::new(10, 10, 0, 4), &missing),
+        )
         .await
         .expect_err("attach to a missing namespace");
     let message = error.to_string();
-    assert!(!message.contains('\n') && message.contains("nope"), "{message}");
+    assert!(
+        !message.contains('\n') && message.contains("nope"),
+        "{message}"
+    );
     let veths: Vec<String> = link_names(&lab, &sb1)
         .into_iter()
         .filter(|n| n.starts_with("ve-") || n.starts_with("vp-"))
@@ -187,9 +221,14 @@ async fn overlay_connects_containers_across_nodes_and_cleans_up() {
 
     // Detach (twice: idempotent), then remove the sandboxes (twice too).
     o1.detach(&net, &e1.endpoint_id).await.expect("detach");
-    o1.detach(&net, &e1.endpoint_id).await.expect("detach again");
+    o1.detach(&net, &e1.endpoint_id)
+        .await
+        .expect("detach again");
     o2.detach(&net, &e2.endpoint_id).await.expect("detach c2");
-    assert!(link(&lab, &c1.netns, "eth0").is_none(), "the pair went with the host end");
+    assert!(
+        link(&lab, &c1.netns, "eth0").is_none(),
+        "the pair went with the host end"
+    );
     assert!(o1.attached(&net).await.expect("attached").is_empty());
     for (o, sb) in [(&o1, &sb1), (&o2, &sb2)] {
         o.remove_sandbox(&net).await.expect("remove sandbox");

@@ -114,6 +114,21 @@ async fn overlay_connects_containers_across_nodes_and_cleans_up() {
         bridge["ifindex"]
     );
     assert_eq!(o1.sandboxes().await.expect("sandboxes"), vec![4096]);
+    // A restarted agent (a new Overlay) adopts it too, and repairs only what
+    // is wrong: a vxlan0 that went down comes back up, same device.
+    stdout(&lab, &sb1, &["ip", "link", "set", "vxlan0", "down"]);
+    overlay(&lab, "n1")
+        .ensure_sandbox(&net)
+        .await
+        .expect("adopt after restart");
+    let adopted = link(&lab, &sb1, "vxlan0").expect("vxlan0");
+    assert_eq!(adopted["ifindex"], vxlan["ifindex"]);
+    assert!(
+        adopted["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "UP")),
+        "{adopted}"
+    );
     let details = stdout(&lab, &sb1, &["ip", "-d", "link", "show", "vxlan0"]);
     for want in [
         "id 4096",

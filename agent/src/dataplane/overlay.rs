@@ -1,6 +1,6 @@
-//! CONTRACT STUB (issue 3): the overlay data plane of one node. The dataplane
-//! helper replaces the bodies; the signatures are what the rest of the agent
-//! calls. Internals go to `netns`, `netlink`, `sandbox`, `endpoint`, `peers`.
+//! The overlay data plane of one node: the contract the rest of the agent
+//! calls. Internals: `netns` (namespace switching), `netlink` (handles and
+//! hand-built messages), `sandbox`, `endpoint`, `peers`.
 //!
 //! Naming, so that nothing collides between agents on one machine:
 //! - sandbox namespace: `<netns_prefix>-<vni>` (under /run/netns)
@@ -15,13 +15,75 @@
 
 use std::{net::Ipv4Addr, path::PathBuf};
 
+use super::{endpoint, netlink::NetlinkError, netns::NetnsError, peers, sandbox};
 use crate::model::{Mac, Network, Peer};
 
+/// Every error is one line: what was wrong, then what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
-    #[error("{0}")]
-    Other(String),
+    #[error("invalid overlay configuration: {0}; fix the agent's configuration")]
+    Config(String),
+    #[error("{what} in {netns} failed: {source}; {hint}")]
+    Netlink {
+        what: String,
+        netns: String,
+        source: NetlinkError,
+        hint: &'static str,
+    },
+    #[error("{source}; {hint}")]
+    Netns {
+        source: NetnsError,
+        hint: &'static str,
+    },
+    #[error("cannot open container namespace {}: {source}; check that the container is running and the path is right", path.display())]
+    ContainerNetns {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("underlay interface {name} not found in the node namespace; set the underlay to the interface that holds the advertise address")]
+    UnderlayMissing { name: String },
+    #[error("sandbox {name} (VNI {vni}) does not exist; create it with ensure_sandbox first")]
+    NoSandbox { name: String, vni: u32 },
+    #[error("{link} is missing in sandbox {sandbox}; run ensure_sandbox to repair the sandbox")]
+    LinkMissing { link: &'static str, sandbox: String },
+    #[error("endpoint id {id:?} is not usable (want 1 or more of [A-Za-z0-9_.-]); pass the endpoint's id")]
+    BadEndpointId { id: String },
+    #[error("interface name {name:?} is not usable (1 to 15 bytes, no '/', ':' or whitespace); pass a name such as eth0")]
+    BadIfname { name: String },
+    #[error("{ip} is not a host address of subnet {subnet}; give the endpoint an address of that subnet other than the gateway")]
+    AddressOutsideSubnet {
+        ip: Ipv4Addr,
+        subnet: ipnet::Ipv4Net,
+    },
+    #[error("veth {link} exists already in sandbox {sandbox} (attached twice, or two endpoint ids share their first 8 characters); detach it first")]
+    EndpointExists { link: String, sandbox: String },
+    #[error("removing sandbox {sandbox} left errors: {}; remove what is listed by hand", errors.join("; "))]
+    Cleanup {
+        sandbox: String,
+        errors: Vec<String>,
+    },
 }
+
+impl OverlayError {
+    /// Wraps a netlink failure with what was being done and where.
+    pub(crate) fn netlink(
+        what: impl Into<String>,
+        netns: impl Into<String>,
+        hint: &'static str,
+    ) -> impl FnOnce(NetlinkError) -> OverlayError {
+        let (what, netns) = (what.into(), netns.into());
+        move |source| OverlayError::Netlink {
+            what,
+            netns,
+            source,
+            hint,
+        }
+    }
+}
+
+/// The hint for failures we cannot explain better.
+pub(crate) const HINT_GENERIC: &str =
+    "check that the agent runs as root and see `ip -n <namespace> link` for the state left";
 
 /// How the node's overlay data plane is set up.
 #[derive(Clone, Debug)]
@@ -52,69 +114,92 @@ pub struct Attachment {
 }
 
 pub struct Overlay {
-    #[allow(dead_code)]
     config: OverlayConfig,
+    /// Serialises sandbox creation and removal (two concurrent
+    /// `ensure_sandbox` calls would race on the temporary vxlan name).
+    sandbox_lock: tokio::sync::Mutex<()>,
 }
 
 impl Overlay {
     pub fn new(config: OverlayConfig) -> Result<Self, OverlayError> {
-        Ok(Self { config })
+        if config.netns_prefix.is_empty() || config.netns_prefix.contains('/') {
+            return Err(OverlayError::Config(format!(
+                "namespace prefix {:?} must be non-empty and hold no '/'",
+                config.netns_prefix
+            )));
+        }
+        if config.underlay.is_empty() {
+            return Err(OverlayError::Config(
+                "the underlay interface is empty".into(),
+            ));
+        }
+        Ok(Self {
+            config,
+            sandbox_lock: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// The sandbox namespace's name for `network`.
     pub fn sandbox_name(&self, network: &Network) -> String {
-        format!("{}-{}", self.config.netns_prefix, network.vni)
+        sandbox::name(&self.config.netns_prefix, network.vni)
     }
 
     /// Creates the sandbox of `network`, or adopts it as it is when it exists
-    /// already (a restart changes nothing that was right).
-    pub async fn ensure_sandbox(&self, _network: &Network) -> Result<(), OverlayError> {
-        Err(OverlayError::Other("not implemented".into()))
+    /// already (a restart changes nothing that was right; a missing or wrong
+    /// piece is repaired).
+    pub async fn ensure_sandbox(&self, network: &Network) -> Result<(), OverlayError> {
+        let _guard = self.sandbox_lock.lock().await;
+        sandbox::ensure(&self.config, network).await
     }
 
-    /// Removes the sandbox (namespace, vxlan, bridge) of `network`.
-    pub async fn remove_sandbox(&self, _network: &Network) -> Result<(), OverlayError> {
-        Err(OverlayError::Other("not implemented".into()))
+    /// Removes the sandbox (namespace, vxlan, bridge) of `network`. A sandbox
+    /// that does not exist is not an error.
+    pub async fn remove_sandbox(&self, network: &Network) -> Result<(), OverlayError> {
+        let _guard = self.sandbox_lock.lock().await;
+        sandbox::remove(&self.config, network).await
     }
 
     /// VNIs of the sandboxes that exist now (for adoption after a restart).
     pub async fn sandboxes(&self) -> Result<Vec<u32>, OverlayError> {
-        Ok(Vec::new())
+        Ok(sandbox::list(&self.config.netns_prefix))
     }
 
     /// Attaches a container; on failure removes whatever it created.
     pub async fn attach(
         &self,
-        _network: &Network,
-        _attachment: &Attachment,
+        network: &Network,
+        attachment: &Attachment,
     ) -> Result<(), OverlayError> {
-        Err(OverlayError::Other("not implemented".into()))
+        endpoint::attach(&self.config, network, attachment).await
     }
 
     /// Detaches endpoint `endpoint_id` (deletes its veth pair). Detaching an
     /// endpoint whose veth is already gone is not an error.
-    pub async fn detach(&self, _network: &Network, _endpoint_id: &str) -> Result<(), OverlayError> {
-        Err(OverlayError::Other("not implemented".into()))
+    pub async fn detach(&self, network: &Network, endpoint_id: &str) -> Result<(), OverlayError> {
+        endpoint::detach(&self.config, network, endpoint_id).await
     }
 
-    /// Endpoint ids whose host veth exists in the sandbox (adoption).
-    pub async fn attached(&self, _network: &Network) -> Result<Vec<String>, OverlayError> {
-        Ok(Vec::new())
+    /// Endpoint ids whose host veth exists in the sandbox (adoption). The full
+    /// id is read back from the veth's alias, which `attach` sets; a veth
+    /// without an alias yields the 8-character prefix of its name.
+    pub async fn attached(&self, network: &Network) -> Result<Vec<String>, OverlayError> {
+        endpoint::attached(&self.config, network).await
     }
 
     /// Static FDB entry (MAC → VTEP) and permanent neighbour (IP → MAC) for a
     /// remote endpoint. Idempotent.
-    pub async fn add_peer(&self, _network: &Network, _peer: &Peer) -> Result<(), OverlayError> {
-        Err(OverlayError::Other("not implemented".into()))
+    pub async fn add_peer(&self, network: &Network, peer: &Peer) -> Result<(), OverlayError> {
+        peers::add(&self.config, network, peer).await
     }
 
     /// Removes a remote endpoint's FDB and neighbour entries. Idempotent.
-    pub async fn remove_peer(&self, _network: &Network, _peer: &Peer) -> Result<(), OverlayError> {
-        Err(OverlayError::Other("not implemented".into()))
+    pub async fn remove_peer(&self, network: &Network, peer: &Peer) -> Result<(), OverlayError> {
+        peers::remove(&self.config, network, peer).await
     }
 
-    /// The remote endpoints programmed in the sandbox now.
-    pub async fn peers(&self, _network: &Network) -> Result<Vec<Peer>, OverlayError> {
-        Ok(Vec::new())
+    /// The remote endpoints programmed in the sandbox now (FDB entries joined
+    /// with neighbour entries on the MAC).
+    pub async fn peers(&self, network: &Network) -> Result<Vec<Peer>, OverlayError> {
+        peers::list(&self.config, network).await
     }
 }

@@ -118,9 +118,10 @@ impl ClusterRuntime {
         let control = ManagerClient::new(&identity)?;
         let endpoints = EndpointStore::open(&config.data_dir)?;
         let IpAddr::V4(vtep) = config.advertise_addr else {
-            return Err(OverlayError::Other(
-                "the advertise address must be IPv4 (VXLAN underlay)".into(),
-            )
+            return Err(OverlayError::Config(format!(
+                "the advertise address {} is not IPv4 (the VXLAN underlay is IPv4)",
+                config.advertise_addr
+            ))
             .into());
         };
         let seeds = identity

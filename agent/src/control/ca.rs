@@ -224,10 +224,10 @@ mod tests {
         let (manager_pem, _) = ca.issue("manager1", Role::Manager, &manager_key).unwrap();
         assert_eq!(fingerprint_pem(&worker_pem).unwrap(), worker_fp);
 
-        let verifier = verifier(&ca);
+        let checker = verifier(&ca);
         let check = |pem: &str, name: &'static str| {
             let cert = certs_from_pem(pem).unwrap().remove(0);
-            verifier.verify_server_cert(
+            checker.verify_server_cert(
                 &cert,
                 &[],
                 &ServerName::try_from(name).unwrap(),

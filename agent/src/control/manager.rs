@@ -585,6 +585,66 @@ impl Core {
         })
     }
 
+    /// Forgets a node (`node rm`): its record, its certificates (so it is
+    /// refused at once), its address blocks and its reservations.
+    pub fn remove_node(&self, id_or_name: &str) -> Result<NodeRecord, ControlError> {
+        self.optimistic("nodes", || {
+            let mut matching: Vec<NodeRecord> = self
+                .nodes()?
+                .into_iter()
+                .filter(|n| n.id == id_or_name || n.name == id_or_name)
+                .collect();
+            let node = match matching.len() {
+                0 => {
+                    return Err(ControlError::NotFound(format!(
+                        "no node {id_or_name}: see `netctl node ls`"
+                    )))
+                }
+                1 => matching.remove(0),
+                _ => {
+                    return Err(ControlError::Invalid(format!(
+                        "several nodes are named {id_or_name}: give the node id (`netctl node ls`)"
+                    )))
+                }
+            };
+            if node.id == self.node_id {
+                return Err(ControlError::Invalid(
+                    "a manager cannot remove itself: run `netctl cluster leave --force` on it"
+                        .into(),
+                ));
+            }
+            let node_key = keys::node(&node.id);
+            let revision = self.mod_revision(&node_key)?;
+            let mut ops = vec![delete(node_key.clone()), delete(keys::manager(&node.id))];
+            for (key, cert) in self.list::<CertRecord>("certs/")? {
+                if cert.node_id == node.id {
+                    ops.push(delete(key));
+                }
+            }
+            let mut networks = Vec::new();
+            for (key, block) in self.list::<BlockRecord>(keys::BLOCKS)? {
+                if block.node_id == node.id {
+                    networks.push(key.split('/').nth(1).unwrap_or_default().to_owned());
+                    ops.push(delete(key));
+                }
+            }
+            for (key, reservation) in self.list::<Reservation>("reservations/")? {
+                if reservation.node_id == node.id {
+                    networks.push(key.split('/').nth(1).unwrap_or_default().to_owned());
+                    ops.push(delete(key));
+                }
+            }
+            networks.sort();
+            networks.dedup();
+            ops.extend(networks.iter().map(|n| bump(keys::guard_alloc(n))));
+            let committed = self.store.txn(&[compare(node_key, revision)], &ops)?;
+            if committed.is_some() {
+                info!(node = %node.name, id = %node.id, "node removed");
+            }
+            Ok(committed.map(|_| node.clone()))
+        })
+    }
+
     pub fn join_token(&self, role: Role, rotate: bool) -> Result<String, ControlError> {
         self.optimistic("join tokens", || {
             let value = self.store.get(keys::TOKENS)?.ok_or_else(|| {
@@ -741,6 +801,12 @@ impl Manager {
             })
         })
         .await
+    }
+
+    /// `node rm`: see [`Core::remove_node`].
+    pub async fn remove_node(&self, id_or_name: &str) -> Result<NodeRecord, ControlError> {
+        let id_or_name = id_or_name.to_owned();
+        self.run(move |core| core.remove_node(&id_or_name)).await
     }
 
     /// The store, for watchers and other engineers' records.

@@ -309,6 +309,20 @@ async fn manager_join_networks_blocks_tokens_restart() {
     let promoted = join(addr, &manager_token, "m2", localhost()).await.unwrap();
     assert_eq!(promoted.role, Role::Manager);
 
+    // Removing a node revokes its certificate and frees its addresses.
+    let second_client = ManagerClient::new(&second).unwrap();
+    second_client
+        .allocate_block(&db.id, &second.node_id)
+        .await
+        .unwrap();
+    assert_eq!(second_client.nodes().await.unwrap().len(), 4);
+    let removed = manager.remove_node(&second.node_id).await.unwrap();
+    assert_eq!(removed.name, "w2");
+    let error = second_client.nodes().await.unwrap_err().to_string();
+    assert!(error.contains("no longer known"), "{error}");
+    assert!(manager.remove_node(&manager_id.node_id).await.is_err());
+    drop(second_client);
+
     // Removing a network drops its blocks.
     admin.remove_network("web").await.unwrap();
     assert!(worker
@@ -343,7 +357,7 @@ async fn manager_join_networks_blocks_tokens_restart() {
     };
     let networks = reopened.networks().await.unwrap();
     assert_eq!(networks, vec![db.clone()]);
-    assert_eq!(reopened.nodes().await.unwrap().len(), 4);
+    assert_eq!(reopened.nodes().await.unwrap().len(), 3);
     assert_eq!(
         reopened.join_token(Role::Worker, false).await.unwrap(),
         rotated

@@ -1,10 +1,33 @@
-//! CONTRACT STUB (issue 3): the control plane. The control helper replaces
-//! the bodies and adds `store` (Store trait + redb), `allocator` (pure),
-//! `ca` (cluster CA, node certificates), `token` (join tokens), `manager`
-//! (the TCP 2377 mTLS server), `client` (its mTLS client) and `identity`
-//! (what a node keeps on disk once it is in a cluster).
+//! The control plane: desired state (nodes, networks, address blocks, join
+//! tokens, the cluster CA, the gossip key) kept by the managers.
+//!
+//! - `store`: the `Store` trait (revisions, transactions, watches) and its
+//!   embedded redb backend, `<data_dir>/store.redb`;
+//! - `allocator`: pure rules for VNIs, subnets, gateways, blocks, `--ip`;
+//! - `ca`: the cluster CA and node certificates;
+//! - `token`: join tokens;
+//! - `manager`: the control-plane logic and the TCP 2377 mTLS server;
+//! - `client`: the managers' mTLS client and `join`;
+//! - `identity`: what a node keeps on disk once it is in a cluster;
+//! - `wire`: the HTTP/JSON messages between the two.
 //!
 //! The rest of the agent uses only what is declared here.
+
+pub mod allocator;
+pub mod ca;
+mod client;
+pub mod identity;
+pub mod manager;
+pub mod store;
+pub mod token;
+mod wire;
+
+#[cfg(test)]
+mod testdir;
+#[cfg(test)]
+mod tests;
+
+pub use manager::CONTROL_PORT;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -51,13 +74,18 @@ pub struct ClusterIdentity {
 
 impl ClusterIdentity {
     /// The identity saved in `data_dir`, if this node is in a cluster.
-    pub fn load(_data_dir: &Path) -> Result<Option<Self>, ControlError> {
-        Ok(None)
+    pub fn load(data_dir: &Path) -> Result<Option<Self>, ControlError> {
+        identity::load(data_dir)
     }
 
     /// Saves atomically (write + rename), key material mode 0600.
-    pub fn save(&self, _data_dir: &Path) -> Result<(), ControlError> {
-        Err(ControlError::Other("not implemented".into()))
+    pub fn save(&self, data_dir: &Path) -> Result<(), ControlError> {
+        identity::save(self, data_dir)
+    }
+
+    /// Forgets the cluster (`cluster leave`): removes the saved identity.
+    pub fn remove(data_dir: &Path) -> Result<(), ControlError> {
+        identity::remove(data_dir)
     }
 }
 
@@ -119,121 +147,47 @@ pub trait ControlPlane {
 }
 
 /// The manager role, running in this agent.
-pub struct Manager;
+pub struct Manager {
+    core: std::sync::Arc<manager::Core>,
+}
 
 impl Manager {
     /// `cluster init`: a new cluster with this node as its first manager.
     /// Creates the CA, the tokens and the gossip key, records this node, and
-    /// returns the node's identity. Fails if `data_dir` already holds a
-    /// cluster.
+    /// returns the node's identity (also saved in `data_dir`). Fails if
+    /// `data_dir` already holds a cluster.
     pub async fn init(
-        _data_dir: &Path,
-        _node_name: &str,
-        _advertise_addr: IpAddr,
-        _default_pool: Option<Ipv4Net>,
+        data_dir: &Path,
+        node_name: &str,
+        advertise_addr: IpAddr,
+        default_pool: Option<Ipv4Net>,
     ) -> Result<(Manager, ClusterIdentity), ControlError> {
-        Err(ControlError::Other("not implemented".into()))
+        Manager::init_impl(data_dir, node_name, advertise_addr, default_pool).await
     }
 
     /// Opens the store of a manager that was initialised before (restart).
     pub async fn open(
-        _data_dir: &Path,
-        _identity: &ClusterIdentity,
+        data_dir: &Path,
+        identity: &ClusterIdentity,
     ) -> Result<Manager, ControlError> {
-        Err(ControlError::Other("not implemented".into()))
+        Manager::open_impl(data_dir, identity).await
     }
 
     /// Serves the control plane on `listen` (TCP, mutual TLS; joining nodes
     /// authenticate with a token instead of a certificate) until dropped.
-    pub async fn serve(&self, _listen: SocketAddr) -> Result<(), ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
-}
-
-impl ControlPlane for Manager {
-    async fn nodes(&self) -> Result<Vec<NodeRecord>, ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
-    async fn create_network(&self, _request: CreateNetwork) -> Result<Network, ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
-    async fn networks(&self) -> Result<Vec<Network>, ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
-    async fn remove_network(&self, _name: &str) -> Result<Network, ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
-    async fn allocate_block(
-        &self,
-        _network_id: &str,
-        _node_id: &str,
-    ) -> Result<Ipv4Net, ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
-    async fn node_blocks(&self, _node_id: &str) -> Result<Vec<(String, Ipv4Net)>, ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
-    async fn reserve_ip(
-        &self,
-        _network_id: &str,
-        _node_id: &str,
-        _ip: Ipv4Addr,
-    ) -> Result<(), ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
-    async fn release_ip(&self, _network_id: &str, _ip: Ipv4Addr) -> Result<(), ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
-    async fn join_token(&self, _role: Role, _rotate: bool) -> Result<String, ControlError> {
-        Err(ControlError::Other("not implemented".into()))
+    pub async fn serve(&self, listen: SocketAddr) -> Result<(), ControlError> {
+        self.serve_impl(listen).await
     }
 }
 
 /// The mTLS client of the managers, for any node in the cluster.
-pub struct ManagerClient;
-
-impl ManagerClient {
-    pub fn new(_identity: &ClusterIdentity) -> Result<Self, ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
+pub struct ManagerClient {
+    inner: client::Inner,
 }
 
-impl ControlPlane for ManagerClient {
-    async fn nodes(&self) -> Result<Vec<NodeRecord>, ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
-    async fn create_network(&self, _request: CreateNetwork) -> Result<Network, ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
-    async fn networks(&self) -> Result<Vec<Network>, ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
-    async fn remove_network(&self, _name: &str) -> Result<Network, ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
-    async fn allocate_block(
-        &self,
-        _network_id: &str,
-        _node_id: &str,
-    ) -> Result<Ipv4Net, ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
-    async fn node_blocks(&self, _node_id: &str) -> Result<Vec<(String, Ipv4Net)>, ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
-    async fn reserve_ip(
-        &self,
-        _network_id: &str,
-        _node_id: &str,
-        _ip: Ipv4Addr,
-    ) -> Result<(), ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
-    async fn release_ip(&self, _network_id: &str, _ip: Ipv4Addr) -> Result<(), ControlError> {
-        Err(ControlError::Other("not implemented".into()))
-    }
-    async fn join_token(&self, _role: Role, _rotate: bool) -> Result<String, ControlError> {
-        Err(ControlError::Other("not implemented".into()))
+impl ManagerClient {
+    pub fn new(identity: &ClusterIdentity) -> Result<Self, ControlError> {
+        ManagerClient::new_impl(identity)
     }
 }
 
@@ -241,12 +195,12 @@ impl ControlPlane for ManagerClient {
 /// the manager against the CA fingerprint inside the token, and returns the
 /// node's new identity (certificate issued by the cluster CA, gossip key,
 /// manager list). A wrong or rotated-out token is refused with a one-line
-/// error.
+/// error. The caller saves the identity.
 pub async fn join(
-    _manager: SocketAddr,
-    _token: &str,
-    _node_name: &str,
-    _advertise_addr: IpAddr,
+    manager: SocketAddr,
+    token: &str,
+    node_name: &str,
+    advertise_addr: IpAddr,
 ) -> Result<ClusterIdentity, ControlError> {
-    Err(ControlError::Other("not implemented".into()))
+    client::join_impl(manager, token, node_name, advertise_addr).await
 }

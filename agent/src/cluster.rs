@@ -29,6 +29,9 @@ use crate::{
 /// How often the reconcile loop runs when nothing wakes it earlier, and how
 /// often a node refreshes its copy of the networks from the managers.
 const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
+/// How long a freshly started agent lets its gossip view fill before it
+/// removes remote entries: one failure-detection period (see `gossip`).
+const VIEW_SETTLE_TIME: Duration = Duration::from_secs(4);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -55,6 +58,7 @@ pub struct ClusterRuntime {
     pub endpoints: Mutex<EndpointStore>,
     kick: Arc<Notify>,
     last_refresh: Mutex<Option<Instant>>,
+    started: Instant,
 }
 
 impl ClusterRuntime {
@@ -167,6 +171,7 @@ impl ClusterRuntime {
             endpoints: Mutex::new(endpoints),
             kick: Arc::new(Notify::new()),
             last_refresh: Mutex::new(None),
+            started: Instant::now(),
         });
         tokio::spawn(reconcile_loop(
             Arc::downgrade(&runtime),
@@ -237,12 +242,14 @@ impl ClusterRuntime {
                 return;
             }
         };
+        let settled = self.started.elapsed() >= VIEW_SETTLE_TIME;
         let actions = reconcile::plan(
             &self.identity.node_name,
             &networks,
             &local,
             &view,
             &observed,
+            settled,
         );
         if !actions.is_empty() {
             reconcile::execute(&self.overlay, &actions).await;

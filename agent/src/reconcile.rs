@@ -34,17 +34,32 @@ pub enum Action {
 /// it holds one peer per endpoint of that network on every other live node
 /// that published its VTEP. Sandboxes of networks this node does not know
 /// (yet) are left alone.
+///
+/// Until `view_settled` (the gossip view of a freshly started agent has had
+/// one failure-detection period to fill), the peers of nodes missing from
+/// the view are not removed: the agent cannot yet tell a dead node from one
+/// it has not heard from, and a restart must change nothing that was right.
+/// Peers withdrawn by a node the view does hold go at once.
 pub fn plan(
     self_name: &str,
     networks: &[Network],
     local: &[Endpoint],
     view: &GossipView,
     observed: &Observed,
+    view_settled: bool,
 ) -> Vec<Action> {
     let wanted_networks: Vec<&Network> = networks
         .iter()
         .filter(|network| local.iter().any(|ep| ep.network_id == network.id))
         .collect();
+
+    let live_vteps: BTreeSet<_> = view
+        .nodes
+        .values()
+        .filter(|node| node.name != self_name)
+        .filter_map(|node| node.vtep)
+        .collect();
+    let removable = |peer: &Peer| view_settled || live_vteps.contains(&peer.vtep);
 
     let mut ensure = Vec::new();
     let mut remove_peers = Vec::new();
@@ -62,6 +77,7 @@ pub fn plan(
         remove_peers.extend(
             present
                 .difference(&wanted)
+                .filter(|peer| removable(peer))
                 .map(|peer| Action::RemovePeer((*network).clone(), *peer)),
         );
         add_peers.extend(
@@ -220,6 +236,7 @@ mod tests {
             &[mine],
             &v,
             &Observed::default(),
+            true,
         );
         assert_eq!(
             actions,
@@ -242,7 +259,7 @@ mod tests {
         let observed = Observed {
             sandboxes: [(4096, [peer(&theirs, 12)].into())].into(),
         };
-        assert!(plan("n1", &[net], &[mine], &v, &observed).is_empty());
+        assert!(plan("n1", &[net], &[mine], &v, &observed, true).is_empty());
     }
 
     #[test]
@@ -262,7 +279,14 @@ mod tests {
         let observed = Observed {
             sandboxes: [(4096, [peer(&gone, 12)].into())].into(),
         };
-        let actions = plan("n1", std::slice::from_ref(&net), &[mine], &v, &observed);
+        let actions = plan(
+            "n1",
+            std::slice::from_ref(&net),
+            &[mine],
+            &v,
+            &observed,
+            true,
+        );
         assert_eq!(
             actions,
             vec![
@@ -273,6 +297,25 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_agent_removes_no_peer_before_its_view_settles() {
+        let net = network("app", 4096);
+        let mine = endpoint(&net, "n1", 2);
+        let theirs = endpoint(&net, "n2", 3);
+        // Just restarted: the view holds only this node so far.
+        let v = view(&[("n1", 11, vec![mine.clone()])]);
+        let observed = Observed {
+            sandboxes: [(4096, [peer(&theirs, 12)].into())].into(),
+        };
+        let net = std::slice::from_ref(&net);
+        let local = std::slice::from_ref(&mine);
+        assert!(plan("n1", net, local, &v, &observed, false).is_empty());
+        assert_eq!(plan("n1", net, local, &v, &observed, true).len(), 1);
+        // A node the view holds withdrew the endpoint: it goes at once.
+        let v = view(&[("n1", 11, vec![mine.clone()]), ("n2", 12, vec![])]);
+        assert_eq!(plan("n1", net, local, &v, &observed, false).len(), 1);
+    }
+
+    #[test]
     fn last_local_endpoint_gone_removes_the_sandbox_only_for_known_networks() {
         let net = network("app", 4096);
         let theirs = endpoint(&net, "n2", 3);
@@ -280,7 +323,7 @@ mod tests {
         let observed = Observed {
             sandboxes: [(4096, [peer(&theirs, 12)].into()), (5000, BTreeSet::new())].into(),
         };
-        let actions = plan("n1", std::slice::from_ref(&net), &[], &v, &observed);
+        let actions = plan("n1", std::slice::from_ref(&net), &[], &v, &observed, true);
         assert_eq!(actions, vec![Action::RemoveSandbox(net)]);
     }
 
@@ -300,7 +343,14 @@ mod tests {
                 endpoints: [(no_vtep.id.clone(), no_vtep)].into(),
             },
         );
-        let actions = plan("n1", &[a.clone(), b], &[mine], &v, &Observed::default());
+        let actions = plan(
+            "n1",
+            &[a.clone(), b],
+            &[mine],
+            &v,
+            &Observed::default(),
+            true,
+        );
         assert_eq!(actions, vec![Action::EnsureSandbox(a)]);
     }
 }

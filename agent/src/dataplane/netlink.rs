@@ -15,11 +15,15 @@ use std::{
 
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::{
     address::AddressAttribute,
-    link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    link::{
+        InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVxlan, LinkAttribute,
+        LinkFlags, LinkInfo, LinkMessage,
+    },
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
     },
@@ -238,6 +242,41 @@ impl Netlink {
         }
     }
 
+    /// `bridge fdb replace MAC dev IFINDEX master static`: the bridge sends
+    /// frames for MAC to its port IFINDEX without learning or flooding.
+    pub async fn bridge_fdb_static(&self, ifindex: u32, mac: Mac) -> Result<()> {
+        let mut message = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(
+            bridge_fdb_entry(ifindex, mac),
+        ));
+        message.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        self.request_ack(message).await
+    }
+
+    /// `bridge fdb del MAC dev IFINDEX master`; absent is not an error.
+    pub async fn bridge_fdb_del(&self, ifindex: u32, mac: Mac) -> Result<()> {
+        let mut message = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(
+            bridge_fdb_entry(ifindex, mac),
+        ));
+        message.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        match self.request_ack(message).await {
+            Err(error) if error.is(libc::ENOENT) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Turns MAC learning of bridge port `index` on or off
+    /// (`ip link set dev X type bridge_slave learning off`).
+    pub async fn set_port_learning(&self, index: u32, learning: bool) -> Result<()> {
+        let mut message = LinkUnspec::new_with_index(index).build();
+        message.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::Learning(
+                learning,
+            )])),
+        ]));
+        self.set_link(message).await
+    }
+
     /// VXLAN FDB entries (MAC, remote VTEP, state) of link `ifindex`.
     pub async fn fdb_entries(&self, ifindex: u32) -> Result<Vec<(Mac, Ipv4Addr, NeighbourState)>> {
         let messages: Vec<NeighbourMessage> = self
@@ -357,6 +396,20 @@ pub fn fdb_entry(ifindex: u32, mac: Mac, vtep: Ipv4Addr) -> NeighbourMessage {
         .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
             vtep,
         )));
+    message
+}
+
+/// A static entry of the bridge's own FDB (NTF_MASTER, NUD_NOARP: what
+/// iproute2 calls `master static`) pointing MAC at port `ifindex`.
+pub fn bridge_fdb_entry(ifindex: u32, mac: Mac) -> NeighbourMessage {
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Bridge;
+    message.header.ifindex = ifindex;
+    message.header.state = NeighbourState::Noarp;
+    message.header.flags = NeighbourFlags::Controller;
+    message
+        .attributes
+        .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
     message
 }
 

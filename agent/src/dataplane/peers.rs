@@ -39,6 +39,12 @@ pub async fn add(
             "adding FDB entry {} dst {}",
             peer.mac, peer.vtep
         )))?;
+    nl.bridge_fdb_static(vx, peer.mac)
+        .await
+        .map_err(at(format!(
+            "adding bridge FDB entry {} master static",
+            peer.mac
+        )))?;
     nl.set_neighbour(vx, peer.ip, peer.mac)
         .await
         .map_err(at(format!(
@@ -83,6 +89,9 @@ pub async fn remove(
             "deleting FDB entry {} dst {}",
             peer.mac, peer.vtep
         )))?;
+    nl.bridge_fdb_del(vx, peer.mac)
+        .await
+        .map_err(at(format!("deleting bridge FDB entry {}", peer.mac)))?;
     tracing::debug!(sandbox = %opened.name, ip = %peer.ip, mac = %peer.mac, "peer removed");
     Ok(())
 }

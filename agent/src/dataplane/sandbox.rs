@@ -248,6 +248,13 @@ async fn setup(
             .await
             .map_err(at("enslaving vxlan0 to br0".into()))?;
     }
+    // Remote MACs come from gossip as static bridge entries: the bridge must
+    // never learn one from a frame (a stale learned entry would outlive the
+    // endpoint).
+    sandbox
+        .set_port_learning(vx, false)
+        .await
+        .map_err(at("turning MAC learning off on vxlan0".into()))?;
     if !netlink::link_is_up(&vxlan) {
         sandbox
             .up(vx)

@@ -39,8 +39,11 @@ pub use view::{endpoint_key, ENDPOINT_PREFIX, VTEP_KEY};
 pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
 /// A node is declared dead once it has been silent for this many mean
 /// heartbeat intervals (chitchat's phi is elapsed / mean interval): with 200 ms
-/// rounds, about 1.6 s plus one round.
-const PHI_THRESHOLD: f64 = 8.0;
+/// rounds, 2 to 3 s. Long enough that an agent restart (new generation live
+/// before the old one is declared dead) never withdraws the node's endpoints
+/// from the others, short enough that a dead node's entries leave every table
+/// within 5 s.
+const PHI_THRESHOLD: f64 = 15.0;
 /// Heartbeat intervals remembered per node: about 20 s of history at 200 ms,
 /// so the detector adapts to the cluster's size quickly.
 const SAMPLING_WINDOW: usize = 100;

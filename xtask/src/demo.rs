@@ -46,6 +46,17 @@ fn show(lab: &mut Lab) -> Result<()> {
 
     step("forming a cluster: n1 inits, n2 and n3 join with the worker token");
     lab.form_cluster()?;
+    let count = names.len();
+    netlab::wait_until(Duration::from_secs(10), || {
+        let nodes = lab.netctl_json("n1", &["node", "ls"]).ok()?;
+        let ready = nodes
+            .as_array()?
+            .iter()
+            .filter(|n| n["status"] == "ready")
+            .count();
+        (ready == count).then_some(())
+    })
+    .map_err(|_| anyhow::anyhow!("not every node became ready"))?;
     print_output(&lab.netctl("n1", &["node", "ls"])?);
 
     step("creating overlay network appnet (VXLAN) and attaching a container on every node");
@@ -58,6 +69,11 @@ fn show(lab: &mut Lab) -> Result<()> {
         let (container, ip) = lab.attach_container(node, &format!("web{}", i + 1), "appnet")?;
         containers.push((node.clone(), container, ip));
     }
+    netlab::wait_until(Duration::from_secs(5), || {
+        let endpoints = lab.netctl_json("n1", &["endpoint", "ls"]).ok()?;
+        (endpoints.as_array()?.len() == count).then_some(())
+    })
+    .map_err(|_| anyhow::anyhow!("n1 does not see every endpoint"))?;
     print_output(&lab.netctl("n1", &["endpoint", "ls"])?);
 
     step("every container pings every other, across nodes, over the overlay");

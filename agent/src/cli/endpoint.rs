@@ -106,7 +106,7 @@ pub async fn run(
                         ep.node.clone(),
                         ep.ip.to_string(),
                         ep.mac.to_string(),
-                        format!("{:?}", ep.health).to_lowercase(),
+                        ep.health.to_string(),
                     ]
                 },
             )

@@ -33,8 +33,8 @@ pub async fn run(
                     vec![
                         node.id.chars().take(12).collect(),
                         node.name.clone(),
-                        format!("{:?}", node.status),
-                        format!("{:?}", node.availability),
+                        node.status.to_string(),
+                        node.availability.to_string(),
                         node.role.to_string(),
                         node.addr.to_string(),
                     ]

@@ -230,6 +230,45 @@ async fn containers_reach_outside_masqueraded_unless_internal() {
         .expect("ensure after restart");
     assert_eq!(snapshot(&lab, &node, &sba, &table), before);
 
+    // Missing or wrong pieces are repaired: flushed rules, a deleted uplink,
+    // a pair a crash left whole inside the sandbox.
+    stdout(&lab, &node, &["nft", "flush", "table", "ip", &table]);
+    stdout(&lab, &node, &["ip", "link", "del", "nagw4096"]);
+    stdout(
+        &lab,
+        &sbi,
+        &[
+            "ip", "link", "add", "gw0", "type", "veth", "peer", "name", "nagw4098",
+        ],
+    );
+    for net in [&a, &b] {
+        overlay.ensure_sandbox(net).await.expect("repair");
+    }
+    assert!(link(&lab, &node, "nagw4096").is_some(), "uplink recreated");
+    let rules = stdout(&lab, &node, &["nft", "list", "table", "ip", &table]);
+    assert!(
+        rules.contains("10.10.0.0/24") && rules.contains("10.20.0.0/24") && rules.contains("drop"),
+        "{rules}"
+    );
+    // The internal network's sandbox loses an uplink it should not have.
+    overlay.ensure_sandbox(&i).await.expect("ensure internal");
+    assert!(link(&lab, &sbi, "gw0").is_none() && link(&lab, &sbi, "nagw4098").is_none());
+    // Crash between creating the pair and moving its node end out.
+    stdout(&lab, &node, &["ip", "link", "del", "nagw4097"]);
+    let sbb = overlay.sandbox_name(&b);
+    stdout(
+        &lab,
+        &sbb,
+        &[
+            "ip", "link", "add", "gw0", "type", "veth", "peer", "name", "nagw4097",
+        ],
+    );
+    overlay
+        .ensure_sandbox(&b)
+        .await
+        .expect("adopt a stranded pair");
+    assert!(link(&lab, &node, "nagw4097").is_some() && link(&lab, &sbb, "nagw4097").is_none());
+
     // The external host counts who pings it.
     for args in [
         &["nft", "add", "table", "ip", "probe"][..],

@@ -5,16 +5,22 @@
 //! contract; `netns` switches namespaces (on dedicated threads only),
 //! `netlink` holds the rtnetlink handles and hand-built messages, `sandbox`
 //! builds a network's namespace (br0 + vxlan0), `endpoint` the veths of local
-//! containers, `peers` the FDB and neighbour entries of remote endpoints.
+//! containers, `peers` the FDB and neighbour entries of remote endpoints,
+//! `uplink` a non-internal network's veth to the node namespace,
+//! `masquerade` its NAT and isolation rules, written through `nftables`
+//! (hand-built nf_tables netlink messages).
 
 pub mod bpf;
 pub mod counters;
 pub mod endpoint;
 pub mod interfaces;
+pub mod masquerade;
 pub mod netlink;
 pub mod netns;
+pub mod nftables;
 pub mod overlay;
 pub mod peers;
 pub mod sandbox;
+pub mod uplink;
 
 pub use bpf::{Datapath, DatapathError};

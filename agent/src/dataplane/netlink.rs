@@ -27,6 +27,7 @@ use netlink_packet_route::{
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
     },
+    route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage},
     AddressFamily, RouteNetlinkMessage,
 };
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
@@ -197,7 +198,7 @@ impl Netlink {
             .await?;
         Ok(routes.iter().any(|r| {
             r.header.destination_prefix_length == 0
-                && r.header.table == netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN
+                && r.header.table == RouteHeader::RT_TABLE_MAIN
                 && r.header.address_family == AddressFamily::Inet
         }))
     }
@@ -208,6 +209,58 @@ impl Netlink {
             .gateway(gateway)
             .build();
         Ok(self.handle.route().add(route).execute().await?)
+    }
+
+    /// The main-table IPv4 route to exactly `destination/prefix_len`, as
+    /// (gateway, output interface, on-link).
+    pub async fn ipv4_route(
+        &self,
+        destination: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<Option<(Option<Ipv4Addr>, Option<u32>, bool)>> {
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await?;
+        Ok(routes
+            .iter()
+            .find(|r| {
+                r.header.table == RouteHeader::RT_TABLE_MAIN
+                    && r.header.address_family == AddressFamily::Inet
+                    && r.header.destination_prefix_length == prefix_len
+                    && route_destination(r).unwrap_or(Ipv4Addr::UNSPECIFIED) == destination
+            })
+            .map(|r| {
+                let gateway = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                });
+                let oif = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(index) => Some(*index),
+                    _ => None,
+                });
+                (gateway, oif, r.header.flags.contains(RouteFlags::Onlink))
+            }))
+    }
+
+    /// `ip route replace DESTINATION/PREFIX via GATEWAY dev OIF onlink`.
+    pub async fn replace_onlink_route(
+        &self,
+        destination: Ipv4Addr,
+        prefix_len: u8,
+        gateway: Ipv4Addr,
+        oif: u32,
+    ) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination, prefix_len)
+            .gateway(gateway)
+            .output_interface(oif)
+            .onlink()
+            .build();
+        Ok(self.handle.route().add(route).replace().execute().await?)
     }
 
     /// Sends a request built by hand and waits for its acknowledgement.
@@ -359,6 +412,13 @@ impl Netlink {
     }
 }
 
+fn route_destination(route: &RouteMessage) -> Option<Ipv4Addr> {
+    route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+        _ => None,
+    })
+}
+
 /// NDA_DST of an AF_BRIDGE entry: the parser only knows the address family
 /// of the message (bridge), so an IPv4 VTEP arrives as 4 raw bytes.
 fn bridge_dst(address: &NeighbourAddress) -> Option<Ipv4Addr> {
@@ -432,6 +492,22 @@ pub fn fdb_append_message(
 pub fn link_name(link: &LinkMessage) -> Option<&str> {
     link.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfName(name) => Some(name.as_str()),
+        _ => None,
+    })
+}
+
+/// The link's MAC address.
+pub fn link_mac(link: &LinkMessage) -> Option<Mac> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok().map(Mac),
+        _ => None,
+    })
+}
+
+/// IFLA_LINK: for a veth, its peer's index (in the peer's namespace).
+pub fn link_peer_index(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Link(index) => Some(*index),
         _ => None,
     })
 }

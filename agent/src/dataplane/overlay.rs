@@ -1,6 +1,8 @@
 //! The overlay data plane of one node: the contract the rest of the agent
 //! calls. Internals: `netns` (namespace switching), `netlink` (handles and
-//! hand-built messages), `sandbox`, `endpoint`, `peers`.
+//! hand-built messages), `sandbox`, `endpoint`, `peers`, and the way out of
+//! non-internal networks: `uplink` (veth sandbox ↔ node) and `masquerade`
+//! (nf_tables in the node namespace, through `nftables`).
 //!
 //! Naming, so that nothing collides between agents on one machine:
 //! - sandbox namespace: `<netns_prefix>-<vni>` (under /run/netns)
@@ -12,10 +14,17 @@
 //! - container side: moved into the container namespace, renamed to the
 //!   requested ifname (`eth0`), MAC, IP/prefix, up, default route via the
 //!   gateway if the container has no default route yet.
+//! - uplink of a non-internal network: `gw0` in the sandbox, `nagw<vni>` in
+//!   the node namespace (169.254.0.2 / 169.254.0.1, the same on every uplink)
+//! - nf_tables table `ip netagent_<netns_prefix sanitised>` in the node
+//!   namespace: a masquerade rule per network, one rule isolating uplinks
 
 use std::{net::Ipv4Addr, path::PathBuf};
 
-use super::{endpoint, netlink::NetlinkError, netns::NetnsError, peers, sandbox};
+use super::{
+    endpoint, masquerade, netlink::NetlinkError, netns, netns::NetnsError, nftables::NftError,
+    peers, sandbox, uplink,
+};
 use crate::model::{Mac, Network, Peer};
 
 /// Every error is one line: what was wrong, then what to do.
@@ -57,6 +66,19 @@ pub enum OverlayError {
     },
     #[error("veth {link} exists already in sandbox {sandbox} (attached twice, or two endpoint ids share their first 8 characters); detach it first")]
     EndpointExists { link: String, sandbox: String },
+    #[error("{what} in {netns} failed: {source}; {hint}")]
+    Nftables {
+        what: String,
+        netns: String,
+        source: NftError,
+        hint: &'static str,
+    },
+    #[error("cannot turn on {path} in {netns}: {source}; check that the agent runs as root and /proc/sys is writable")]
+    Sysctl {
+        path: &'static str,
+        netns: String,
+        source: NetnsError,
+    },
     #[error("removing sandbox {sandbox} left errors: {}; remove what is listed by hand", errors.join("; "))]
     Cleanup {
         sandbox: String,
@@ -147,16 +169,82 @@ impl Overlay {
     /// Creates the sandbox of `network`, or adopts it as it is when it exists
     /// already (a restart changes nothing that was right; a missing or wrong
     /// piece is repaired).
+    ///
+    /// A non-internal network also gets its way out through the node: the
+    /// uplink veth and the masquerade rule. An internal network gets neither
+    /// (and loses them if it had them).
     pub async fn ensure_sandbox(&self, network: &Network) -> Result<(), OverlayError> {
         let _guard = self.sandbox_lock.lock().await;
-        sandbox::ensure(&self.config, network).await
+        let existed = netns::is_namespace(&netns::named_path(&self.sandbox_name(network)));
+        sandbox::ensure(&self.config, network).await?;
+        let result = if network.internal {
+            self.remove_egress(network).await
+        } else {
+            self.ensure_egress(network).await
+        };
+        if let Err(error) = &result {
+            if !existed {
+                // Leave nothing half-built behind that we made in this call.
+                tracing::warn!(vni = network.vni, %error, "egress setup failed; removing the new sandbox");
+                if let Err(cleanup) = self.remove_all(network).await {
+                    tracing::warn!(vni = network.vni, error = %cleanup, "cleanup failed");
+                }
+            }
+        }
+        result
     }
 
-    /// Removes the sandbox (namespace, vxlan, bridge) of `network`. A sandbox
-    /// that does not exist is not an error.
+    /// Removes the sandbox of `network`, in the reverse order of setup: its
+    /// masquerade rule (the table with the last one), its uplink, then
+    /// vxlan, bridge and namespace. Carries on past errors and reports them
+    /// all. A sandbox that does not exist is not an error.
     pub async fn remove_sandbox(&self, network: &Network) -> Result<(), OverlayError> {
         let _guard = self.sandbox_lock.lock().await;
-        sandbox::remove(&self.config, network).await
+        self.remove_all(network).await
+    }
+
+    async fn ensure_egress(&self, network: &Network) -> Result<(), OverlayError> {
+        uplink::ensure(&self.config, network).await?;
+        masquerade::ensure(&self.config, network).await
+    }
+
+    /// Removes the uplink and masquerade rule of `network`, if any.
+    async fn remove_egress(&self, network: &Network) -> Result<(), OverlayError> {
+        let mut errors = Vec::new();
+        self.remove_egress_into(network, &mut errors).await;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(OverlayError::Cleanup {
+                sandbox: self.sandbox_name(network),
+                errors,
+            })
+        }
+    }
+
+    async fn remove_egress_into(&self, network: &Network, errors: &mut Vec<String>) {
+        if let Err(error) = masquerade::remove(&self.config, network).await {
+            errors.push(error.to_string());
+        }
+        uplink::remove(&self.config, network, errors).await;
+    }
+
+    async fn remove_all(&self, network: &Network) -> Result<(), OverlayError> {
+        let mut errors = Vec::new();
+        self.remove_egress_into(network, &mut errors).await;
+        match sandbox::remove(&self.config, network).await {
+            Ok(()) => {}
+            Err(OverlayError::Cleanup { errors: more, .. }) => errors.extend(more),
+            Err(other) => errors.push(other.to_string()),
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(OverlayError::Cleanup {
+                sandbox: self.sandbox_name(network),
+                errors,
+            })
+        }
     }
 
     /// VNIs of the sandboxes that exist now (for adoption after a restart).

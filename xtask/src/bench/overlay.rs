@@ -60,7 +60,7 @@ fn iperf(lab: &Lab, netns: &str, server: &str) -> Result<f64> {
     let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
     json["end"]["sum_received"]["bits_per_second"]
         .as_f64()
-        .context("iperf3 output without end.sum_received")
+        .with_context(|| format!("iperf3 from {netns} to {server} failed: {}", json["error"]))
 }
 
 fn ip(lab: &Lab, netns: &str, args: &[&str]) -> Result<()> {
@@ -110,6 +110,7 @@ fn hand_built(
             "dev",
             "eth0",
             "nolearning",
+            "proxy",
         ],
     )?;
     ip(
@@ -172,6 +173,39 @@ fn hand_built(
             "bridge fdb append: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+    // As netagent does: a static bridge entry towards the vxlan port and a
+    // permanent neighbour the vxlan device answers ARP from (proxy).
+    let peer_ip = if addr.ends_with(".1") {
+        "10.99.0.2"
+    } else {
+        "10.99.0.1"
+    };
+    for args in [
+        vec![
+            "bridge", "fdb", "add", peer_mac, "dev", "hbvx", "master", "static",
+        ],
+        vec![
+            "ip",
+            "neigh",
+            "add",
+            peer_ip,
+            "lladdr",
+            peer_mac,
+            "dev",
+            "hbvx",
+            "nud",
+            "permanent",
+        ],
+    ] {
+        let out = lab.exec(&node_netns, &args)?;
+        if !out.status.success() {
+            bail!(
+                "{}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
     Ok(container.netns)
 }

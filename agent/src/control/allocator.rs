@@ -3,7 +3,9 @@
 //! store transaction, so two racing requests can never both win.
 //!
 //! Address rule (why no address is ever handed out twice):
-//! - a network's subnet is cut into blocks of /28 (a /29 subnet is one block);
+//! - a network's subnet is cut into per-node blocks: at least 64 of them so
+//!   that a /24 serves 64 nodes, between /28 and /30 in size (a /22 or
+//!   larger gets /28s, a /24 gets /30s);
 //!   a block belongs to one node and blocks never overlap;
 //! - a block is never handed out if it contains an address reserved (`--ip`)
 //!   by another node, and a reservation is refused inside another node's block;
@@ -25,8 +27,12 @@ pub const VNI_MAX: u32 = 16_777_215;
 pub const POOL_SUBNET_PREFIX: u8 = 24;
 /// The smallest subnet accepted: /29 (6 hosts).
 pub const MAX_SUBNET_PREFIX: u8 = 29;
-/// Per-node address blocks.
+/// The largest per-node address block.
 pub const BLOCK_PREFIX: u8 = 28;
+/// The smallest per-node address block.
+pub const MIN_BLOCK_PREFIX: u8 = 30;
+/// A subnet is cut into at least 2^6 blocks (when blocks can be that small).
+const BLOCKS_PER_SUBNET_BITS: u8 = 6;
 
 /// 10.0.0.0/8, cut into /24s.
 pub const DEFAULT_POOL: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 0, 0, 0), 8);
@@ -129,10 +135,12 @@ pub fn check_gateway(subnet: Ipv4Net, gateway: Ipv4Addr) -> Result<(), ControlEr
 }
 
 fn block_prefix(subnet: Ipv4Net) -> u8 {
-    BLOCK_PREFIX.max(subnet.prefix_len())
+    (subnet.prefix_len() + BLOCKS_PER_SUBNET_BITS)
+        .clamp(BLOCK_PREFIX, MIN_BLOCK_PREFIX)
+        .max(subnet.prefix_len())
 }
 
-/// The lowest /28 of `subnet` that overlaps no taken block and holds no
+/// The lowest block of `subnet` that overlaps no taken block and holds no
 /// address reserved by another node.
 pub fn next_block(
     subnet: Ipv4Net,
@@ -296,7 +304,7 @@ mod tests {
 
     #[test]
     fn blocks_are_disjoint_and_avoid_foreign_reservations() {
-        let subnet = net("10.0.0.0/24");
+        let subnet = net("10.0.0.0/22");
         let first = next_block(subnet, &[], &[]).unwrap();
         assert_eq!(first, net("10.0.0.0/28"));
         let second = next_block(subnet, &[first], &[]).unwrap();
@@ -306,10 +314,14 @@ mod tests {
         assert_eq!(third, net("10.0.0.48/28"));
         let all: Vec<_> = subnet.subnets(28).unwrap().collect();
         assert!(next_block(subnet, &all, &[]).is_err());
-        // A /29 network is a single block.
+        // A /24 serves 64 nodes (blocks of 4); a /29, two.
+        assert_eq!(
+            next_block(net("10.8.0.0/24"), &[], &[]).unwrap(),
+            net("10.8.0.0/30")
+        );
         assert_eq!(
             next_block(net("10.9.0.0/29"), &[], &[]).unwrap(),
-            net("10.9.0.0/29")
+            net("10.9.0.0/30")
         );
     }
 

@@ -366,7 +366,7 @@ async fn manager_join_networks_blocks_tokens_restart() {
         .allocate_block(&db.id, &worker_id.node_id)
         .await
         .unwrap();
-    assert_eq!(block, "192.168.50.0/28".parse().unwrap());
+    assert_eq!(block, "192.168.50.0/30".parse().unwrap());
 }
 
 #[tokio::test]

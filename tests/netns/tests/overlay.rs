@@ -210,7 +210,64 @@ fn networks_stay_isolated() {
         !pings(&lab, &a1, &ip_b2),
         "appnet reached a container of another network"
     );
+    // Out of the cluster through the node (masquerade) ...
+    assert_reaches(&lab, &a1, "198.18.0.200");
+    // ... unless the network is internal.
+    lab.netctl_json("n1", &["overlay", "create", "private", "--internal"])
+        .expect("internal network");
+    let (p1, _) = attach(&mut lab, "n1", "p1", "private");
+    assert!(
+        !pings(&lab, &p1, "198.18.0.200"),
+        "an internal network reached outside the cluster"
+    );
     lab.teardown().expect("teardown");
+}
+
+#[test]
+fn racing_attaches_on_three_nodes_never_share_an_address() {
+    require_root!();
+    let mut lab = cluster(3);
+    let mut containers = Vec::new();
+    for node in 1..=3 {
+        for i in 1..=6 {
+            let container = lab
+                .add_container(&format!("r{node}x{i}"))
+                .expect("container");
+            containers.push((format!("n{node}"), container));
+        }
+    }
+    let lab = &lab;
+    let ips: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = containers
+            .iter()
+            .map(|(node, container)| {
+                scope.spawn(move || {
+                    let path = container.netns_path().display().to_string();
+                    lab.netctl_json(
+                        node,
+                        &[
+                            "endpoint",
+                            "attach",
+                            "--network",
+                            "appnet",
+                            "--netns",
+                            &path,
+                        ],
+                    )
+                    .expect("attach")["ip"]
+                        .as_str()
+                        .expect("ip")
+                        .to_owned()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let distinct: std::collections::BTreeSet<&String> = ips.iter().collect();
+    assert_eq!(distinct.len(), ips.len(), "duplicate addresses: {ips:?}");
 }
 
 #[test]

@@ -146,6 +146,14 @@ impl Netlink {
         }
     }
 
+    /// Deletes link `name` if it exists.
+    pub async fn del_link_named(&self, name: &str) -> Result<()> {
+        if let Some(link) = self.link(name).await? {
+            self.del_link(link.header.index).await?;
+        }
+        Ok(())
+    }
+
     /// Brings link `index` up.
     pub async fn up(&self, index: u32) -> Result<()> {
         self.set_link(LinkUnspec::new_with_index(index).up().build())
@@ -330,16 +338,21 @@ impl Netlink {
         self.set_link(message).await
     }
 
-    /// VXLAN FDB entries (MAC, remote VTEP, state) of link `ifindex`.
-    pub async fn fdb_entries(&self, ifindex: u32) -> Result<Vec<(Mac, Ipv4Addr, NeighbourState)>> {
-        let messages: Vec<NeighbourMessage> = self
+    /// Every neighbour entry of `family` (AF_BRIDGE: FDB entries).
+    async fn neighbours(&self, family: AddressFamily) -> Result<Vec<NeighbourMessage>> {
+        Ok(self
             .handle
             .neighbours()
             .get()
-            .set_address_family(AddressFamily::Bridge)
+            .set_address_family(family)
             .execute()
             .try_collect()
-            .await?;
+            .await?)
+    }
+
+    /// VXLAN FDB entries (MAC, remote VTEP, state) of link `ifindex`.
+    pub async fn fdb_entries(&self, ifindex: u32) -> Result<Vec<(Mac, Ipv4Addr, NeighbourState)>> {
+        let messages = self.neighbours(AddressFamily::Bridge).await?;
         Ok(messages
             .iter()
             .filter(|m| m.header.ifindex == ifindex)
@@ -356,14 +369,7 @@ impl Netlink {
 
     /// Permanent IPv4 neighbour entries (IP, MAC) of link `ifindex`.
     pub async fn permanent_neighbours(&self, ifindex: u32) -> Result<Vec<(Ipv4Addr, Mac)>> {
-        let messages: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute()
-            .try_collect()
-            .await?;
+        let messages = self.neighbours(AddressFamily::Inet).await?;
         Ok(messages
             .iter()
             .filter(|m| m.header.ifindex == ifindex && m.header.state == NeighbourState::Permanent)

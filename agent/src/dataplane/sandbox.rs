@@ -400,7 +400,7 @@ pub async fn remove(config: &OverlayConfig, network: &Network) -> Result<(), Ove
         match Netlink::connect(Some(&path)).await {
             Ok(sandbox) => {
                 for link in [VXLAN, temp.as_str(), BRIDGE] {
-                    if let Err(error) = delete_link(&sandbox, link).await {
+                    if let Err(error) = sandbox.del_link_named(link).await {
                         errors.push(format!("deleting {link}: {error}"));
                     }
                 }
@@ -411,7 +411,7 @@ pub async fn remove(config: &OverlayConfig, network: &Network) -> Result<(), Ove
     // A device a crash left in the node namespace holds the VNI too.
     match Netlink::connect(config.node_netns.as_deref()).await {
         Ok(node) => {
-            if let Err(error) = delete_link(&node, &temp).await {
+            if let Err(error) = node.del_link_named(&temp).await {
                 errors.push(format!("deleting {temp} in the node namespace: {error}"));
             }
         }
@@ -429,13 +429,6 @@ pub async fn remove(config: &OverlayConfig, network: &Network) -> Result<(), Ove
             errors,
         })
     }
-}
-
-async fn delete_link(netlink: &Netlink, name: &str) -> Result<(), netlink::NetlinkError> {
-    if let Some(link) = netlink.link(name).await? {
-        netlink.del_link(link.header.index).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

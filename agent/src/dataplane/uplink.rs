@@ -294,7 +294,7 @@ pub async fn remove(config: &OverlayConfig, network: &Network, errors: &mut Vec<
     let node_name = node_link_name(network.vni);
     match Netlink::connect(config.node_netns.as_deref()).await {
         Ok(node) => {
-            if let Err(error) = delete_link(&node, &node_name).await {
+            if let Err(error) = node.del_link_named(&node_name).await {
                 errors.push(format!(
                     "deleting {node_name} in the node namespace: {error}"
                 ));
@@ -310,20 +310,13 @@ pub async fn remove(config: &OverlayConfig, network: &Network, errors: &mut Vec<
     match Netlink::connect(Some(&path)).await {
         Ok(sb) => {
             for link in [SANDBOX_LINK, node_name.as_str()] {
-                if let Err(error) = delete_link(&sb, link).await {
+                if let Err(error) = sb.del_link_named(link).await {
                     errors.push(format!("deleting {link} in {name}: {error}"));
                 }
             }
         }
         Err(error) => errors.push(format!("connecting to {name}: {error}")),
     }
-}
-
-async fn delete_link(netlink: &Netlink, name: &str) -> Result<(), NetlinkError> {
-    if let Some(link) = netlink.link(name).await? {
-        netlink.del_link(link.header.index).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

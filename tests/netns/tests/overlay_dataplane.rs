@@ -6,84 +6,21 @@
 use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use netagent::{
-    dataplane::overlay::{Attachment, Overlay, OverlayConfig},
-    model::{Mac, Network, Peer},
+    dataplane::overlay::Overlay,
+    model::{Network, Peer},
 };
 use netlab::{require_root, wait_until, Lab, LabSpec};
-use serde_json::Value;
+
+mod common;
+
+use common::{endpoint, link, link_names, pings, stdout};
 
 fn network() -> Network {
-    Network {
-        name: "front".into(),
-        id: "net-front".into(),
-        vni: 4096,
-        subnet: "10.10.0.0/24".parse().expect("subnet"),
-        gateway: Ipv4Addr::new(10, 10, 0, 1),
-        internal: false,
-        mtu: None,
-    }
+    common::network("front", 4096, 10, false)
 }
 
 fn overlay(lab: &Lab, node: &str) -> Overlay {
-    let node = lab.node(node).expect("node");
-    Overlay::new(OverlayConfig {
-        netns_prefix: format!("{}-{}", lab.prefix(), node.name),
-        underlay: "eth0".into(),
-        vtep: node.addr,
-        node_netns: Some(node.netns_path()),
-    })
-    .expect("overlay")
-}
-
-fn stdout(lab: &Lab, netns: &str, args: &[&str]) -> String {
-    let output = lab.exec(netns, args).expect("exec");
-    assert!(
-        output.status.success(),
-        "{} in {netns} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// `ip -j link show NAME` in `netns`, or None when the link does not exist.
-fn link(lab: &Lab, netns: &str, name: &str) -> Option<Value> {
-    let output = lab
-        .exec(netns, &["ip", "-j", "link", "show", name])
-        .expect("exec ip");
-    if !output.status.success() {
-        return None;
-    }
-    let links: Value = serde_json::from_slice(&output.stdout).expect("ip -j output");
-    links.as_array().and_then(|l| l.first()).cloned()
-}
-
-fn link_names(lab: &Lab, netns: &str) -> Vec<String> {
-    let links: Value =
-        serde_json::from_str(&stdout(lab, netns, &["ip", "-j", "link", "show"])).expect("json");
-    links
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
-        .collect()
-}
-
-fn pings(lab: &Lab, from: &str, to: Ipv4Addr) -> bool {
-    lab.exec(from, &["ping", "-c", "1", "-W", "1", "-q", &to.to_string()])
-        .expect("run ping")
-        .status
-        .success()
-}
-
-fn endpoint(id: &str, ip: Ipv4Addr, container_netns: &Path) -> Attachment {
-    Attachment {
-        endpoint_id: id.into(),
-        ip,
-        mac: Mac::from_ipv4(ip),
-        container_netns: container_netns.to_owned(),
-        ifname: "eth0".into(),
-    }
+    Overlay::new(common::config(lab, node)).expect("overlay")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

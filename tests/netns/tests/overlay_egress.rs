@@ -4,98 +4,17 @@
 //! lab node's namespace; the "outside" is the lab's external host
 //! (198.18.0.200), a lab namespace. Nothing is created in the root namespace.
 
-use std::{net::Ipv4Addr, path::Path, process::Command, time::Duration};
+use std::{net::Ipv4Addr, process::Command, time::Duration};
 
-use netagent::{
-    dataplane::{
-        masquerade,
-        overlay::{Attachment, Overlay, OverlayConfig},
-    },
-    model::{Mac, Network},
-};
+use netagent::dataplane::{masquerade, overlay::Overlay};
 use netlab::{require_root, wait_until, Lab, LabSpec};
 use serde_json::Value;
 
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
 
-fn network(name: &str, vni: u32, third: u8, internal: bool) -> Network {
-    Network {
-        name: name.into(),
-        id: format!("net-{name}"),
-        vni,
-        subnet: format!("10.{third}.0.0/24").parse().expect("subnet"),
-        gateway: Ipv4Addr::new(10, third, 0, 1),
-        internal,
-        mtu: None,
-    }
-}
+mod common;
 
-fn config(lab: &Lab, node: &str) -> OverlayConfig {
-    let node = lab.node(node).expect("node");
-    OverlayConfig {
-        netns_prefix: format!("{}-{}", lab.prefix(), node.name),
-        underlay: "eth0".into(),
-        vtep: node.addr,
-        node_netns: Some(node.netns_path()),
-    }
-}
-
-fn run(lab: &Lab, netns: &str, args: &[&str]) -> (bool, String) {
-    let output = lab.exec(netns, args).expect("exec");
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
-}
-
-fn stdout(lab: &Lab, netns: &str, args: &[&str]) -> String {
-    let (ok, out) = run(lab, netns, args);
-    assert!(ok, "{} in {netns} failed: {out}", args.join(" "));
-    out
-}
-
-fn link(lab: &Lab, netns: &str, name: &str) -> Option<Value> {
-    let (ok, out) = run(lab, netns, &["ip", "-j", "link", "show", name]);
-    if !ok {
-        return None;
-    }
-    let links: Value = serde_json::from_str(&out).expect("ip -j output");
-    links.as_array().and_then(|l| l.first()).cloned()
-}
-
-fn link_names(lab: &Lab, netns: &str) -> Vec<String> {
-    let links: Value =
-        serde_json::from_str(&stdout(lab, netns, &["ip", "-j", "link", "show"])).expect("json");
-    links
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
-        .collect()
-}
-
-fn pings(lab: &Lab, from: &str, to: Ipv4Addr) -> bool {
-    run(
-        lab,
-        from,
-        &["ping", "-c", "1", "-W", "1", "-q", &to.to_string()],
-    )
-    .0
-}
-
-fn endpoint(id: &str, ip: Ipv4Addr, container_netns: &Path) -> Attachment {
-    Attachment {
-        endpoint_id: id.into(),
-        ip,
-        mac: Mac::from_ipv4(ip),
-        container_netns: container_netns.to_owned(),
-        ifname: "eth0".into(),
-    }
-}
+use common::{config, endpoint, link, link_names, network, pings, run, stdout};
 
 /// The rules of `chain` in table `ip <table>` of `netns`: (comment, packets).
 fn rule_counters(lab: &Lab, netns: &str, table: &str, chain: &str) -> Vec<(String, u64)> {

@@ -319,15 +319,21 @@ fn detach_removes_remote_entries_everywhere_within_2s() {
     lab.teardown().expect("teardown");
 }
 
+/// Container c1 on n1 and one on `far`, both on appnet and reaching each
+/// other; returns c1, the far container's address and n1's sandbox.
+fn reachable_pair(lab: &mut Lab, far: &str) -> (Container, String, String) {
+    let (c1, _) = attach(lab, "n1", "c1", "appnet");
+    let (_, far_ip) = attach(lab, far, "cfar", "appnet");
+    assert_reaches(lab, &c1, &far_ip);
+    let vni = vni_of(lab, "appnet");
+    (c1, far_ip, sandbox(lab, "n1", vni))
+}
+
 #[test]
 fn agent_kill_and_restart_keeps_traffic_and_changes_nothing() {
     require_root!();
     let mut lab = cluster(2);
-    let (c1, _) = attach(&mut lab, "n1", "c1", "appnet");
-    let (c2, ip2) = attach(&mut lab, "n2", "c2", "appnet");
-    assert_reaches(&lab, &c1, &ip2);
-    let vni = vni_of(&lab, "appnet");
-    let netns = sandbox(&lab, "n1", vni);
+    let (c1, ip2, netns) = reachable_pair(&mut lab, "n2");
     let links_before = lab
         .exec(&netns, &["ip", "-o", "link"])
         .expect("links")
@@ -363,7 +369,6 @@ fn agent_kill_and_restart_keeps_traffic_and_changes_nothing() {
     // Detach still works after the restart.
     lab.netctl_json("n1", &["endpoint", "detach", "c1"])
         .expect("detach after restart");
-    let _ = c2;
     lab.teardown().expect("teardown");
 }
 
@@ -371,11 +376,7 @@ fn agent_kill_and_restart_keeps_traffic_and_changes_nothing() {
 fn killed_node_entries_leave_within_5s_and_come_back() {
     require_root!();
     let mut lab = cluster(3);
-    let (c1, _) = attach(&mut lab, "n1", "c1", "appnet");
-    let (_c3, ip3) = attach(&mut lab, "n3", "c3", "appnet");
-    assert_reaches(&lab, &c1, &ip3);
-    let vni = vni_of(&lab, "appnet");
-    let netns = sandbox(&lab, "n1", vni);
+    let (c1, ip3, netns) = reachable_pair(&mut lab, "n3");
 
     lab.signal_agent("n3", Signal::SIGKILL).expect("kill n3");
     let gone = wait_until(Duration::from_secs(5), || {

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod dns;
 pub mod endpoint_store;
 pub mod gossip;
 pub mod ipam;

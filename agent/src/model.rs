@@ -187,6 +187,78 @@ impl<'de> Deserialize<'de> for Mac {
     }
 }
 
+/// How a service is reached: one virtual IP per network, load-balanced
+/// (`vip`), or DNS round robin over the task addresses (`dnsrr`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    #[default]
+    Vip,
+    Dnsrr,
+}
+
+impl fmt::Display for EndpointMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EndpointMode::Vip => "vip",
+            EndpointMode::Dnsrr => "dnsrr",
+        })
+    }
+}
+
+/// A service's virtual IP on one network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceVip {
+    /// The network's name.
+    pub network: String,
+    pub network_id: String,
+    pub addr: Ipv4Addr,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    #[default]
+    Ingress,
+    Host,
+}
+
+/// A port published outside the cluster (issue 6 gives it a data plane).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub published: u16,
+    pub target: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub mode: PublishMode,
+}
+
+/// A named group of endpoints (its tasks), attached to one or more networks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    pub id: String,
+    #[serde(default)]
+    pub endpoint_mode: EndpointMode,
+    /// One per network in `vip` mode, none in `dnsrr` mode.
+    #[serde(default)]
+    pub vips: Vec<ServiceVip>,
+    /// The networks the service is on (names), whatever its mode.
+    #[serde(default)]
+    pub networks: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<PublishedPort>,
+}
+
 /// A remote endpoint as a sandbox needs it: where to send its frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Peer {

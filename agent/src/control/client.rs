@@ -32,7 +32,8 @@ use super::{
     wire::{self, BlockRequest, JoinRequest, JoinResponse, ReserveRequest},
     ClusterIdentity, ControlError, ControlPlane, CreateNetwork, ManagerClient, NodeRecord,
 };
-use crate::model::{Network, Role};
+use super::{CreateService, UpdateService};
+use crate::model::{Network, Role, Service};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -265,6 +266,30 @@ impl ControlPlane for ManagerClient {
             wire::segment(network_id)?
         );
         self.inner.request(Method::DELETE, &path, None).await
+    }
+    async fn create_service(&self, _request: CreateService) -> Result<Service, ControlError> {
+        Err(ControlError::Unavailable(
+            "services: not implemented yet".into(),
+        ))
+    }
+    async fn services(&self) -> Result<Vec<Service>, ControlError> {
+        Err(ControlError::Unavailable(
+            "services: not implemented yet".into(),
+        ))
+    }
+    async fn remove_service(&self, _name: &str) -> Result<Service, ControlError> {
+        Err(ControlError::Unavailable(
+            "services: not implemented yet".into(),
+        ))
+    }
+    async fn update_service(
+        &self,
+        _name: &str,
+        _request: UpdateService,
+    ) -> Result<Service, ControlError> {
+        Err(ControlError::Unavailable(
+            "services: not implemented yet".into(),
+        ))
     }
     async fn join_token(&self, role: Role, rotate: bool) -> Result<String, ControlError> {
         let path = if rotate {

@@ -48,7 +48,8 @@ use super::{
     wire::{self, BlockRequest, JoinRequest, JoinResponse, ReserveRequest},
     ClusterIdentity, ControlError, ControlPlane, CreateNetwork, Manager, NodeRecord,
 };
-use crate::model::{Network, Role};
+use super::{CreateService, UpdateService};
+use crate::model::{Network, Role, Service};
 
 /// The control-plane port.
 pub const CONTROL_PORT: u16 = 2377;
@@ -1206,6 +1207,30 @@ impl ControlPlane for Manager {
         let network_id = network_id.to_owned();
         self.run(move |core| core.release_ip(&network_id, ip, None))
             .await
+    }
+    async fn create_service(&self, _request: CreateService) -> Result<Service, ControlError> {
+        Err(ControlError::Unavailable(
+            "services: not implemented yet".into(),
+        ))
+    }
+    async fn services(&self) -> Result<Vec<Service>, ControlError> {
+        Err(ControlError::Unavailable(
+            "services: not implemented yet".into(),
+        ))
+    }
+    async fn remove_service(&self, _name: &str) -> Result<Service, ControlError> {
+        Err(ControlError::Unavailable(
+            "services: not implemented yet".into(),
+        ))
+    }
+    async fn update_service(
+        &self,
+        _name: &str,
+        _request: UpdateService,
+    ) -> Result<Service, ControlError> {
+        Err(ControlError::Unavailable(
+            "services: not implemented yet".into(),
+        ))
     }
     async fn join_token(&self, role: Role, rotate: bool) -> Result<String, ControlError> {
         self.run(move |core| core.join_token(role, rotate)).await

@@ -37,7 +37,7 @@ use std::{
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Network, Role};
+use crate::model::{EndpointMode, Network, PublishedPort, Role, Service};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -144,6 +144,42 @@ pub trait ControlPlane {
     /// The current join token for `role`, a new one with `rotate` (the old one
     /// stops working).
     async fn join_token(&self, role: Role, rotate: bool) -> Result<String, ControlError>;
+    /// Records a service. In `vip` mode allocates one VIP per network from
+    /// that network's subnet (never inside a node's block, never reserved,
+    /// never the gateway); `dnsrr` allocates none. Refuses a duplicate name,
+    /// an unknown network, no network at all.
+    async fn create_service(&self, request: CreateService) -> Result<Service, ControlError>;
+    async fn services(&self) -> Result<Vec<Service>, ControlError>;
+    /// Removes a service and releases its VIPs.
+    async fn remove_service(&self, name: &str) -> Result<Service, ControlError>;
+    /// Changes what exists so far: networks added (VIPs allocated in `vip`
+    /// mode) or removed (VIPs released).
+    async fn update_service(
+        &self,
+        name: &str,
+        request: UpdateService,
+    ) -> Result<Service, ControlError>;
+}
+
+/// `netctl service create`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CreateService {
+    pub name: String,
+    /// Network names; at least one.
+    pub networks: Vec<String>,
+    #[serde(default)]
+    pub endpoint_mode: EndpointMode,
+    #[serde(default)]
+    pub ports: Vec<PublishedPort>,
+}
+
+/// `netctl service update`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UpdateService {
+    #[serde(default)]
+    pub add_networks: Vec<String>,
+    #[serde(default)]
+    pub remove_networks: Vec<String>,
 }
 
 /// The manager role, running in this agent.

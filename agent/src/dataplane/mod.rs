@@ -12,6 +12,7 @@
 
 pub mod bpf;
 pub mod counters;
+pub mod dns_redirect;
 pub mod endpoint;
 pub mod interfaces;
 pub mod masquerade;

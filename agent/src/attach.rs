@@ -12,7 +12,7 @@ use crate::{
     cluster::ClusterRuntime,
     control::{ControlError, ControlPlane},
     dataplane::overlay::{Attachment, OverlayError},
-    endpoint_store::{LocalEndpoint, StoreError},
+    endpoint_store::{EndpointStore, LocalEndpoint, StoreError},
     ipam,
     model::{Endpoint, Health, Mac, Network},
 };
@@ -288,16 +288,21 @@ async fn undo_attach(
     }
 }
 
+/// The one local endpoint `id_or_name` names (an id, a unique id prefix or a
+/// task name).
+fn find_one(store: &EndpointStore, id_or_name: &str) -> Result<LocalEndpoint, AttachError> {
+    match store.find(id_or_name).as_slice() {
+        [] => Err(AttachError::NoEndpoint(id_or_name.to_owned())),
+        [one] => Ok((*one).clone()),
+        _ => Err(AttachError::Ambiguous(id_or_name.to_owned())),
+    }
+}
+
 /// Detaches the local endpoint `id_or_name` (an id, a unique id prefix or a
 /// task name) and returns it.
 pub async fn detach(rt: &ClusterRuntime, id_or_name: &str) -> Result<Endpoint, AttachError> {
     let mut store = rt.endpoints.lock().await;
-    let found: Vec<LocalEndpoint> = store.find(id_or_name).into_iter().cloned().collect();
-    let local = match found.as_slice() {
-        [] => return Err(AttachError::NoEndpoint(id_or_name.to_owned())),
-        [one] => one.clone(),
-        _ => return Err(AttachError::Ambiguous(id_or_name.to_owned())),
-    };
+    let local = find_one(&store, id_or_name)?;
     let endpoint = local.endpoint;
     let networks = rt.networks().await;
     let network = match networks.into_iter().find(|n| n.id == endpoint.network_id) {
@@ -320,6 +325,26 @@ pub async fn detach(rt: &ClusterRuntime, id_or_name: &str) -> Result<Endpoint, A
     }
     rt.kick();
     info!(id = %endpoint.id, network = %network.name, "endpoint detached");
+    Ok(endpoint)
+}
+
+/// Marks the local endpoint `id_or_name` healthy or unhealthy: an unhealthy
+/// endpoint leaves every DNS answer (and, later, every load balancer) until
+/// it is healthy again.
+pub async fn set_health(
+    rt: &ClusterRuntime,
+    id_or_name: &str,
+    health: Health,
+) -> Result<Endpoint, AttachError> {
+    let mut store = rt.endpoints.lock().await;
+    let mut local = find_one(&store, id_or_name)?;
+    local.endpoint.health = health;
+    let endpoint = local.endpoint.clone();
+    store.insert(local)?;
+    drop(store);
+    rt.gossip.publish(&endpoint).await;
+    rt.kick();
+    info!(id = %endpoint.id, %health, "endpoint health changed");
     Ok(endpoint)
 }
 

@@ -14,7 +14,7 @@ use tokio::{
     sync::{Mutex, Notify, RwLock},
     task::JoinHandle,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     config::AgentConfig,
@@ -22,8 +22,9 @@ use crate::{
     dataplane::overlay::{Overlay, OverlayConfig, OverlayError},
     endpoint_store::{EndpointStore, StoreError},
     gossip::{Gossip, GossipConfig, GossipError, GossipView},
-    model::{Network, Role},
+    model::{Network, Role, Service},
     reconcile,
+    resolvers::Resolvers,
 };
 
 /// How often the reconcile loop runs when nothing wakes it earlier, and how
@@ -52,6 +53,9 @@ pub struct ClusterRuntime {
     pub gossip: Gossip,
     pub overlay: Overlay,
     networks: RwLock<Vec<Network>>,
+    services: RwLock<Vec<Service>>,
+    /// The embedded DNS of this node's containers.
+    pub resolvers: Resolvers,
     /// Address blocks this node holds, by network id.
     pub blocks: Mutex<BTreeMap<String, Vec<Ipv4Net>>>,
     /// Local endpoints; the lock also serialises attach and detach.
@@ -167,6 +171,8 @@ impl ClusterRuntime {
             gossip,
             overlay,
             networks: RwLock::new(Vec::new()),
+            services: RwLock::new(Vec::new()),
+            resolvers: Resolvers::new(config.upstream_dns.clone()),
             blocks: Mutex::new(BTreeMap::new()),
             endpoints: Mutex::new(endpoints),
             kick: Arc::new(Notify::new()),
@@ -202,6 +208,18 @@ impl ClusterRuntime {
         Ok(fresh)
     }
 
+    /// The services as last read from the managers.
+    pub async fn services(&self) -> Vec<Service> {
+        self.services.read().await.clone()
+    }
+
+    /// Reads the services from the managers; on failure keeps the last copy.
+    pub async fn refresh_services(&self) -> Result<Vec<Service>, ControlError> {
+        let fresh = self.control.services().await?;
+        *self.services.write().await = fresh.clone();
+        Ok(fresh)
+    }
+
     /// The network called `name`, asking the managers if this node has not
     /// heard of it yet.
     pub async fn network(&self, name: &str) -> Result<Option<Network>, ControlError> {
@@ -231,10 +249,19 @@ impl ClusterRuntime {
                 Ok(_) => *self.last_refresh.lock().await = Some(Instant::now()),
                 Err(error) => warn!(%error, "cannot refresh the networks; using the last copy"),
             }
+            if let Err(error) = self.refresh_services().await {
+                debug!(%error, "cannot refresh the services; using the last copy");
+            }
         }
         let networks = self.networks().await;
-        let local = self.endpoints.lock().await.endpoints();
+        let local_entries = self.endpoints.lock().await.all().to_vec();
+        let local: Vec<_> = local_entries.iter().map(|e| e.endpoint.clone()).collect();
         let view = self.view();
+        // DNS first: names must follow the view even when the kernel cannot
+        // be read.
+        self.resolvers
+            .update_table(&self.services().await, &view, &local, &networks);
+        self.resolvers.sync(&local_entries).await;
         let observed = match reconcile::observe(&self.overlay, &networks).await {
             Ok(observed) => observed,
             Err(error) => {

@@ -18,6 +18,7 @@ pub mod gossip;
 pub mod ipam;
 pub mod model;
 pub mod reconcile;
+pub mod resolvers;
 
 /// The version every component reports (`netctl status`, the API).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -18,7 +18,7 @@ use crate::{
     attach::{self, AttachRequest},
     cluster::ClusterRuntime,
     control::{ControlPlane, CreateNetwork},
-    model::{Endpoint, Network, NodeInfo, NodeStatus, Role},
+    model::{Endpoint, Health, Network, NodeInfo, NodeStatus, Role},
 };
 
 pub fn router() -> Router<Arc<AgentState>> {
@@ -33,6 +33,7 @@ pub fn router() -> Router<Arc<AgentState>> {
         .route("/v1/networks/{name}", get(network).delete(remove_network))
         .route("/v1/endpoints", post(attach_endpoint).get(endpoints))
         .route("/v1/endpoints/{id}", axum::routing::delete(detach_endpoint))
+        .route("/v1/endpoints/{id}/health", post(set_health))
 }
 
 /// `GET /v1/cluster`.
@@ -282,4 +283,18 @@ async fn detach_endpoint(
 ) -> Result<Json<Endpoint>, ApiError> {
     let rt = runtime(&state).await?;
     Ok(Json(attach::detach(&rt, &id).await?))
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct HealthRequest {
+    pub health: Health,
+}
+
+async fn set_health(
+    State(state): State<Arc<AgentState>>,
+    Path(id): Path<String>,
+    Json(request): Json<HealthRequest>,
+) -> Result<Json<Endpoint>, ApiError> {
+    let rt = runtime(&state).await?;
+    Ok(Json(attach::set_health(&rt, &id, request.health).await?))
 }

@@ -5,7 +5,17 @@ use std::{io::Write, net::Ipv4Addr, path::PathBuf};
 use clap::Subcommand;
 
 use super::{print_json, print_list, CliError, Format};
-use crate::{api::ApiClient, attach::AttachRequest, model::Endpoint};
+use crate::{
+    api::{routes::HealthRequest, ApiClient},
+    attach::AttachRequest,
+    model::{Endpoint, Health},
+};
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum HealthArg {
+    Healthy,
+    Unhealthy,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum EndpointCommand {
@@ -35,6 +45,9 @@ pub enum EndpointCommand {
     },
     /// Detach an endpoint of this node (id, unique id prefix or name).
     Detach { id: String },
+    /// Mark an endpoint of this node healthy or unhealthy (unhealthy ones
+    /// leave DNS answers).
+    Health { id: String, health: HealthArg },
     /// List the endpoints of the cluster.
     Ls {
         #[arg(long)]
@@ -70,19 +83,26 @@ pub async fn run(
                 ifname: Some(ifname),
             };
             let endpoint: Endpoint = client.post("/v1/endpoints", &request).await?;
-            match format {
-                Format::Json => print_json(out, &endpoint),
-                Format::Table => Ok(writeln!(out, "{}", endpoint.id)?),
-            }
+            print_endpoint(out, format, &endpoint)
         }
         EndpointCommand::Detach { id } => {
             let endpoint: Endpoint = client
                 .delete(&format!("/v1/endpoints/{}", super::path_segment(&id)))
                 .await?;
-            match format {
-                Format::Json => print_json(out, &endpoint),
-                Format::Table => Ok(writeln!(out, "{}", endpoint.id)?),
-            }
+            print_endpoint(out, format, &endpoint)
+        }
+        EndpointCommand::Health { id, health } => {
+            let health = match health {
+                HealthArg::Healthy => Health::Healthy,
+                HealthArg::Unhealthy => Health::Unhealthy,
+            };
+            let endpoint: Endpoint = client
+                .post(
+                    &format!("/v1/endpoints/{}/health", super::path_segment(&id)),
+                    &HealthRequest { health },
+                )
+                .await?;
+            print_endpoint(out, format, &endpoint)
         }
         EndpointCommand::Ls { network } => {
             let path = match network {
@@ -111,5 +131,17 @@ pub async fn run(
                 },
             )
         }
+    }
+}
+
+/// One endpoint: its id for people, the whole record as JSON.
+fn print_endpoint(
+    out: &mut dyn Write,
+    format: Format,
+    endpoint: &Endpoint,
+) -> Result<(), CliError> {
+    match format {
+        Format::Json => print_json(out, endpoint),
+        Format::Table => Ok(writeln!(out, "{}", endpoint.id)?),
     }
 }

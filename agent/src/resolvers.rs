@@ -1,0 +1,126 @@
+//! The embedded DNS of this node's containers: one resolver per container
+//! namespace (127.0.0.11, redirected to a private port), all answering from
+//! one table that follows the gossip view and the services.
+//!
+//! A container's scope is the set of networks its endpoints are on: it sees
+//! the names of those networks only.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::{
+    dataplane::dns_redirect,
+    dns::{ContainerResolver, DnsShared, DnsTable},
+    endpoint_store::LocalEndpoint,
+    gossip::GossipView,
+    model::{Endpoint, Network, Service},
+};
+
+/// All upstream attempts of one forwarded query share this budget.
+pub const FORWARD_BUDGET: Duration = Duration::from_secs(4);
+
+struct Running {
+    /// Kept for its lifetime: dropping it stops the resolver.
+    _resolver: ContainerResolver,
+    scope: Arc<ArcSwap<Vec<String>>>,
+}
+
+/// The resolvers of this node's containers, by container namespace.
+pub struct Resolvers {
+    shared: Arc<DnsShared>,
+    running: Mutex<BTreeMap<PathBuf, Running>>,
+}
+
+impl Resolvers {
+    pub fn new(upstreams: Vec<std::net::SocketAddr>) -> Self {
+        Self {
+            shared: DnsShared::new(upstreams, FORWARD_BUDGET),
+            running: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Rebuilds the table every resolver answers from.
+    pub fn update_table(
+        &self,
+        services: &[Service],
+        view: &GossipView,
+        local: &[Endpoint],
+        networks: &[Network],
+    ) {
+        let mut endpoints: Vec<Endpoint> = view
+            .nodes
+            .values()
+            .flat_map(|node| node.endpoints.values().cloned())
+            .collect();
+        // This node's own endpoints count even before gossip shows them.
+        for endpoint in local {
+            if !endpoints.iter().any(|e| e.id == endpoint.id) {
+                endpoints.push(endpoint.clone());
+            }
+        }
+        self.shared
+            .update(DnsTable::build(services, &endpoints, networks));
+    }
+
+    /// Brings the resolvers in line with the local endpoints: one per
+    /// container namespace that has endpoints, scoped to their networks.
+    /// A failure for one container is logged and retried on the next call.
+    pub async fn sync(&self, local: &[LocalEndpoint]) {
+        let mut wanted: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+        for entry in local {
+            let scope = wanted.entry(entry.container_netns.clone()).or_default();
+            if !scope.contains(&entry.endpoint.network_id) {
+                scope.push(entry.endpoint.network_id.clone());
+            }
+        }
+        let mut running = self.running.lock().await;
+        let gone: Vec<PathBuf> = running
+            .keys()
+            .filter(|netns| !wanted.contains_key(*netns))
+            .cloned()
+            .collect();
+        for netns in gone {
+            running.remove(&netns);
+            if let Err(error) = dns_redirect::remove_redirect(&netns).await {
+                debug!(netns = %netns.display(), %error, "DNS redirect not removed (container gone?)");
+            }
+            info!(netns = %netns.display(), "container resolver stopped");
+        }
+        for (netns, scope) in wanted {
+            if let Some(existing) = running.get(&netns) {
+                existing.scope.store(Arc::new(scope));
+                continue;
+            }
+            match self.start(&netns, scope).await {
+                Ok(started) => {
+                    running.insert(netns, started);
+                }
+                Err(error) => {
+                    warn!(netns = %netns.display(), %error, "cannot start the container's resolver")
+                }
+            }
+        }
+    }
+
+    async fn start(&self, netns: &Path, scope: Vec<String>) -> Result<Running, String> {
+        let (udp, tcp) = dns_redirect::open_resolver_sockets(netns)
+            .await
+            .map_err(|error| error.to_string())?;
+        let scope = Arc::new(ArcSwap::from_pointee(scope));
+        let resolver = ContainerResolver::spawn(self.shared.clone(), udp, tcp, scope.clone())
+            .map_err(|error| error.to_string())?;
+        info!(netns = %netns.display(), "container resolver at 127.0.0.11");
+        Ok(Running {
+            _resolver: resolver,
+            scope,
+        })
+    }
+}

@@ -323,10 +323,15 @@ impl Lab {
     /// resolvers. It knows a few names and nothing else; it never forwards.
     fn start_upstream_dns(&mut self) -> Result<(), LabError> {
         let hosts = self.state_dir.join("upstream.hosts");
+        // many.lab has 40 addresses: its answer does not fit 512 bytes, so
+        // plain UDP queries for it come back truncated (the TCP path).
+        let many: String = (1..=40)
+            .map(|host| format!("198.18.1.{host} many.lab\n"))
+            .collect();
         write_file(
             &hosts,
             &format!(
-                "{EXTERNAL_ADDR} external.lab example.org www.example.org\n{UPSTREAM_DNS_ADDR} upstream.lab\n"
+                "{EXTERNAL_ADDR} external.lab example.org www.example.org\n{UPSTREAM_DNS_ADDR} upstream.lab\n{many}"
             ),
         )?;
         let conf = self.state_dir.join("dnsmasq.conf");
@@ -374,6 +379,15 @@ impl Lab {
             secs: waited.as_secs(),
             log: std::fs::read_to_string(&log).unwrap_or_default(),
         })
+    }
+
+    /// Stops the lab's upstream DNS server (to test what happens when the
+    /// upstream is down).
+    pub fn stop_upstream_dns(&mut self) {
+        if let Some((mut child, id)) = self.dnsmasq.take() {
+            id.terminate(STOP_GRACE);
+            let _ = child.try_wait();
+        }
     }
 
     fn lifetime(&self) -> Lifetime {
@@ -712,10 +726,7 @@ impl Lab {
         }
         // Container namespaces are in `namespaces` too, after the hosts.
         self.containers.clear();
-        if let Some((mut child, id)) = self.dnsmasq.take() {
-            id.terminate(STOP_GRACE);
-            let _ = child.try_wait();
-        }
+        self.stop_upstream_dns();
         for netns in self.namespaces.drain(..).rev() {
             if let Err(error) = cmd::run("ip", ["netns", "del", &netns]) {
                 errors.push(error.to_string());

@@ -77,8 +77,13 @@ fn status(lab: &Lab, container: &Container, args: &[&str]) -> String {
         .to_owned()
 }
 
-fn eventually(lab: &Lab, container: &Container, args: &[&str], want: &[String], within: Duration) {
-    let mut want = want.to_vec();
+fn eventually(
+    lab: &Lab,
+    container: &Container,
+    args: &[&str],
+    mut want: Vec<String>,
+    within: Duration,
+) {
     want.sort();
     wait_until(within, || (dig(lab, container, args) == want).then_some(())).unwrap_or_else(|_| {
         panic!(
@@ -133,31 +138,31 @@ fn services_tasks_aliases_and_ptr_across_nodes() {
     let vip = vip_of(&lab, "web");
     let within = Duration::from_secs(2);
 
-    eventually(&lab, &client, &["web"], &[vip.clone()], within);
-    eventually(&lab, &client, &["WEB"], &[vip.clone()], within);
+    eventually(&lab, &client, &["web"], vec![vip.clone()], within);
+    eventually(&lab, &client, &["WEB"], vec![vip.clone()], within);
     eventually(
         &lab,
         &client,
         &["tasks.web"],
-        &[ip1.clone(), ip2.clone()],
+        vec![ip1.clone(), ip2.clone()],
         within,
     );
     eventually(
         &lab,
         &client,
         &["cache"],
-        &[cip1.clone(), cip2.clone()],
+        vec![cip1.clone(), cip2.clone()],
         within,
     );
     eventually(
         &lab,
         &client,
         &["tasks.cache"],
-        &[cip1.clone(), cip2.clone()],
+        vec![cip1.clone(), cip2.clone()],
         within,
     );
-    eventually(&lab, &client, &["www"], &[ip1.clone()], within);
-    eventually(&lab, &client, &["web.appnet"], &[vip.clone()], within);
+    eventually(&lab, &client, &["www"], vec![ip1.clone()], within);
+    eventually(&lab, &client, &["web.appnet"], vec![vip.clone()], within);
     // A name that only has IPv4: NOERROR and no AAAA, never forwarded.
     assert_eq!(status(&lab, &client, &["web", "AAAA"]), "NOERROR");
     assert!(dig(&lab, &client, &["web", "AAAA"]).is_empty());
@@ -215,7 +220,7 @@ fn a_container_sees_only_the_names_of_its_networks() {
         &lab,
         &app_client,
         &["secret.1"],
-        &[ip],
+        vec![ip],
         Duration::from_secs(2),
     );
     // The other network's container does not see it (and it is not forwarded
@@ -234,7 +239,7 @@ fn unknown_names_go_upstream_with_tcp_fallback_and_servfail_when_down() {
         &lab,
         &client,
         &["example.org"],
-        &["198.18.0.200".to_owned()],
+        vec!["198.18.0.200".to_owned()],
         Duration::from_secs(5),
     );
     // 40 addresses do not fit a plain 512-byte UDP answer: truncation, then TCP.
@@ -245,7 +250,7 @@ fn unknown_names_go_upstream_with_tcp_fallback_and_servfail_when_down() {
         .expect("internal");
     let (inside, _) = attach(&mut lab, "n1", "inside", "private", &[]);
     let (_p, pip) = attach(&mut lab, "n2", "p", "private", &["--name", "p.1"]);
-    eventually(&lab, &inside, &["p.1"], &[pip], Duration::from_secs(2));
+    eventually(&lab, &inside, &["p.1"], vec![pip], Duration::from_secs(2));
     // Upstream down: SERVFAIL within the budget, never a hang.
     lab.stop_upstream_dns();
     assert_eq!(
@@ -275,7 +280,13 @@ fn detached_or_unhealthy_tasks_leave_answers_within_a_second() {
         &["--service", "web", "--name", "web.2"],
     );
     let both = [ip1.clone(), ip2.clone()];
-    eventually(&lab, &client, &["tasks.web"], &both, Duration::from_secs(2));
+    eventually(
+        &lab,
+        &client,
+        &["tasks.web"],
+        both.to_vec(),
+        Duration::from_secs(2),
+    );
 
     lab.netctl_json("n2", &["endpoint", "health", "web.1", "unhealthy"])
         .expect("unhealthy");
@@ -283,12 +294,18 @@ fn detached_or_unhealthy_tasks_leave_answers_within_a_second() {
         &lab,
         &client,
         &["tasks.web"],
-        &[ip2.clone()],
+        vec![ip2.clone()],
         Duration::from_secs(1),
     );
     lab.netctl_json("n2", &["endpoint", "health", "web.1", "healthy"])
         .expect("healthy");
-    eventually(&lab, &client, &["tasks.web"], &both, Duration::from_secs(1));
+    eventually(
+        &lab,
+        &client,
+        &["tasks.web"],
+        both.to_vec(),
+        Duration::from_secs(1),
+    );
 
     lab.netctl_json("n3", &["endpoint", "detach", "web.2"])
         .expect("detach");
@@ -296,7 +313,7 @@ fn detached_or_unhealthy_tasks_leave_answers_within_a_second() {
         &lab,
         &client,
         &["tasks.web"],
-        &[ip1.clone()],
+        vec![ip1.clone()],
         Duration::from_secs(1),
     );
     // A task on the client's own node: within 100 ms of the change, well
@@ -312,7 +329,7 @@ fn detached_or_unhealthy_tasks_leave_answers_within_a_second() {
         &lab,
         &client,
         &["tasks.web"],
-        &[ip1, ip3],
+        vec![ip1, ip3],
         Duration::from_secs(1),
     );
     lab.teardown().expect("teardown");
@@ -327,7 +344,7 @@ fn a_container_can_bind_port_53_itself() {
         &lab,
         &client,
         &["web"],
-        &[vip_of(&lab, "web")],
+        vec![vip_of(&lab, "web")],
         Duration::from_secs(2),
     );
     let bind = lab

@@ -28,6 +28,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dnsutils", "dig, in tests and the lab's readiness checks"),
     ("ldnsutils", "drill, a second DNS client for tests"),
     ("iperf3", "throughput benchmarks"),
+    ("dnsperf", "the DNS benchmark"),
+    ("python3", "small socket probes in tests"),
     ("nftables", "masquerade and the nftables anchor"),
     ("iptables", "the iptables anchor"),
     ("tcpdump", "reading pcap files and debugging the lab"),

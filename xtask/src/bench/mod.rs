@@ -2,6 +2,7 @@
 //! anchor side by side in one lab and one run, reported as ratios.
 
 mod converge;
+mod dns;
 mod overlay;
 mod report;
 
@@ -9,7 +10,7 @@ use anyhow::{bail, Result};
 
 use crate::{setup, workspace};
 
-const BENCHMARKS: &[&str] = &["overlay", "converge"];
+const BENCHMARKS: &[&str] = &["overlay", "converge", "dns"];
 
 pub fn run(name: &str, args: &[String]) -> Result<()> {
     if !BENCHMARKS.contains(&name) {
@@ -28,6 +29,7 @@ pub fn run(name: &str, args: &[String]) -> Result<()> {
     );
     match name {
         "overlay" => overlay::run(args),
+        "dns" => dns::run(args),
         _ => converge::run(args),
     }
 }

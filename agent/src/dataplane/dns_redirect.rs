@@ -124,7 +124,7 @@ pub async fn open_resolver_sockets(
     })
     .await
     .map_err(OverlayError::container_netns)??;
-    tracing::info!(netns = %label, port, "dns redirect installed: 127.0.0.11:53 -> 127.0.0.11:{port}");
+    tracing::info!(netns = %label, port, "dns redirect installed (127.0.0.11:53 to the resolver port)");
     Ok((udp, tcp))
 }
 

@@ -11,7 +11,7 @@ use rtnetlink::{LinkUnspec, LinkVeth};
 
 use super::{
     netlink::{self, Netlink, NetlinkError},
-    netns::{self, NetnsError},
+    netns,
     overlay::{Attachment, OverlayConfig, OverlayError, HINT_GENERIC},
     sandbox::{self, Opened, BRIDGE},
 };
@@ -86,13 +86,8 @@ pub async fn attach(
     let opened = sandbox::open(config, network).await?;
     // Open the container's namespace before creating anything, so that a
     // bad path fails with nothing to undo.
-    let container_fd = netns::open(&attachment.container_netns).map_err(|error| match error {
-        NetnsError::Open { path, source } => OverlayError::ContainerNetns { path, source },
-        other => OverlayError::Netns {
-            source: other,
-            hint: HINT_GENERIC,
-        },
-    })?;
+    let container_fd =
+        netns::open(&attachment.container_netns).map_err(OverlayError::container_netns)?;
     let host = host_veth_name(&attachment.endpoint_id);
     let at = |what: String| OverlayError::netlink(what, &opened.name, HINT_GENERIC);
     if opened

@@ -171,12 +171,7 @@ fn plan_remove(vni: u32, rules: &[Rule]) -> Vec<Change> {
 }
 
 fn error(what: String) -> impl FnOnce(NftError) -> OverlayError {
-    move |source| OverlayError::Nftables {
-        what,
-        netns: NODE.into(),
-        source,
-        hint: HINT,
-    }
+    OverlayError::nftables(what, NODE, HINT)
 }
 
 /// Runs `work` with an nf_tables socket of the agent's table, on a thread

@@ -1,6 +1,7 @@
 //! nf_tables over netlink, built by hand: no `nft` binary, no libnftnl, no
 //! fork. Just what the agent needs: tables, base chains, rules made of a
-//! few expressions (meta, payload, bitwise, cmp, counter, masq, verdict),
+//! few expressions (meta, payload, bitwise, cmp, counter, masq, dnat,
+//! immediate, verdict),
 //! rule listing and deletion by handle, all in batched transactions.
 //!
 //! An `Nft` is a blocking `NETLINK_NETFILTER` socket. It must be opened on a
@@ -11,7 +12,7 @@
 //! resource id big-endian) + attributes (`nlattr` headers in host order;
 //! nf_tables integer values in network order).
 
-use std::{io, os::fd::AsRawFd, time::Duration};
+use std::{io, net::Ipv4Addr, os::fd::AsRawFd, time::Duration};
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
@@ -98,9 +99,21 @@ const NFTA_BITWISE_MASK: u16 = 4;
 const NFTA_BITWISE_XOR: u16 = 5;
 const NFTA_IMMEDIATE_DREG: u16 = 1;
 const NFTA_IMMEDIATE_DATA: u16 = 2;
-/// The verdict register and the first 16-byte data register.
+const NFTA_NAT_TYPE: u16 = 1;
+const NFTA_NAT_FAMILY: u16 = 2;
+const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+const NFTA_NAT_FLAGS: u16 = 7;
+const NFT_NAT_DNAT: u32 = 1;
+/// NF_NAT_RANGE_PROTO_SPECIFIED: the port is translated too.
+const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
+/// NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER.
+const PAYLOAD_NETWORK: u32 = 1;
+const PAYLOAD_TRANSPORT: u32 = 2;
+/// The verdict register and the first two 16-byte data registers.
 const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
+const NFT_REG_2: u32 = 2;
 /// libnftnl's rule comment, so that `nft list` shows ours.
 const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 
@@ -108,6 +121,7 @@ const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     Forward = 2,
+    Output = 3,
     PostRouting = 4,
 }
 
@@ -116,6 +130,8 @@ pub enum Hook {
 pub enum MetaKey {
     IifName = 6,
     OifName = 7,
+    /// The transport protocol (`meta l4proto`), one byte.
+    L4Proto = 16,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -159,9 +175,19 @@ impl Expr {
 
     /// The network header bytes `offset..offset+len` into register 1.
     pub fn network_header(offset: u32, len: u32) -> Self {
+        Self::payload(PAYLOAD_NETWORK, offset, len)
+    }
+
+    /// The transport header bytes `offset..offset+len` into register 1
+    /// (`udp dport` is offset 2, length 2, after `meta l4proto udp`).
+    pub fn transport_header(offset: u32, len: u32) -> Self {
+        Self::payload(PAYLOAD_TRANSPORT, offset, len)
+    }
+
+    fn payload(base: u32, offset: u32, len: u32) -> Self {
         let mut data = Vec::new();
         put_be32(&mut data, NFTA_PAYLOAD_DREG, NFT_REG_1);
-        put_be32(&mut data, NFTA_PAYLOAD_BASE, 1);
+        put_be32(&mut data, NFTA_PAYLOAD_BASE, base);
         put_be32(&mut data, NFTA_PAYLOAD_OFFSET, offset);
         put_be32(&mut data, NFTA_PAYLOAD_LEN, len);
         Self {
@@ -212,14 +238,36 @@ impl Expr {
         }
     }
 
-    pub fn verdict(verdict: Verdict) -> Self {
+    /// `dnat to ADDR:PORT` (IPv4): the address and port go through
+    /// registers 1 and 2, as `nft` does it. The rule must match the
+    /// transport protocol first (`meta l4proto`).
+    pub fn dnat(addr: Ipv4Addr, port: u16) -> [Self; 3] {
         let mut data = Vec::new();
-        put_be32(&mut data, NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
-        nest(&mut data, NFTA_IMMEDIATE_DATA, |a| {
-            nest(a, NFTA_DATA_VERDICT, |v| {
+        put_be32(&mut data, NFTA_NAT_TYPE, NFT_NAT_DNAT);
+        put_be32(&mut data, NFTA_NAT_FAMILY, u32::from(FAMILY_IP));
+        put_be32(&mut data, NFTA_NAT_REG_ADDR_MIN, NFT_REG_1);
+        put_be32(&mut data, NFTA_NAT_REG_PROTO_MIN, NFT_REG_2);
+        put_be32(&mut data, NFTA_NAT_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
+        [
+            Self::immediate(NFT_REG_1, |d| put(d, NFTA_DATA_VALUE, &addr.octets())),
+            Self::immediate(NFT_REG_2, |d| put(d, NFTA_DATA_VALUE, &port.to_be_bytes())),
+            Self { name: "nat", data },
+        ]
+    }
+
+    pub fn verdict(verdict: Verdict) -> Self {
+        Self::immediate(NFT_REG_VERDICT, |d| {
+            nest(d, NFTA_DATA_VERDICT, |v| {
                 put_be32(v, NFTA_VERDICT_CODE, verdict as u32)
             })
-        });
+        })
+    }
+
+    /// Loads a constant (`fill` writes its NFTA_DATA_*) into `register`.
+    fn immediate(register: u32, fill: impl FnOnce(&mut Vec<u8>)) -> Self {
+        let mut data = Vec::new();
+        put_be32(&mut data, NFTA_IMMEDIATE_DREG, register);
+        nest(&mut data, NFTA_IMMEDIATE_DATA, fill);
         Self {
             name: "immediate",
             data,
@@ -748,6 +796,31 @@ mod tests {
             12, 0, 3, 0x80, 8, 0, 1, 0, b'n', b'a', b'g', b'w', // data
         ];
         assert_eq!(expr.data, want);
+    }
+
+    #[test]
+    fn a_dnat_is_what_nft_sends() {
+        // `dnat to 127.0.0.11:5353`: [ immediate reg 1 0x0b00007f ]
+        // [ immediate reg 2 0x0000e914 ] [ nat dnat ip addr_min reg 1
+        // proto_min reg 2 flags 0x2 ] (nft --debug=netlink).
+        let [addr, port, nat] = Expr::dnat(Ipv4Addr::new(127, 0, 0, 11), 5353);
+        #[rustfmt::skip]
+        let want_addr: Vec<u8> = vec![
+            8, 0, 1, 0, 0, 0, 0, 1, // dreg 1
+            12, 0, 2, 0x80, 8, 0, 1, 0, 127, 0, 0, 11, // data
+        ];
+        assert_eq!((addr.name, addr.data), ("immediate", want_addr));
+        assert_eq!(&port.data[..8], &[8, 0, 1, 0, 0, 0, 0, 2]);
+        assert_eq!(&port.data[12..18], &[6, 0, 1, 0, 0x14, 0xe9]);
+        #[rustfmt::skip]
+        let want_nat: Vec<u8> = vec![
+            8, 0, 1, 0, 0, 0, 0, 1, // dnat
+            8, 0, 2, 0, 0, 0, 0, 2, // ip
+            8, 0, 3, 0, 0, 0, 0, 1, // addr_min reg 1
+            8, 0, 5, 0, 0, 0, 0, 2, // proto_min reg 2
+            8, 0, 7, 0, 0, 0, 0, 2, // flags: proto specified
+        ];
+        assert_eq!((nat.name, nat.data), ("nat", want_nat));
     }
 
     #[test]

@@ -79,6 +79,13 @@ pub enum OverlayError {
         netns: String,
         source: NetnsError,
     },
+    #[error("{what} in {netns} failed: {source}; {hint}")]
+    Socket {
+        what: String,
+        netns: String,
+        source: std::io::Error,
+        hint: &'static str,
+    },
     #[error("removing sandbox {sandbox} left errors: {}; remove what is listed by hand", errors.join("; "))]
     Cleanup {
         sandbox: String,
@@ -99,6 +106,33 @@ impl OverlayError {
             netns,
             source,
             hint,
+        }
+    }
+
+    /// Wraps an nf_tables failure with what was being done and where.
+    pub(crate) fn nftables(
+        what: impl Into<String>,
+        netns: impl Into<String>,
+        hint: &'static str,
+    ) -> impl FnOnce(NftError) -> OverlayError {
+        let (what, netns) = (what.into(), netns.into());
+        move |source| OverlayError::Nftables {
+            what,
+            netns,
+            source,
+            hint,
+        }
+    }
+
+    /// A failure to use a container's namespace; a path that cannot be
+    /// opened says so.
+    pub(crate) fn container_netns(error: NetnsError) -> OverlayError {
+        match error {
+            NetnsError::Open { path, source } => OverlayError::ContainerNetns { path, source },
+            other => OverlayError::Netns {
+                source: other,
+                hint: HINT_GENERIC,
+            },
         }
     }
 }

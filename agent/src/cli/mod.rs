@@ -7,6 +7,7 @@ mod cluster;
 mod endpoint;
 mod node;
 mod overlay;
+mod service;
 mod status;
 pub mod table;
 
@@ -72,6 +73,11 @@ pub enum Command {
         #[command(subcommand)]
         command: overlay::OverlayCommand,
     },
+    /// Services: named groups of endpoints with a VIP per network.
+    Service {
+        #[command(subcommand)]
+        command: service::ServiceCommand,
+    },
     /// Containers' attachments to overlay networks.
     Endpoint {
         #[command(subcommand)]
@@ -95,6 +101,7 @@ pub async fn run(cli: Netctl, out: &mut dyn std::io::Write) -> Result<(), CliErr
         Command::Cluster { command } => cluster::run(&client, command, cli.format, out).await,
         Command::Node { command } => node::run(&client, command, cli.format, out).await,
         Command::Overlay { command } => overlay::run(&client, command, cli.format, out).await,
+        Command::Service { command } => service::run(&client, command, cli.format, out).await,
         Command::Endpoint { command } => endpoint::run(&client, command, cli.format, out).await,
     }
 }

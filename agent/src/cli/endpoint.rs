@@ -4,7 +4,7 @@ use std::{io::Write, net::Ipv4Addr, path::PathBuf};
 
 use clap::Subcommand;
 
-use super::{print_json, print_list, CliError, Format};
+use super::{print_list, print_one, short_id, CliError, Format};
 use crate::{api::ApiClient, attach::AttachRequest, model::Endpoint};
 
 #[derive(Debug, Subcommand)]
@@ -70,19 +70,13 @@ pub async fn run(
                 ifname: Some(ifname),
             };
             let endpoint: Endpoint = client.post("/v1/endpoints", &request).await?;
-            match format {
-                Format::Json => print_json(out, &endpoint),
-                Format::Table => Ok(writeln!(out, "{}", endpoint.id)?),
-            }
+            print_one(out, format, &endpoint, &endpoint.id)
         }
         EndpointCommand::Detach { id } => {
             let endpoint: Endpoint = client
                 .delete(&format!("/v1/endpoints/{}", super::path_segment(&id)))
                 .await?;
-            match format {
-                Format::Json => print_json(out, &endpoint),
-                Format::Table => Ok(writeln!(out, "{}", endpoint.id)?),
-            }
+            print_one(out, format, &endpoint, &endpoint.id)
         }
         EndpointCommand::Ls { network } => {
             let path = match network {
@@ -99,7 +93,7 @@ pub async fn run(
                 ],
                 |ep| {
                     vec![
-                        ep.id.chars().take(12).collect(),
+                        short_id(&ep.id),
                         ep.name.clone(),
                         ep.network.clone(),
                         ep.service.clone().unwrap_or_default(),

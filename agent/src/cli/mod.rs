@@ -127,6 +127,25 @@ pub(crate) fn print_list<T: serde::Serialize, const N: usize>(
     }
 }
 
+/// Prints one object a command made or changed: as JSON, or as the one
+/// word people want (its id or name) for tables.
+pub(crate) fn print_one<T: serde::Serialize>(
+    out: &mut dyn std::io::Write,
+    format: Format,
+    value: &T,
+    word: &str,
+) -> Result<(), CliError> {
+    match format {
+        Format::Json => print_json(out, value),
+        Format::Table => Ok(writeln!(out, "{word}")?),
+    }
+}
+
+/// The first 12 characters of an id, as Docker shows them.
+pub(crate) fn short_id(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
 /// Escapes a user-given name for use as one URL path segment.
 pub(crate) fn path_segment(text: &str) -> String {
     text.bytes()

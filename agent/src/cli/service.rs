@@ -4,7 +4,7 @@ use std::io::Write;
 
 use clap::Subcommand;
 
-use super::{path_segment, print_json, print_list, CliError, Format};
+use super::{path_segment, print_json, print_list, print_one, short_id, CliError, Format};
 use crate::{
     api::ApiClient,
     control::{CreateService, UpdateService},
@@ -150,18 +150,6 @@ fn joined<T>(items: &[T], cell: impl Fn(&T) -> String) -> String {
     items.iter().map(cell).collect::<Vec<_>>().join(",")
 }
 
-fn short_id(id: &str) -> String {
-    id.chars().take(12).collect()
-}
-
-/// Prints a changed service: its JSON, or its name.
-fn print_service(out: &mut dyn Write, format: Format, service: &Service) -> Result<(), CliError> {
-    match format {
-        Format::Json => print_json(out, service),
-        Format::Table => Ok(writeln!(out, "{}", service.name)?),
-    }
-}
-
 pub async fn run(
     client: &ApiClient,
     command: ServiceCommand,
@@ -183,10 +171,7 @@ pub async fn run(
                 ports,
             };
             let service: Service = client.post("/v1/services", &request).await?;
-            match format {
-                Format::Json => print_json(out, &service),
-                Format::Table => Ok(writeln!(out, "{}", service.id)?),
-            }
+            print_one(out, format, &service, &service.id)
         }
         ServiceCommand::Ls => {
             let services: Vec<Service> = client.get("/v1/services").await?;
@@ -232,7 +217,7 @@ pub async fn run(
         }
         ServiceCommand::Rm { name } => {
             let service: Service = client.delete(&path(&name, "")).await?;
-            print_service(out, format, &service)
+            print_one(out, format, &service, &service.name)
         }
         ServiceCommand::Update { name, add, remove } => {
             let request = UpdateService {
@@ -240,7 +225,7 @@ pub async fn run(
                 remove_networks: remove,
             };
             let service: Service = client.post(&path(&name, "/update"), &request).await?;
-            print_service(out, format, &service)
+            print_one(out, format, &service, &service.name)
         }
     }
 }

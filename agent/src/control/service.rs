@@ -178,12 +178,14 @@ pub fn plan_update(
     })
 }
 
+/// Request builders shared by the control-plane tests.
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::model::Protocol;
 
-    fn port(published: u16, protocol: Protocol, mode: PublishMode) -> PublishedPort {
+    /// A port published to target 80.
+    pub fn port(published: u16, protocol: Protocol, mode: PublishMode) -> PublishedPort {
         PublishedPort {
             published,
             target: 80,
@@ -192,13 +194,30 @@ mod tests {
         }
     }
 
-    fn request(name: &str, mode: EndpointMode, ports: Vec<PublishedPort>) -> CreateService {
+    pub fn create(
+        name: &str,
+        networks: &[&str],
+        mode: EndpointMode,
+        ports: Vec<PublishedPort>,
+    ) -> CreateService {
         CreateService {
             name: name.into(),
-            networks: vec!["web".into()],
+            networks: networks.iter().map(|n| (*n).to_owned()).collect(),
             endpoint_mode: mode,
             ports,
         }
+    }
+
+    pub fn update(add: &[&str], remove: &[&str]) -> UpdateService {
+        let names = |list: &[&str]| list.iter().map(|n| (*n).to_owned()).collect();
+        UpdateService {
+            add_networks: names(add),
+            remove_networks: names(remove),
+        }
+    }
+
+    fn request(name: &str, mode: EndpointMode, ports: Vec<PublishedPort>) -> CreateService {
+        create(name, &["web"], mode, ports)
     }
 
     fn service(name: &str, networks: &[&str], ports: Vec<PublishedPort>) -> Service {
@@ -289,10 +308,6 @@ mod tests {
     #[test]
     fn updates_add_new_networks_and_remove_present_ones() {
         let web = service("web", &["a", "b"], vec![]);
-        let update = |add: &[&str], remove: &[&str]| UpdateService {
-            add_networks: add.iter().map(|n| (*n).to_owned()).collect(),
-            remove_networks: remove.iter().map(|n| (*n).to_owned()).collect(),
-        };
         let change = plan_update(&web, &update(&["c"], &["a"])).unwrap();
         assert_eq!(
             change,

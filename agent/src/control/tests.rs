@@ -8,8 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{testdir::TestDir, *};
-use crate::model::{EndpointMode, Protocol, PublishMode, PublishedPort, Role, Service};
+use super::{
+    service::tests::{create, port, update},
+    testdir::TestDir,
+    *,
+};
+use crate::model::{EndpointMode, Protocol, PublishMode, Role, Service};
 
 fn localhost() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -436,29 +440,6 @@ async fn init_refuses_bad_input_and_leaves_nothing() {
     assert!(Manager::open(dir.path(), &identity).await.is_ok());
 }
 
-fn create(
-    name: &str,
-    networks: &[&str],
-    mode: EndpointMode,
-    ports: Vec<PublishedPort>,
-) -> CreateService {
-    CreateService {
-        name: name.into(),
-        networks: networks.iter().map(|n| (*n).to_owned()).collect(),
-        endpoint_mode: mode,
-        ports,
-    }
-}
-
-fn port(published: u16, protocol: Protocol, mode: PublishMode) -> PublishedPort {
-    PublishedPort {
-        published,
-        target: 80,
-        protocol,
-        mode,
-    }
-}
-
 fn vip_of(service: &Service, network: &str) -> Option<Ipv4Addr> {
     service
         .vips
@@ -575,10 +556,6 @@ async fn services_vips_ports_updates_and_restart() {
     assert!(!error.contains('\n'));
 
     // Update: add front (a VIP there), leave db (its VIP released).
-    let update = |add: &[&str], remove: &[&str]| UpdateService {
-        add_networks: add.iter().map(|n| (*n).to_owned()).collect(),
-        remove_networks: remove.iter().map(|n| (*n).to_owned()).collect(),
-    };
     let api = admin
         .update_service("api", update(&["front"], &["db"]))
         .await

@@ -84,7 +84,7 @@ fn not_in_cluster() -> ApiError {
     )
 }
 
-async fn runtime(state: &AgentState) -> Result<Arc<ClusterRuntime>, ApiError> {
+pub(super) async fn runtime(state: &AgentState) -> Result<Arc<ClusterRuntime>, ApiError> {
     state.cluster().await.ok_or_else(not_in_cluster)
 }
 
@@ -240,7 +240,7 @@ async fn remove_network(
 }
 
 /// Every endpoint of the live nodes, plus this node's own (published or not).
-async fn all_endpoints(rt: &ClusterRuntime) -> Vec<Endpoint> {
+pub(super) async fn all_endpoints(rt: &ClusterRuntime) -> Vec<Endpoint> {
     let view = rt.view();
     let mut endpoints: Vec<Endpoint> = view
         .nodes

@@ -4,7 +4,7 @@ use std::{io::Write, net::Ipv4Addr, path::PathBuf};
 
 use clap::Subcommand;
 
-use super::{print_json, print_list, CliError, Format};
+use super::{print_list, print_one, short_id, CliError, Format};
 use crate::{
     api::{routes::HealthRequest, ApiClient},
     attach::AttachRequest,
@@ -83,13 +83,13 @@ pub async fn run(
                 ifname: Some(ifname),
             };
             let endpoint: Endpoint = client.post("/v1/endpoints", &request).await?;
-            print_endpoint(out, format, &endpoint)
+            print_one(out, format, &endpoint, &endpoint.id)
         }
         EndpointCommand::Detach { id } => {
             let endpoint: Endpoint = client
                 .delete(&format!("/v1/endpoints/{}", super::path_segment(&id)))
                 .await?;
-            print_endpoint(out, format, &endpoint)
+            print_one(out, format, &endpoint, &endpoint.id)
         }
         EndpointCommand::Health { id, health } => {
             let health = match health {
@@ -102,7 +102,7 @@ pub async fn run(
                     &HealthRequest { health },
                 )
                 .await?;
-            print_endpoint(out, format, &endpoint)
+            print_one(out, format, &endpoint, &endpoint.id)
         }
         EndpointCommand::Ls { network } => {
             let path = match network {
@@ -119,7 +119,7 @@ pub async fn run(
                 ],
                 |ep| {
                     vec![
-                        ep.id.chars().take(12).collect(),
+                        short_id(&ep.id),
                         ep.name.clone(),
                         ep.network.clone(),
                         ep.service.clone().unwrap_or_default(),
@@ -131,17 +131,5 @@ pub async fn run(
                 },
             )
         }
-    }
-}
-
-/// One endpoint: its id for people, the whole record as JSON.
-fn print_endpoint(
-    out: &mut dyn Write,
-    format: Format,
-    endpoint: &Endpoint,
-) -> Result<(), CliError> {
-    match format {
-        Format::Json => print_json(out, endpoint),
-        Format::Table => Ok(writeln!(out, "{}", endpoint.id)?),
     }
 }

@@ -7,6 +7,7 @@ mod cluster;
 mod endpoint;
 mod node;
 mod overlay;
+mod service;
 mod status;
 pub mod table;
 
@@ -72,6 +73,11 @@ pub enum Command {
         #[command(subcommand)]
         command: overlay::OverlayCommand,
     },
+    /// Services: named groups of endpoints with a VIP per network.
+    Service {
+        #[command(subcommand)]
+        command: service::ServiceCommand,
+    },
     /// Containers' attachments to overlay networks.
     Endpoint {
         #[command(subcommand)]
@@ -95,6 +101,7 @@ pub async fn run(cli: Netctl, out: &mut dyn std::io::Write) -> Result<(), CliErr
         Command::Cluster { command } => cluster::run(&client, command, cli.format, out).await,
         Command::Node { command } => node::run(&client, command, cli.format, out).await,
         Command::Overlay { command } => overlay::run(&client, command, cli.format, out).await,
+        Command::Service { command } => service::run(&client, command, cli.format, out).await,
         Command::Endpoint { command } => endpoint::run(&client, command, cli.format, out).await,
     }
 }
@@ -118,6 +125,25 @@ pub(crate) fn print_list<T: serde::Serialize, const N: usize>(
             Ok(table.write(out)?)
         }
     }
+}
+
+/// Prints one object a command made or changed: as JSON, or as the one
+/// word people want (its id or name) for tables.
+pub(crate) fn print_one<T: serde::Serialize>(
+    out: &mut dyn std::io::Write,
+    format: Format,
+    value: &T,
+    word: &str,
+) -> Result<(), CliError> {
+    match format {
+        Format::Json => print_json(out, value),
+        Format::Table => Ok(writeln!(out, "{word}")?),
+    }
+}
+
+/// The first 12 characters of an id, as Docker shows them.
+pub(crate) fn short_id(id: &str) -> String {
+    id.chars().take(12).collect()
 }
 
 /// Escapes a user-given name for use as one URL path segment.

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use clap::Subcommand;
 
-use super::{print_json, print_list, CliError, Format};
+use super::{print_json, print_list, short_id, CliError, Format};
 use crate::{api::ApiClient, model::NodeInfo};
 
 #[derive(Debug, Subcommand)]
@@ -31,7 +31,7 @@ pub async fn run(
                 ["ID", "NAME", "STATUS", "AVAILABILITY", "ROLE", "ADDR"],
                 |node| {
                     vec![
-                        node.id.chars().take(12).collect(),
+                        short_id(&node.id),
                         node.name.clone(),
                         node.status.to_string(),
                         node.availability.to_string(),

@@ -4,7 +4,7 @@ use std::{io::Write, net::Ipv4Addr};
 
 use clap::Subcommand;
 
-use super::{print_json, print_list, CliError, Format};
+use super::{print_json, print_list, print_one, short_id, CliError, Format};
 use crate::{api::ApiClient, control::CreateNetwork, model::Network};
 
 #[derive(Debug, Subcommand)]
@@ -60,10 +60,7 @@ pub async fn run(
                 mtu,
             };
             let network: Network = client.post("/v1/networks", &request).await?;
-            match format {
-                Format::Json => print_json(out, &network),
-                Format::Table => Ok(writeln!(out, "{}", network.id)?),
-            }
+            print_one(out, format, &network, &network.id)
         }
         OverlayCommand::Ls => {
             let networks: Vec<Network> = client.get("/v1/networks").await?;
@@ -74,7 +71,7 @@ pub async fn run(
                 ["ID", "NAME", "VNI", "SUBNET", "GATEWAY", "INTERNAL"],
                 |n| {
                     vec![
-                        n.id.chars().take(12).collect(),
+                        short_id(&n.id),
                         n.name.clone(),
                         n.vni.to_string(),
                         n.subnet.to_string(),
@@ -94,10 +91,7 @@ pub async fn run(
             let network: Network = client
                 .delete(&format!("/v1/networks/{}", super::path_segment(&name)))
                 .await?;
-            match format {
-                Format::Json => print_json(out, &network),
-                Format::Table => Ok(writeln!(out, "{}", network.name)?),
-            }
+            print_one(out, format, &network, &network.name)
         }
     }
 }

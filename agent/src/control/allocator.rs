@@ -12,6 +12,12 @@
 //! - blocks may contain the subnet's network address, broadcast address and
 //!   gateway; a node hands out only [`usable`] addresses of its blocks, which
 //!   skips those three and the node's own reservations.
+//!
+//! Service VIPs (`vip` mode) come from the same subnet, from the top down
+//! (blocks are handed out from the bottom up): a VIP is never the gateway,
+//! network or broadcast address, never inside a node's block, never reserved
+//! and never another service's VIP; and a block never contains a VIP, a
+//! reservation is never a VIP.
 
 use std::net::Ipv4Addr;
 
@@ -141,18 +147,22 @@ fn block_prefix(subnet: Ipv4Net) -> u8 {
 }
 
 /// The lowest block of `subnet` that overlaps no taken block and holds no
-/// address reserved by another node.
+/// address reserved by another node and no service VIP.
 pub fn next_block(
     subnet: Ipv4Net,
     taken: &[Ipv4Net],
     foreign_reservations: &[Ipv4Addr],
+    vips: &[Ipv4Addr],
 ) -> Result<Ipv4Net, ControlError> {
     let blocks = subnet
         .subnets(block_prefix(subnet))
         .map_err(|e| ControlError::Other(format!("cannot cut {subnet}: {e}")))?;
     for block in blocks {
         let free = !taken.iter().any(|t| overlaps(t, &block))
-            && !foreign_reservations.iter().any(|ip| block.contains(ip));
+            && !foreign_reservations
+                .iter()
+                .chain(vips)
+                .any(|ip| block.contains(ip));
         if free {
             return Ok(block);
         }
@@ -163,13 +173,15 @@ pub fn next_block(
 }
 
 /// Validates a reservation of `ip` by a node, given the blocks of the other
-/// nodes and every reservation already made in the network.
+/// nodes, every reservation already made in the network and the services'
+/// VIPs in it.
 pub fn check_reservation(
     subnet: Ipv4Net,
     gateway: Ipv4Addr,
     ip: Ipv4Addr,
     other_blocks: &[Ipv4Net],
     reserved: &[Ipv4Addr],
+    vips: &[Ipv4Addr],
 ) -> Result<(), ControlError> {
     if !subnet.contains(&ip) {
         return Err(ControlError::Invalid(format!(
@@ -186,12 +198,45 @@ pub fn check_reservation(
             "address {ip} is already in use: give another --ip or leave it out"
         )));
     }
+    if vips.contains(&ip) {
+        return Err(ControlError::Conflict(format!(
+            "address {ip} is a service's virtual IP: give another --ip or leave it out"
+        )));
+    }
     if other_blocks.iter().any(|block| block.contains(&ip)) {
         return Err(ControlError::Conflict(format!(
             "address {ip} is in another node's address block: give another --ip or leave it out"
         )));
     }
     Ok(())
+}
+
+/// A service VIP in `subnet`: the highest address that is not the network,
+/// broadcast or gateway address, not inside any node's block, not reserved
+/// and not already another VIP.
+pub fn next_vip(
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    blocks: &[Ipv4Net],
+    reserved: &[Ipv4Addr],
+    vips: &[Ipv4Addr],
+) -> Result<Ipv4Addr, ControlError> {
+    let first = u32::from(subnet.network()).saturating_add(1);
+    let last = u32::from(subnet.broadcast()).saturating_sub(1);
+    (first..=last)
+        .rev()
+        .map(Ipv4Addr::from)
+        .find(|ip| {
+            *ip != gateway
+                && !blocks.iter().any(|block| block.contains(ip))
+                && !reserved.contains(ip)
+                && !vips.contains(ip)
+        })
+        .ok_or_else(|| {
+            ControlError::Conflict(format!(
+                "subnet {subnet} has no free address left for a virtual IP: remove unused services, endpoints or nodes, or use --endpoint-mode dnsrr"
+            ))
+        })
 }
 
 /// The addresses a node may hand out from its `block`: every address except
@@ -305,22 +350,22 @@ mod tests {
     #[test]
     fn blocks_are_disjoint_and_avoid_foreign_reservations() {
         let subnet = net("10.0.0.0/22");
-        let first = next_block(subnet, &[], &[]).unwrap();
+        let first = next_block(subnet, &[], &[], &[]).unwrap();
         assert_eq!(first, net("10.0.0.0/28"));
-        let second = next_block(subnet, &[first], &[]).unwrap();
+        let second = next_block(subnet, &[first], &[], &[]).unwrap();
         assert_eq!(second, net("10.0.0.16/28"));
         // Another node reserved 10.0.0.40: skip 10.0.0.32/28.
-        let third = next_block(subnet, &[first, second], &[ip("10.0.0.40")]).unwrap();
+        let third = next_block(subnet, &[first, second], &[ip("10.0.0.40")], &[]).unwrap();
         assert_eq!(third, net("10.0.0.48/28"));
         let all: Vec<_> = subnet.subnets(28).unwrap().collect();
-        assert!(next_block(subnet, &all, &[]).is_err());
+        assert!(next_block(subnet, &all, &[], &[]).is_err());
         // A /24 serves 64 nodes (blocks of 4); a /29, two.
         assert_eq!(
-            next_block(net("10.8.0.0/24"), &[], &[]).unwrap(),
+            next_block(net("10.8.0.0/24"), &[], &[], &[]).unwrap(),
             net("10.8.0.0/30")
         );
         assert_eq!(
-            next_block(net("10.9.0.0/29"), &[], &[]).unwrap(),
+            next_block(net("10.9.0.0/29"), &[], &[], &[]).unwrap(),
             net("10.9.0.0/30")
         );
     }
@@ -347,12 +392,12 @@ mod tests {
         let subnet = net("10.0.0.0/24");
         let gateway = ip("10.0.0.1");
         let others = [net("10.0.0.16/28")];
-        assert!(check_reservation(subnet, gateway, ip("10.0.0.50"), &others, &[]).is_ok());
-        assert!(check_reservation(subnet, gateway, ip("10.0.1.5"), &others, &[]).is_err());
-        assert!(check_reservation(subnet, gateway, gateway, &others, &[]).is_err());
-        assert!(check_reservation(subnet, gateway, ip("10.0.0.255"), &others, &[]).is_err());
+        assert!(check_reservation(subnet, gateway, ip("10.0.0.50"), &others, &[], &[]).is_ok());
+        assert!(check_reservation(subnet, gateway, ip("10.0.1.5"), &others, &[], &[]).is_err());
+        assert!(check_reservation(subnet, gateway, gateway, &others, &[], &[]).is_err());
+        assert!(check_reservation(subnet, gateway, ip("10.0.0.255"), &others, &[], &[]).is_err());
         assert!(matches!(
-            check_reservation(subnet, gateway, ip("10.0.0.20"), &others, &[]),
+            check_reservation(subnet, gateway, ip("10.0.0.20"), &others, &[], &[]),
             Err(ControlError::Conflict(_))
         ));
         assert!(matches!(
@@ -361,9 +406,95 @@ mod tests {
                 gateway,
                 ip("10.0.0.50"),
                 &others,
-                &[ip("10.0.0.50")]
+                &[ip("10.0.0.50")],
+                &[]
             ),
             Err(ControlError::Conflict(_))
         ));
+    }
+
+    #[test]
+    fn reservations_of_a_vip_are_refused() {
+        let subnet = net("10.0.0.0/24");
+        let error = check_reservation(
+            subnet,
+            ip("10.0.0.1"),
+            ip("10.0.0.254"),
+            &[],
+            &[],
+            &[ip("10.0.0.254")],
+        )
+        .unwrap_err();
+        assert!(matches!(error, ControlError::Conflict(_)), "{error}");
+        assert!(error.to_string().contains("virtual IP"), "{error}");
+    }
+
+    #[test]
+    fn vips_come_from_the_top_and_skip_everything_taken() {
+        let subnet = net("10.0.0.0/24");
+        let gateway = ip("10.0.0.1");
+        // Top down, never the broadcast address.
+        assert_eq!(
+            next_vip(subnet, gateway, &[], &[], &[]).unwrap(),
+            ip("10.0.0.254")
+        );
+        // Skips other VIPs, reservations and the gateway.
+        let gateway_on_top = ip("10.0.0.254");
+        assert_eq!(
+            next_vip(
+                subnet,
+                gateway_on_top,
+                &[],
+                &[ip("10.0.0.253")],
+                &[ip("10.0.0.252")]
+            )
+            .unwrap(),
+            ip("10.0.0.251")
+        );
+        // Skips addresses inside any node's block.
+        assert_eq!(
+            next_vip(subnet, gateway, &[net("10.0.0.252/30")], &[], &[]).unwrap(),
+            ip("10.0.0.251")
+        );
+        // Nothing left: a /29 fully cut into blocks.
+        let small = net("10.9.0.0/29");
+        let error = next_vip(
+            small,
+            ip("10.9.0.1"),
+            &[net("10.9.0.0/30"), net("10.9.0.4/30")],
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        assert!(matches!(error, ControlError::Conflict(_)), "{error}");
+        // Only the network address, gateway and broadcast left: none either.
+        assert!(next_vip(
+            small,
+            ip("10.9.0.1"),
+            &[],
+            &[],
+            &(2..=6)
+                .map(|i| Ipv4Addr::new(10, 9, 0, i))
+                .collect::<Vec<_>>()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn blocks_never_contain_a_vip() {
+        let subnet = net("10.8.0.0/24");
+        // A VIP in the first /30: the next block is handed out instead.
+        assert_eq!(
+            next_block(subnet, &[], &[], &[ip("10.8.0.2")]).unwrap(),
+            net("10.8.0.4/30")
+        );
+        // Blocks grow from the bottom, VIPs from the top: they meet at the end.
+        let vip = next_vip(subnet, ip("10.8.0.1"), &[], &[], &[]).unwrap();
+        let mut taken = Vec::new();
+        while let Ok(block) = next_block(subnet, &taken, &[], &[vip]) {
+            assert!(!block.contains(&vip), "{block} holds the VIP {vip}");
+            taken.push(block);
+        }
+        assert_eq!(taken.len(), 63);
     }
 }

@@ -267,29 +267,27 @@ impl ControlPlane for ManagerClient {
         );
         self.inner.request(Method::DELETE, &path, None).await
     }
-    async fn create_service(&self, _request: CreateService) -> Result<Service, ControlError> {
-        Err(ControlError::Unavailable(
-            "services: not implemented yet".into(),
-        ))
+    async fn create_service(&self, request: CreateService) -> Result<Service, ControlError> {
+        self.inner
+            .request(Method::POST, "/v1/services", json(&request)?)
+            .await
     }
     async fn services(&self) -> Result<Vec<Service>, ControlError> {
-        Err(ControlError::Unavailable(
-            "services: not implemented yet".into(),
-        ))
+        self.inner.request(Method::GET, "/v1/services", None).await
     }
-    async fn remove_service(&self, _name: &str) -> Result<Service, ControlError> {
-        Err(ControlError::Unavailable(
-            "services: not implemented yet".into(),
-        ))
+    async fn remove_service(&self, name: &str) -> Result<Service, ControlError> {
+        let path = format!("/v1/services/{}", wire::segment(name)?);
+        self.inner.request(Method::DELETE, &path, None).await
     }
     async fn update_service(
         &self,
-        _name: &str,
-        _request: UpdateService,
+        name: &str,
+        request: UpdateService,
     ) -> Result<Service, ControlError> {
-        Err(ControlError::Unavailable(
-            "services: not implemented yet".into(),
-        ))
+        let path = format!("/v1/services/{}/update", wire::segment(name)?);
+        self.inner
+            .request(Method::POST, &path, json(&request)?)
+            .await
     }
     async fn join_token(&self, role: Role, rotate: bool) -> Result<String, ControlError> {
         let path = if rotate {

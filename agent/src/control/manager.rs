@@ -73,6 +73,8 @@ mod keys {
     pub const NETWORKS: &str = "networks/";
     pub const BLOCKS: &str = "blocks/";
     pub const GUARD_NETWORKS: &str = "guard/networks";
+    pub const SERVICES: &str = "services/";
+    pub const GUARD_SERVICES: &str = "guard/services";
 
     pub fn node(id: &str) -> String {
         format!("{NODES}{id}")
@@ -101,7 +103,18 @@ mod keys {
     pub fn guard_alloc(network: &str) -> String {
         format!("guard/alloc/{network}")
     }
+    pub fn service(id: &str) -> String {
+        format!("{SERVICES}{id}")
+    }
+    pub fn vips(network: &str) -> String {
+        format!("vips/{network}/")
+    }
+    pub fn vip(network: &str, ip: Ipv4Addr) -> String {
+        format!("vips/{network}/{ip}")
+    }
 }
+
+mod services;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct ClusterInfo {
@@ -134,6 +147,41 @@ struct BlockRecord {
 struct Reservation {
     node_id: String,
     ip: Ipv4Addr,
+}
+
+/// A service's VIP, kept under the network's allocation guard so that block
+/// and reservation allocations see it (`vips/<network>/<ip>`).
+#[derive(Debug, Serialize, Deserialize)]
+struct VipRecord {
+    service_id: String,
+    ip: Ipv4Addr,
+}
+
+/// Everything allocated in one network, read after its guard's revision: a
+/// transaction comparing `guard` commits only if none of it changed.
+struct Allocations {
+    guard_key: String,
+    guard: u64,
+    blocks: Vec<BlockRecord>,
+    reservations: Vec<Reservation>,
+    vips: Vec<Ipv4Addr>,
+}
+
+impl Allocations {
+    fn compare(&self) -> Compare {
+        compare(self.guard_key.clone(), self.guard)
+    }
+}
+
+/// Prefixes an allocator error with the network it is about.
+fn in_network(network: &Network) -> impl Fn(ControlError) -> ControlError + '_ {
+    move |error| match error {
+        ControlError::Conflict(m) => {
+            ControlError::Conflict(format!("network {}: {m}", network.name))
+        }
+        ControlError::Invalid(m) => ControlError::Invalid(format!("network {}: {m}", network.name)),
+        other => other,
+    }
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ControlError> {
@@ -276,6 +324,27 @@ impl Core {
         Ok((decode(&key, &value)?, value.mod_revision))
     }
 
+    fn allocations(&self, network_id: &str) -> Result<Allocations, ControlError> {
+        let guard_key = keys::guard_alloc(network_id);
+        let guard = self.mod_revision(&guard_key)?;
+        Ok(Allocations {
+            guard_key,
+            guard,
+            blocks: self.values(&keys::blocks(network_id))?,
+            reservations: self.values(&keys::reservations(network_id))?,
+            vips: self
+                .values::<VipRecord>(&keys::vips(network_id))?
+                .into_iter()
+                .map(|v| v.ip)
+                .collect(),
+        })
+    }
+
+    /// The records under `prefix`, without their keys.
+    fn values<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, ControlError> {
+        Ok(self.list(prefix)?.into_iter().map(|(_, v)| v).collect())
+    }
+
     fn node_revision(&self, node_id: &str) -> Result<u64, ControlError> {
         match self.store.get(&keys::node(node_id))? {
             Some(value) => Ok(value.mod_revision),
@@ -312,21 +381,13 @@ impl Core {
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, ControlError> {
-        let mut nodes: Vec<NodeRecord> = self
-            .list(keys::NODES)?
-            .into_iter()
-            .map(|(_, n)| n)
-            .collect();
+        let mut nodes: Vec<NodeRecord> = self.values(keys::NODES)?;
         nodes.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
         Ok(nodes)
     }
 
     pub fn networks(&self) -> Result<Vec<Network>, ControlError> {
-        let mut networks: Vec<Network> = self
-            .list(keys::NETWORKS)?
-            .into_iter()
-            .map(|(_, n)| n)
-            .collect();
+        let mut networks: Vec<Network> = self.values(keys::NETWORKS)?;
         networks.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(networks)
     }
@@ -405,13 +466,28 @@ impl Core {
                 .ok_or_else(|| {
                     ControlError::NotFound(format!("no network {name}: see `netctl overlay ls`"))
                 })?;
+            let services_guard = self.mod_revision(keys::GUARD_SERVICES)?;
+            if let Some(user) = self
+                .services()?
+                .into_iter()
+                .find(|s| s.networks.contains(&network.name))
+            {
+                return Err(ControlError::Conflict(format!(
+                    "network {} is still used by service {}: remove the service or run `netctl service update {} --network-rm {}` first",
+                    network.name, user.name, user.name, network.name
+                )));
+            }
             let alloc_guard = keys::guard_alloc(&network.id);
             let alloc = self.mod_revision(&alloc_guard)?;
             let mut ops = vec![
                 delete(keys::network(&network.id)),
                 delete(alloc_guard.clone()),
             ];
-            for prefix in [keys::blocks(&network.id), keys::reservations(&network.id)] {
+            for prefix in [
+                keys::blocks(&network.id),
+                keys::reservations(&network.id),
+                keys::vips(&network.id),
+            ] {
                 ops.extend(
                     self.store
                         .list(&prefix)?
@@ -424,6 +500,7 @@ impl Core {
                 &[
                     compare(keys::GUARD_NETWORKS, guard),
                     compare(alloc_guard, alloc),
+                    compare(keys::GUARD_SERVICES, services_guard),
                 ],
                 &ops,
             )?;
@@ -438,31 +515,16 @@ impl Core {
         self.optimistic("address blocks", || {
             let node = self.node_revision(node_id)?;
             let (network, network_rev) = self.network_by_id(network_id)?;
-            let guard_key = keys::guard_alloc(network_id);
-            let guard = self.mod_revision(&guard_key)?;
-            let blocks: Vec<BlockRecord> = self
-                .list(&keys::blocks(network_id))?
-                .into_iter()
-                .map(|(_, b)| b)
-                .collect();
-            let reservations: Vec<Reservation> = self
-                .list(&keys::reservations(network_id))?
-                .into_iter()
-                .map(|(_, r)| r)
-                .collect();
-            let taken: Vec<Ipv4Net> = blocks.iter().map(|b| b.block).collect();
-            let foreign: Vec<Ipv4Addr> = reservations
+            let taken = self.allocations(network_id)?;
+            let blocks: Vec<Ipv4Net> = taken.blocks.iter().map(|b| b.block).collect();
+            let foreign: Vec<Ipv4Addr> = taken
+                .reservations
                 .iter()
                 .filter(|r| r.node_id != node_id)
                 .map(|r| r.ip)
                 .collect();
-            let block =
-                allocator::next_block(network.subnet, &taken, &foreign).map_err(|e| match e {
-                    ControlError::Conflict(message) => {
-                        ControlError::Conflict(format!("network {}: {message}", network.name))
-                    }
-                    other => other,
-                })?;
+            let block = allocator::next_block(network.subnet, &blocks, &foreign, &taken.vips)
+                .map_err(in_network(&network))?;
             let record = BlockRecord {
                 node_id: node_id.to_owned(),
                 block,
@@ -471,11 +533,11 @@ impl Core {
                 &[
                     compare(keys::node(node_id), node),
                     compare(keys::network(network_id), network_rev),
-                    compare(guard_key.clone(), guard),
+                    taken.compare(),
                 ],
                 &[
                     put(keys::block(network_id, block), &record)?,
-                    bump(guard_key.clone()),
+                    bump(taken.guard_key.clone()),
                 ],
             )?;
             if committed.is_some() {
@@ -510,35 +572,23 @@ impl Core {
         self.optimistic("address reservations", || {
             let node = self.node_revision(node_id)?;
             let (network, network_rev) = self.network_by_id(network_id)?;
-            let guard_key = keys::guard_alloc(network_id);
-            let guard = self.mod_revision(&guard_key)?;
-            let other_blocks: Vec<Ipv4Net> = self
-                .list::<BlockRecord>(&keys::blocks(network_id))?
-                .into_iter()
-                .filter(|(_, b)| b.node_id != node_id)
-                .map(|(_, b)| b.block)
+            let taken = self.allocations(network_id)?;
+            let other_blocks: Vec<Ipv4Net> = taken
+                .blocks
+                .iter()
+                .filter(|b| b.node_id != node_id)
+                .map(|b| b.block)
                 .collect();
-            let reserved: Vec<Ipv4Addr> = self
-                .list::<Reservation>(&keys::reservations(network_id))?
-                .into_iter()
-                .map(|(_, r)| r.ip)
-                .collect();
+            let reserved: Vec<Ipv4Addr> = taken.reservations.iter().map(|r| r.ip).collect();
             allocator::check_reservation(
                 network.subnet,
                 network.gateway,
                 ip,
                 &other_blocks,
                 &reserved,
+                &taken.vips,
             )
-            .map_err(|e| match e {
-                ControlError::Conflict(m) => {
-                    ControlError::Conflict(format!("network {}: {m}", network.name))
-                }
-                ControlError::Invalid(m) => {
-                    ControlError::Invalid(format!("network {}: {m}", network.name))
-                }
-                other => other,
-            })?;
+            .map_err(in_network(&network))?;
             let record = Reservation {
                 node_id: node_id.to_owned(),
                 ip,
@@ -547,11 +597,11 @@ impl Core {
                 &[
                     compare(keys::node(node_id), node),
                     compare(keys::network(network_id), network_rev),
-                    compare(guard_key.clone(), guard),
+                    taken.compare(),
                 ],
                 &[
                     put(keys::reservation(network_id, ip), &record)?,
-                    bump(guard_key.clone()),
+                    bump(taken.guard_key.clone()),
                 ],
             )?;
             Ok(committed.map(|_| ()))
@@ -1150,6 +1200,23 @@ async fn dispatch(
             blocking(move || core.release_ip(&network, ip, requester.as_deref())).await?;
             reply(&())
         }
+        (Method::GET, ["v1", "services"]) => reply(&blocking(move || core.services()).await?),
+        (Method::POST, ["v1", "services"]) => {
+            manager_only(&node)?;
+            let request: CreateService = parse(&body)?;
+            reply(&blocking(move || core.create_service(request)).await?)
+        }
+        (Method::DELETE, ["v1", "services", _]) => {
+            manager_only(&node)?;
+            let name = owned[2].clone();
+            reply(&blocking(move || core.remove_service(&name)).await?)
+        }
+        (Method::POST, ["v1", "services", _, "update"]) => {
+            manager_only(&node)?;
+            let request: UpdateService = parse(&body)?;
+            let name = owned[2].clone();
+            reply(&blocking(move || core.update_service(&name, request)).await?)
+        }
         (Method::GET, ["v1", "join-tokens", role]) => {
             manager_only(&node)?;
             let role = parse_role(role)?;
@@ -1208,29 +1275,24 @@ impl ControlPlane for Manager {
         self.run(move |core| core.release_ip(&network_id, ip, None))
             .await
     }
-    async fn create_service(&self, _request: CreateService) -> Result<Service, ControlError> {
-        Err(ControlError::Unavailable(
-            "services: not implemented yet".into(),
-        ))
+    async fn create_service(&self, request: CreateService) -> Result<Service, ControlError> {
+        self.run(move |core| core.create_service(request)).await
     }
     async fn services(&self) -> Result<Vec<Service>, ControlError> {
-        Err(ControlError::Unavailable(
-            "services: not implemented yet".into(),
-        ))
+        self.run(|core| core.services()).await
     }
-    async fn remove_service(&self, _name: &str) -> Result<Service, ControlError> {
-        Err(ControlError::Unavailable(
-            "services: not implemented yet".into(),
-        ))
+    async fn remove_service(&self, name: &str) -> Result<Service, ControlError> {
+        let name = name.to_owned();
+        self.run(move |core| core.remove_service(&name)).await
     }
     async fn update_service(
         &self,
-        _name: &str,
-        _request: UpdateService,
+        name: &str,
+        request: UpdateService,
     ) -> Result<Service, ControlError> {
-        Err(ControlError::Unavailable(
-            "services: not implemented yet".into(),
-        ))
+        let name = name.to_owned();
+        self.run(move |core| core.update_service(&name, request))
+            .await
     }
     async fn join_token(&self, role: Role, rotate: bool) -> Result<String, ControlError> {
         self.run(move |core| core.join_token(role, rotate)).await

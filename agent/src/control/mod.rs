@@ -3,7 +3,9 @@
 //!
 //! - `store`: the `Store` trait (revisions, transactions, watches) and its
 //!   embedded redb backend, `<data_dir>/store.redb`;
-//! - `allocator`: pure rules for VNIs, subnets, gateways, blocks, `--ip`;
+//! - `allocator`: pure rules for VNIs, subnets, gateways, blocks, `--ip`,
+//!   service VIPs;
+//! - `service`: pure rules for services (names, networks, published ports);
 //! - `ca`: the cluster CA and node certificates;
 //! - `token`: join tokens;
 //! - `manager`: the control-plane logic and the TCP 2377 mTLS server;
@@ -18,6 +20,7 @@ pub mod ca;
 mod client;
 pub mod identity;
 pub mod manager;
+pub mod service;
 pub mod store;
 pub mod token;
 mod wire;

@@ -8,8 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{testdir::TestDir, *};
-use crate::model::Role;
+use super::{
+    service::tests::{create, port, update},
+    testdir::TestDir,
+    *,
+};
+use crate::model::{EndpointMode, Protocol, PublishMode, Role, Service};
 
 fn localhost() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -35,14 +39,62 @@ fn ip(text: &str) -> Ipv4Addr {
     text.parse().unwrap()
 }
 
+type Server = tokio::task::JoinHandle<Result<(), ControlError>>;
+
+/// A new cluster whose manager serves TLS on a free 127.0.0.1 port; the
+/// identity lists that port as the manager's.
+async fn serve_new_cluster(dir: &TestDir) -> (Arc<Manager>, ClusterIdentity, Server) {
+    let (manager, mut identity) = Manager::init(dir.path(), "m1", localhost(), None)
+        .await
+        .unwrap();
+    let addr = free_port();
+    let manager = Arc::new(manager);
+    let server = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.serve(addr).await }
+    });
+    wait_listening(addr).await;
+    identity.managers = vec![addr];
+    (manager, identity, server)
+}
+
+/// Stops the server and opens the store again, as a restarted manager does.
+/// Drop every client first.
+async fn restart(
+    server: Server,
+    manager: Arc<Manager>,
+    dir: &TestDir,
+    identity: &ClusterIdentity,
+) -> Manager {
+    server.abort();
+    let _ = server.await;
+    let mut manager = Some(manager);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Connection tasks may still hold the old store for a moment.
+        if let Some(old) = manager.take() {
+            if let Err(old) = Arc::try_unwrap(old) {
+                manager = Some(old);
+            }
+        }
+        if manager.is_none() {
+            match Manager::open(dir.path(), identity).await {
+                Ok(reopened) => return reopened,
+                Err(error) => assert!(Instant::now() < deadline, "reopen: {error}"),
+            }
+        }
+        assert!(Instant::now() < deadline, "old manager still referenced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manager_join_networks_blocks_tokens_restart() {
     let manager_dir = TestDir::new("control-manager");
     let worker_dir = TestDir::new("control-worker");
 
-    let (manager, mut manager_id) = Manager::init(manager_dir.path(), "m1", localhost(), None)
-        .await
-        .unwrap();
+    let (manager, manager_id, server) = serve_new_cluster(&manager_dir).await;
+    let addr = manager_id.managers[0];
     assert_eq!(manager_id.role, Role::Manager);
     assert_eq!(
         ClusterIdentity::load(manager_dir.path())
@@ -57,15 +109,6 @@ async fn manager_join_networks_blocks_tokens_restart() {
         message.contains("already in cluster") && message.contains("cluster leave"),
         "{message}"
     );
-
-    let addr = free_port();
-    let manager = Arc::new(manager);
-    let server = tokio::spawn({
-        let manager = manager.clone();
-        async move { manager.serve(addr).await }
-    });
-    wait_listening(addr).await;
-    manager_id.managers = vec![addr];
     let admin = ManagerClient::new(&manager_id).unwrap();
 
     // Joining: a wrong token, then the right one.
@@ -334,27 +377,8 @@ async fn manager_join_networks_blocks_tokens_restart() {
     assert!(matches!(error, ControlError::NotFound(_)), "{error}");
 
     // Restart: the desired state survives.
-    server.abort();
-    let _ = server.await;
     drop((admin, worker, anonymous));
-    let mut manager = Some(manager);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let reopened = loop {
-        // Connection tasks may still hold the old store for a moment.
-        if let Some(old) = manager.take() {
-            if let Err(old) = Arc::try_unwrap(old) {
-                manager = Some(old);
-            }
-        }
-        if manager.is_none() {
-            match Manager::open(manager_dir.path(), &manager_id).await {
-                Ok(reopened) => break reopened,
-                Err(error) => assert!(Instant::now() < deadline, "reopen: {error}"),
-            }
-        }
-        assert!(Instant::now() < deadline, "old manager still referenced");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let reopened = restart(server, manager, &manager_dir, &manager_id).await;
     let networks = reopened.networks().await.unwrap();
     assert_eq!(networks, vec![db.clone()]);
     assert_eq!(reopened.nodes().await.unwrap().len(), 3);
@@ -414,4 +438,169 @@ async fn init_refuses_bad_input_and_leaves_nothing() {
     other.cluster_id = "someoneelse".into();
     assert!(Manager::open(dir.path(), &other).await.is_err());
     assert!(Manager::open(dir.path(), &identity).await.is_ok());
+}
+
+fn vip_of(service: &Service, network: &str) -> Option<Ipv4Addr> {
+    service
+        .vips
+        .iter()
+        .find(|v| v.network == network)
+        .map(|v| v.addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_vips_ports_updates_and_restart() {
+    let dir = TestDir::new("control-services");
+    let (manager, identity, server) = serve_new_cluster(&dir).await;
+    let admin = ManagerClient::new(&identity).unwrap();
+    let node = identity.node_id.clone();
+    let network = |name: &str, subnet: Option<&str>| CreateNetwork {
+        name: name.into(),
+        subnet: subnet.map(|s| s.parse().unwrap()),
+        ..Default::default()
+    };
+    let web = admin.create_network(network("web", None)).await.unwrap();
+    let db = admin
+        .create_network(network("db", Some("192.168.60.0/29")))
+        .await
+        .unwrap();
+    let front = admin.create_network(network("front", None)).await.unwrap();
+    let block = admin.allocate_block(&web.id, &node).await.unwrap();
+    admin
+        .reserve_ip(&web.id, &node, ip("10.0.0.254"))
+        .await
+        .unwrap();
+
+    // vip: one VIP per network, inside the subnet, from the top, skipping
+    // the reservation; outside every block.
+    let tcp8080 = port(8080, Protocol::Tcp, PublishMode::Ingress);
+    let api = admin
+        .create_service(create(
+            "api",
+            &["web", "db"],
+            EndpointMode::Vip,
+            vec![tcp8080.clone()],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(api.networks, ["web", "db"]);
+    assert_eq!(api.vips.len(), 2);
+    assert_eq!(vip_of(&api, "web"), Some(ip("10.0.0.253")));
+    assert_eq!(vip_of(&api, "db"), Some(ip("192.168.60.6")));
+    assert!(api.vips.iter().all(|v| !block.contains(&v.addr)));
+    assert_eq!(api.vips[0].network_id, web.id);
+    // A VIP cannot be reserved, nor end up in a block: the /29 has two /30
+    // blocks and the VIP sits in the second.
+    let error = admin
+        .reserve_ip(&web.id, &node, ip("10.0.0.253"))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("virtual IP"), "{error}");
+    assert_eq!(
+        admin.allocate_block(&db.id, &node).await.unwrap(),
+        "192.168.60.0/30".parse().unwrap()
+    );
+    assert!(admin.allocate_block(&db.id, &node).await.is_err());
+
+    // dnsrr: no VIP, host-mode ports only.
+    let udp53 = port(53, Protocol::Udp, PublishMode::Host);
+    let dns = admin
+        .create_service(create("dns", &["web"], EndpointMode::Dnsrr, vec![udp53]))
+        .await
+        .unwrap();
+    assert!(dns.vips.is_empty());
+    assert_eq!(dns.networks, ["web"]);
+
+    let refused = [
+        (
+            create("API", &["web"], EndpointMode::Vip, vec![]),
+            "already exists",
+        ),
+        (
+            create("x", &["nope"], EndpointMode::Vip, vec![]),
+            "no network nope",
+        ),
+        (
+            create("x", &[], EndpointMode::Vip, vec![]),
+            "at least one network",
+        ),
+        (
+            create("-x", &["web"], EndpointMode::Vip, vec![]),
+            "DNS label",
+        ),
+        (
+            create("x", &["web"], EndpointMode::Dnsrr, vec![tcp8080.clone()]),
+            "dnsrr services cannot publish in ingress mode: use mode=host",
+        ),
+        (
+            create("x", &["web"], EndpointMode::Vip, vec![tcp8080.clone()]),
+            "8080/tcp is already used by service api",
+        ),
+        // Half of it would work: nothing is made.
+        (
+            create("x", &["front", "nope"], EndpointMode::Vip, vec![]),
+            "no network nope",
+        ),
+    ];
+    for (request, expected) in refused {
+        let error = admin.create_service(request).await.unwrap_err().to_string();
+        assert!(error.contains(expected), "{expected}: {error}");
+        assert!(!error.contains('\n'));
+    }
+    let services = admin.services().await.unwrap();
+    assert_eq!(services, vec![api.clone(), dns.clone()]);
+
+    // Networks in use cannot go.
+    let error = admin.remove_network("db").await.unwrap_err().to_string();
+    assert!(error.contains("still used by service api"), "{error}");
+    assert!(!error.contains('\n'));
+
+    // Update: add front (a VIP there), leave db (its VIP released).
+    let api = admin
+        .update_service("api", update(&["front"], &["db"]))
+        .await
+        .unwrap();
+    assert_eq!(api.networks, ["web", "front"]);
+    assert_eq!(vip_of(&api, "db"), None);
+    let front_vip = vip_of(&api, "front").unwrap();
+    assert!(front.subnet.contains(&front_vip));
+    assert_eq!(vip_of(&api, "web"), Some(ip("10.0.0.253")));
+    let error = admin
+        .update_service("api", update(&[], &["web", "front"]))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("no network"), "{error}");
+    // db is free again: its old VIP can be reserved, then the network removed.
+    admin
+        .reserve_ip(&db.id, &node, ip("192.168.60.6"))
+        .await
+        .unwrap();
+    admin.remove_network("db").await.unwrap();
+
+    // rm releases the VIPs: the next service gets the same address.
+    let removed = admin.remove_service("api").await.unwrap();
+    assert_eq!(removed.id, api.id);
+    assert!(matches!(
+        admin.remove_service("api").await.unwrap_err(),
+        ControlError::NotFound(_)
+    ));
+    let again = admin
+        .create_service(create("api2", &["web"], EndpointMode::Vip, vec![tcp8080]))
+        .await
+        .unwrap();
+    assert_eq!(vip_of(&again, "web"), Some(ip("10.0.0.253")));
+
+    // Restart: the services survive.
+    drop(admin);
+    let reopened = restart(server, manager, &dir, &identity).await;
+    assert_eq!(reopened.services().await.unwrap(), vec![again.clone(), dns]);
+    let error = reopened
+        .remove_network("web")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("still used by service api2"), "{error}");
+    reopened.remove_service(&again.id).await.unwrap();
+    reopened.remove_service("dns").await.unwrap();
+    reopened.remove_network("web").await.unwrap();
 }

@@ -1,0 +1,147 @@
+//! The service routes of the local API: `netctl service ...`. Services live
+//! in the control plane; their tasks are the endpoints (from gossip, plus
+//! this node's own) whose `service` is the service's name.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    routing::{get, post},
+    Json, Router,
+};
+
+use super::{
+    routes::{all_endpoints, runtime},
+    server::ApiError,
+};
+use crate::{
+    agent::AgentState,
+    cluster::ClusterRuntime,
+    control::{service, ControlPlane, CreateService, UpdateService},
+    model::{Endpoint, Service},
+};
+
+pub fn router() -> Router<Arc<AgentState>> {
+    Router::new()
+        .route("/v1/services", post(create_service).get(services))
+        .route(
+            "/v1/services/{name}",
+            get(inspect_service).delete(remove_service),
+        )
+        .route(
+            "/v1/services/{name}/update",
+            post(update_service).patch(update_service),
+        )
+        .route("/v1/services/{name}/tasks", get(service_tasks))
+}
+
+/// The service called `name` (or with that id).
+async fn find(rt: &ClusterRuntime, name: &str) -> Result<Service, ApiError> {
+    rt.control
+        .services()
+        .await?
+        .into_iter()
+        .find(|s| service::matches(s, name))
+        .ok_or_else(|| ApiError::not_found(format!("no service {name:?}: see `netctl service ls`")))
+}
+
+async fn create_service(
+    State(state): State<Arc<AgentState>>,
+    Json(request): Json<CreateService>,
+) -> Result<(StatusCode, Json<Service>), ApiError> {
+    let rt = runtime(&state).await?;
+    let service = rt.control.create_service(request).await?;
+    Ok((StatusCode::CREATED, Json(service)))
+}
+
+async fn services(State(state): State<Arc<AgentState>>) -> Result<Json<Vec<Service>>, ApiError> {
+    let rt = runtime(&state).await?;
+    Ok(Json(rt.control.services().await?))
+}
+
+async fn inspect_service(
+    State(state): State<Arc<AgentState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Service>, ApiError> {
+    let rt = runtime(&state).await?;
+    Ok(Json(find(&rt, &name).await?))
+}
+
+async fn remove_service(
+    State(state): State<Arc<AgentState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Service>, ApiError> {
+    let rt = runtime(&state).await?;
+    Ok(Json(rt.control.remove_service(&name).await?))
+}
+
+async fn update_service(
+    State(state): State<Arc<AgentState>>,
+    Path(name): Path<String>,
+    Json(request): Json<UpdateService>,
+) -> Result<Json<Service>, ApiError> {
+    let rt = runtime(&state).await?;
+    Ok(Json(rt.control.update_service(&name, request).await?))
+}
+
+/// The service's tasks, like `docker service ps`.
+async fn service_tasks(
+    State(state): State<Arc<AgentState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<Endpoint>>, ApiError> {
+    let rt = runtime(&state).await?;
+    let service = find(&rt, &name).await?;
+    Ok(Json(tasks_of(&service.name, all_endpoints(&rt).await)))
+}
+
+/// The endpoints that are tasks of the service `name` (DNS names: any case).
+fn tasks_of(name: &str, endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
+    endpoints
+        .into_iter()
+        .filter(|ep| {
+            ep.service
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case(name))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::Mac;
+
+    fn endpoint(id: &str, service: Option<&str>) -> Endpoint {
+        let ip = Ipv4Addr::new(10, 0, 0, 2);
+        Endpoint {
+            id: id.into(),
+            name: String::new(),
+            network: "web".into(),
+            network_id: "n1".into(),
+            service: service.map(str::to_owned),
+            node: "node1".into(),
+            ip,
+            mac: Mac::from_ipv4(ip),
+            aliases: Vec::new(),
+            health: Default::default(),
+        }
+    }
+
+    #[test]
+    fn tasks_are_the_endpoints_of_the_service() {
+        let endpoints = vec![
+            endpoint("a", Some("api")),
+            endpoint("b", Some("API")),
+            endpoint("c", Some("web")),
+            endpoint("d", None),
+        ];
+        let ids: Vec<String> = tasks_of("api", endpoints)
+            .into_iter()
+            .map(|ep| ep.id)
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+    }
+}

@@ -63,6 +63,10 @@ pub enum AttachError {
         network: String,
         by: String,
     },
+    #[error("unknown service {0:?}: create it with `netctl service create {0} --network NET` or pick one from `netctl service ls`")]
+    UnknownService(String),
+    #[error("service {service:?} is not on network {network:?}: add it with `netctl service update {service} --network-add {network}`")]
+    ServiceNotOnNetwork { service: String, network: String },
     #[error("no endpoint {0:?} on this node: see `netctl endpoint ls`")]
     NoEndpoint(String),
     #[error("{0:?} matches several endpoints: give more of the id")]
@@ -115,6 +119,10 @@ pub async fn attach(rt: &ClusterRuntime, request: AttachRequest) -> Result<Endpo
         .network(&request.network)
         .await?
         .ok_or_else(|| AttachError::UnknownNetwork(request.network.clone()))?;
+
+    if let Some(service) = &request.service {
+        check_service(rt, service, &network).await?;
+    }
 
     let mut store = rt.endpoints.lock().await;
     let used: BTreeSet<Ipv4Addr> = store
@@ -191,6 +199,33 @@ fn store_ids(
         .filter(|e| e.endpoint.network_id == network.id)
         .map(|e| (e.endpoint.ip, e.endpoint.id.clone()))
         .collect()
+}
+
+/// Refuses `--service` naming a service that does not exist or is not on
+/// the endpoint's network.
+async fn check_service(
+    rt: &ClusterRuntime,
+    name: &str,
+    network: &Network,
+) -> Result<(), AttachError> {
+    let known = |services: &[crate::model::Service]| {
+        services
+            .iter()
+            .find(|s| s.name.eq_ignore_ascii_case(name))
+            .cloned()
+    };
+    let service = match known(&rt.services().await) {
+        Some(service) => service,
+        None => known(&rt.refresh_services().await?)
+            .ok_or_else(|| AttachError::UnknownService(name.to_owned()))?,
+    };
+    if !service.networks.contains(&network.name) {
+        return Err(AttachError::ServiceNotOnNetwork {
+            service: service.name,
+            network: network.name.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// Refuses an `--ip` outside the subnet, reserved, or in use on any node.

@@ -75,9 +75,9 @@ impl From<crate::attach::AttachError> for ApiError {
         use crate::attach::AttachError;
         match error {
             AttachError::Control(control) => control.into(),
-            AttachError::NoEndpoint(_) | AttachError::UnknownNetwork(_) => {
-                Self::with_status(StatusCode::NOT_FOUND, error)
-            }
+            AttachError::NoEndpoint(_)
+            | AttachError::UnknownNetwork(_)
+            | AttachError::UnknownService(_) => Self::with_status(StatusCode::NOT_FOUND, error),
             AttachError::Overlay(_) | AttachError::Store(_) => Self::internal(error),
             _ => Self::with_status(StatusCode::BAD_REQUEST, error),
         }

@@ -21,6 +21,9 @@ pub mod table;
 
 pub use table::DnsTable;
 
+#[cfg(test)]
+mod tests;
+
 use forward::Forwarder;
 
 #[derive(Debug, thiserror::Error)]

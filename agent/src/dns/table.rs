@@ -170,9 +170,8 @@ impl DnsTable {
 
     /// An empty set for `name` and `name.network` on one network.
     fn reserve_name(&mut self, name: &str, network: &str, network_id: &str) {
-        self.set_mut(&lower(name), network_id);
-        if !network.is_empty() {
-            self.set_mut(&lower(&format!("{name}.{network}")), network_id);
+        for key in [lower(name), lower(&format!("{name}.{network}"))] {
+            self.set_mut(&key, network_id);
         }
     }
 

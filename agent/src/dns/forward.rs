@@ -126,16 +126,27 @@ async fn over_udp(
     let socket = UdpSocket::bind(local).await?;
     socket.connect(upstream).await?;
     socket.send(request).await?;
-    let mut buf = vec![0u8; usize::from(query.payload).max(512)];
+    // One byte more than the client takes: an answer that fills it is too
+    // large (the upstream ignored the advertised size) and is cut to a
+    // truncated header and question, which the TCP retry then replaces.
+    let payload = usize::from(query.payload);
+    let mut buf = vec![0u8; payload + 1];
     loop {
         let len = timeout_at(deadline, socket.recv(&mut buf))
             .await
             .map_err(|_| ExchangeError::Timeout)??;
         // Anything else on the socket (late or forged) is ignored.
-        if answers(request, &buf[..len], query.question_end) {
-            buf.truncate(len);
-            return Ok(buf);
+        if !answers(request, &buf[..len], query.question_end) {
+            continue;
         }
+        if len > payload {
+            buf.truncate(query.question_end);
+            buf[2] |= TRUNCATED;
+            buf[6..12].fill(0);
+        } else {
+            buf.truncate(len);
+        }
+        return Ok(buf);
     }
 }
 

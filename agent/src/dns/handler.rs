@@ -25,7 +25,7 @@ use super::{
 
 /// Seconds a cluster answer may be cached.
 pub const TTL: u32 = 2;
-/// The UDP payload size we advertise and the most we send over UDP.
+/// The UDP payload size we advertise in our OPT record.
 const OUR_PAYLOAD: u16 = 1232;
 /// Largest UDP response, whatever the client advertises.
 const MAX_UDP: usize = 4096;

@@ -42,6 +42,20 @@ pub struct Context {
     pub forwards: Arc<Semaphore>,
 }
 
+impl Context {
+    /// The local pass against the current table and scope.
+    fn answer(
+        &self,
+        request: &[u8],
+        transport: Transport,
+        out: &mut Vec<u8>,
+        scratch: &mut Scratch,
+    ) -> Action {
+        let (table, scope) = (self.shared.table(), self.scope.load());
+        handler::answer(request, &table, &scope, transport, out, scratch)
+    }
+}
+
 pub async fn serve_udp(socket: Arc<UdpSocket>, ctx: Arc<Context>) {
     let mut request = vec![0u8; MAX_DATAGRAM];
     let mut out = Vec::with_capacity(MAX_DATAGRAM);
@@ -56,15 +70,7 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, ctx: Arc<Context>) {
         };
         let request = &request[..len];
         out.clear();
-        let action = handler::answer(
-            request,
-            &ctx.shared.table(),
-            &ctx.scope.load(),
-            Transport::Udp,
-            &mut out,
-            &mut scratch,
-        );
-        match action {
+        match ctx.answer(request, Transport::Udp, &mut out, &mut scratch) {
             Action::Reply => {}
             Action::Drop => continue,
             Action::Forward(query) => match ctx.forwards.clone().try_acquire_owned() {
@@ -134,15 +140,7 @@ async fn connection(mut stream: TcpStream, ctx: Arc<Context>) {
         };
         out.clear();
         out.extend_from_slice(&[0, 0]);
-        let action = handler::answer(
-            &request,
-            &ctx.shared.table(),
-            &ctx.scope.load(),
-            Transport::Tcp,
-            &mut out,
-            &mut scratch,
-        );
-        match action {
+        match ctx.answer(&request, Transport::Tcp, &mut out, &mut scratch) {
             Action::Reply => {}
             Action::Drop => continue,
             Action::Forward(query) => {

@@ -1,39 +1,45 @@
-//! CONTRACT STUB (issue 4): the embedded DNS resolver (127.0.0.11 in each
-//! container). The DNS helper replaces the bodies and splits the work into
-//! modules (table, handler, forward, server); the signatures below are what
-//! the rest of the agent calls.
+//! The embedded DNS resolver (127.0.0.11 in each container).
+//!
+//! * [`table`]: names → records, built from the model, swapped in whole;
+//! * [`handler`]: a query in, a response out (cluster names answered from the
+//!   table, the rest handed to the forwarder);
+//! * [`forward`]: the node's upstream resolvers, one time budget per query;
+//! * [`server`]: the UDP and TCP loops of one container.
+//!
+//! Lookups take no lock: each query loads the current table (`ArcSwap`) and
+//! the container's network scope.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
+use tokio::{sync::Semaphore, task::AbortHandle};
 
-use crate::model::{Endpoint, Network, Service};
+pub mod forward;
+pub mod handler;
+pub mod server;
+pub mod table;
+
+pub use table::DnsTable;
+
+#[cfg(test)]
+mod tests;
+
+use forward::Forwarder;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
     #[error("{0}")]
     Other(String),
-}
-
-/// Every name the cluster answers, built from the services, the endpoints of
-/// the live nodes and the networks; immutable, swapped in whole.
-#[derive(Debug, Default)]
-pub struct DnsTable {}
-
-impl DnsTable {
-    /// Unhealthy endpoints are left out.
-    pub fn build(_services: &[Service], _endpoints: &[Endpoint], _networks: &[Network]) -> Self {
-        DnsTable {}
-    }
+    #[error("dns resolver needs a tokio runtime: {0}")]
+    Runtime(#[from] tokio::runtime::TryCurrentError),
+    #[error("dns resolver socket: {0}")]
+    Socket(#[from] std::io::Error),
 }
 
 /// What every container resolver of the node shares.
 pub struct DnsShared {
     table: ArcSwap<DnsTable>,
-    #[allow(dead_code)]
-    upstreams: Vec<SocketAddr>,
-    #[allow(dead_code)]
-    budget: Duration,
+    forwarder: Forwarder,
 }
 
 impl DnsShared {
@@ -42,8 +48,7 @@ impl DnsShared {
     pub fn new(upstreams: Vec<SocketAddr>, budget: Duration) -> Arc<Self> {
         Arc::new(Self {
             table: ArcSwap::from_pointee(DnsTable::default()),
-            upstreams,
-            budget,
+            forwarder: Forwarder::new(upstreams, budget),
         })
     }
 
@@ -51,20 +56,56 @@ impl DnsShared {
     pub fn update(&self, table: DnsTable) {
         self.table.store(Arc::new(table));
     }
+
+    /// The current table (a lock-free load).
+    pub fn table(&self) -> Guard<Arc<DnsTable>> {
+        self.table.load()
+    }
+
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
+    }
 }
 
 /// One container's resolver, answering on sockets opened in the container's
 /// namespace, with the names of the networks in `networks` (network ids) only.
-/// Stops when dropped.
-pub struct ContainerResolver {}
+/// Stops when dropped (forwarded queries in flight still finish within the
+/// budget).
+pub struct ContainerResolver {
+    tasks: [AbortHandle; 2],
+}
 
 impl ContainerResolver {
+    /// Must be called within a tokio runtime.
     pub fn spawn(
-        _shared: Arc<DnsShared>,
-        _udp: std::net::UdpSocket,
-        _tcp: std::net::TcpListener,
-        _networks: Arc<ArcSwap<Vec<String>>>,
+        shared: Arc<DnsShared>,
+        udp: std::net::UdpSocket,
+        tcp: std::net::TcpListener,
+        networks: Arc<ArcSwap<Vec<String>>>,
     ) -> Result<Self, DnsError> {
-        Err(DnsError::Other("not implemented".into()))
+        let runtime = tokio::runtime::Handle::try_current()?;
+        let _context = runtime.enter();
+        udp.set_nonblocking(true)?;
+        tcp.set_nonblocking(true)?;
+        let udp = Arc::new(tokio::net::UdpSocket::from_std(udp)?);
+        let tcp = tokio::net::TcpListener::from_std(tcp)?;
+        let ctx = Arc::new(server::Context {
+            shared,
+            scope: networks,
+            forwards: Arc::new(Semaphore::new(server::MAX_FORWARDS)),
+        });
+        let udp = runtime.spawn(server::serve_udp(udp, ctx.clone()));
+        let tcp = runtime.spawn(server::serve_tcp(tcp, ctx));
+        Ok(ContainerResolver {
+            tasks: [udp.abort_handle(), tcp.abort_handle()],
+        })
+    }
+}
+
+impl Drop for ContainerResolver {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }

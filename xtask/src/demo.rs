@@ -59,14 +59,34 @@ fn show(lab: &mut Lab) -> Result<()> {
     .map_err(|_| anyhow::anyhow!("not every node became ready"))?;
     print_output(&lab.netctl("n1", &["node", "ls"])?);
 
-    step("creating overlay network appnet (VXLAN) and attaching a container on every node");
+    step("creating overlay network appnet (VXLAN), service web (a VIP), and a web task on every node");
     print_output(&lab.netctl(
         "n1",
         &["overlay", "create", "appnet", "--subnet", "10.10.0.0/24"],
     )?);
+    print_output(&lab.netctl("n1", &["service", "create", "web", "--network", "appnet"])?);
     let mut containers = Vec::new();
     for (i, node) in names.iter().enumerate() {
-        let (container, ip) = lab.attach_container(node, &format!("web{}", i + 1), "appnet")?;
+        let name = format!("web{}", i + 1);
+        let container = lab.add_container(&name)?;
+        let path = container.netns_path().display().to_string();
+        let task = format!("web.{}", i + 1);
+        let endpoint = lab.netctl_json(
+            node,
+            &[
+                "endpoint",
+                "attach",
+                "--network",
+                "appnet",
+                "--netns",
+                &path,
+                "--service",
+                "web",
+                "--name",
+                &task,
+            ],
+        )?;
+        let ip = endpoint["ip"].as_str().unwrap_or_default().to_owned();
         containers.push((node.clone(), container, ip));
     }
     netlab::wait_until(Duration::from_secs(5), || {
@@ -101,6 +121,30 @@ fn show(lab: &mut Lab) -> Result<()> {
             }
         }
     }
+
+    step("service discovery: web1 (on n1) asks its embedded DNS at 127.0.0.11");
+    print_output(&lab.netctl("n1", &["service", "ps", "web"])?);
+    let (_, asker, _) = &containers[0];
+    let last_task = format!("web.{count}");
+    for query in [
+        vec!["web"],
+        vec!["tasks.web"],
+        vec![last_task.as_str()],
+        vec!["example.org"],
+    ] {
+        let mut args = vec!["dig", "+short", "+time=2", "+tries=1"];
+        args.extend(query.iter().copied());
+        let answer = netlab::wait_until(Duration::from_secs(5), || {
+            let out = lab.exec(&asker.netns, &args).ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            (!text.is_empty()).then_some(text)
+        })
+        .map_err(|_| anyhow::anyhow!("no answer for {}", query.join(" ")))?;
+        println!("$ dig +short {}\n{answer}", query.join(" "));
+    }
+    let getent = lab.exec(&asker.netns, &["getent", "hosts", &last_task])?;
+    println!("$ getent hosts {last_task}");
+    print_output(&getent);
 
     let target = lab.node("n1")?.addr.to_string();
     step(&format!(

@@ -373,3 +373,46 @@ fn a_container_can_bind_port_53_itself() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("status: NOERROR"));
     lab.teardown().expect("teardown");
 }
+
+#[test]
+fn bad_queries_get_rfc_answers_and_never_stall_the_resolver() {
+    require_root!();
+    let mut lab = cluster();
+    let (client, _) = attach(&mut lab, "n1", "client", "appnet", &[]);
+    let vip = vip_of(&lab, "web");
+    eventually(
+        &lab,
+        &client,
+        &["web"],
+        vec![vip.clone()],
+        Duration::from_secs(2),
+    );
+    // Junk datagrams and a half-open TCP connection first.
+    let junk = lab
+        .exec(
+            &client.netns,
+            &[
+                "python3",
+                "-c",
+                "import socket\n\
+                 u=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                 for p in (b'\\x01', b'\\xff'*12, b'\\x00'*600): u.sendto(p, ('127.0.0.11', 53))\n\
+                 t=socket.create_connection(('127.0.0.11', 53)); t.send(b'\\x00')",
+            ],
+        )
+        .expect("python3");
+    assert!(
+        junk.status.success(),
+        "{}",
+        String::from_utf8_lossy(&junk.stderr)
+    );
+    assert_eq!(status(&lab, &client, &["+opcode=status", "web"]), "NOTIMP");
+    assert_eq!(
+        status(&lab, &client, &["version.bind", "CH", "TXT"]),
+        "REFUSED"
+    );
+    // Still answering, over UDP and TCP.
+    assert_eq!(dig(&lab, &client, &["web"]), vec![vip.clone()]);
+    assert_eq!(dig(&lab, &client, &["+tcp", "web"]), vec![vip]);
+    lab.teardown().expect("teardown");
+}

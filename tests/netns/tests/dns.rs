@@ -50,6 +50,19 @@ fn attach(
     (container, endpoint["ip"].as_str().expect("ip").to_owned())
 }
 
+/// Task `SERVICE.N` of `service` in container `<service><n>` on `node`.
+fn task(lab: &mut Lab, node: &str, service: &str, n: u32) -> String {
+    let name = format!("{service}.{n}");
+    attach(
+        lab,
+        node,
+        &format!("{service}{n}"),
+        "appnet",
+        &["--service", service, "--name", &name],
+    )
+    .1
+}
+
 /// `dig +short` answers (sorted) from inside `container`.
 fn dig(lab: &Lab, container: &Container, args: &[&str]) -> Vec<String> {
     let mut full = vec!["dig", "+short", "+time=2", "+tries=1"];
@@ -114,27 +127,9 @@ fn services_tasks_aliases_and_ptr_across_nodes() {
         "appnet",
         &["--service", "web", "--name", "web.1", "--alias", "www"],
     );
-    let (_w2, ip2) = attach(
-        &mut lab,
-        "n3",
-        "web2",
-        "appnet",
-        &["--service", "web", "--name", "web.2"],
-    );
-    let (_c1, cip1) = attach(
-        &mut lab,
-        "n2",
-        "cache1",
-        "appnet",
-        &["--service", "cache", "--name", "cache.1"],
-    );
-    let (_c2, cip2) = attach(
-        &mut lab,
-        "n3",
-        "cache2",
-        "appnet",
-        &["--service", "cache", "--name", "cache.2"],
-    );
+    let ip2 = task(&mut lab, "n3", "web", 2);
+    let cip1 = task(&mut lab, "n2", "cache", 1);
+    let cip2 = task(&mut lab, "n3", "cache", 2);
     let vip = vip_of(&lab, "web");
     let within = Duration::from_secs(2);
 
@@ -265,20 +260,8 @@ fn detached_or_unhealthy_tasks_leave_answers_within_a_second() {
     require_root!();
     let mut lab = cluster();
     let (client, _) = attach(&mut lab, "n1", "client", "appnet", &[]);
-    let (_w1, ip1) = attach(
-        &mut lab,
-        "n2",
-        "web1",
-        "appnet",
-        &["--service", "web", "--name", "web.1"],
-    );
-    let (_w2, ip2) = attach(
-        &mut lab,
-        "n3",
-        "web2",
-        "appnet",
-        &["--service", "web", "--name", "web.2"],
-    );
+    let ip1 = task(&mut lab, "n2", "web", 1);
+    let ip2 = task(&mut lab, "n3", "web", 2);
     let both = [ip1.clone(), ip2.clone()];
     eventually(
         &lab,
@@ -318,13 +301,7 @@ fn detached_or_unhealthy_tasks_leave_answers_within_a_second() {
     );
     // A task on the client's own node: within 100 ms of the change, well
     // inside the 1 s deadline here.
-    let (_w3, ip3) = attach(
-        &mut lab,
-        "n1",
-        "web3",
-        "appnet",
-        &["--service", "web", "--name", "web.3"],
-    );
+    let ip3 = task(&mut lab, "n1", "web", 3);
     eventually(
         &lab,
         &client,

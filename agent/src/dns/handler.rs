@@ -19,6 +19,7 @@ use hickory_proto::{
 use rand::seq::SliceRandom;
 
 use super::{
+    cache::flags,
     forward::Forwarder,
     table::{in_scope, DnsTable, Known},
 };
@@ -31,10 +32,10 @@ const OUR_PAYLOAD: u16 = 1232;
 const MAX_UDP: usize = 4096;
 /// Without EDNS, a UDP response is at most 512 bytes.
 const PLAIN_UDP: usize = 512;
-const HEADER_LEN: usize = 12;
+pub(super) const HEADER_LEN: usize = 12;
 /// Root name, type, class, TTL, rdata length.
 const OPT_LEN: usize = 11;
-const TYPE_OPT: u16 = 41;
+pub(super) const TYPE_OPT: u16 = 41;
 /// Pointer to the question's name, right after the header.
 const NAME_AT_QUESTION: [u8; 2] = [0xc0, 0x0c];
 
@@ -53,6 +54,8 @@ pub struct Forward {
     pub limit: usize,
     /// The client's EDNS UDP payload size (512 without EDNS).
     pub payload: u16,
+    /// The request bits that change the upstream's answer ([`flags`]).
+    pub flags: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +73,7 @@ pub enum Action {
 struct Edns {
     payload: u16,
     version: u8,
+    dnssec_ok: bool,
 }
 
 /// Buffers the local pass reuses from one query to the next.
@@ -130,6 +134,7 @@ pub fn answer(
         question_end,
         limit,
         payload,
+        flags: cache_flags(&meta, edns),
     });
     let Some(name) = lowercase(&query, &mut scratch.name) else {
         return forward;
@@ -350,6 +355,7 @@ fn read_edns(message: &[u8], mut at: usize, counts: &HeaderCounts) -> Option<Opt
             edns = Some(Edns {
                 payload: u16::from_be_bytes([fixed[2], fixed[3]]),
                 version: fixed[5],
+                dnssec_ok: fixed[6] & 0x80 != 0,
             });
         }
         at = name_end + 10 + rdata_len;
@@ -360,8 +366,22 @@ fn read_edns(message: &[u8], mut at: usize, counts: &HeaderCounts) -> Option<Opt
     Some(edns)
 }
 
+/// The request bits that change the upstream's answer.
+fn cache_flags(meta: &Metadata, edns: Option<Edns>) -> u8 {
+    [
+        (meta.recursion_desired, flags::RD),
+        (meta.authentic_data, flags::AD),
+        (meta.checking_disabled, flags::CD),
+        (edns.is_some(), flags::EDNS),
+        (edns.is_some_and(|opt| opt.dnssec_ok), flags::DO),
+    ]
+    .into_iter()
+    .filter(|(set, _)| *set)
+    .fold(0, |bits, (_, bit)| bits | bit)
+}
+
 /// Where the (possibly compressed) name at `at` ends.
-fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
+pub(super) fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
     loop {
         let len = *message.get(at)?;
         match len & 0xc0 {

@@ -1,7 +1,8 @@
 //! One query in, one response out. The local pass ([`answer`]) is synchronous
-//! and allocation-free once its buffers are warm: it parses the header and
-//! the question with hickory-proto, looks the name up in the table and writes
-//! the response bytes directly (the question copied from the request, answers
+//! and allocation-free once its buffers are warm: it parses the header with
+//! hickory-proto and the question in place (one pass that also lowercases
+//! the name), looks the name up once in the table and writes the response
+//! bytes directly (the question copied from the request, answers
 //! pointing at it by compression). Names the cluster does not know come back
 //! as [`Action::Forward`]; [`resolve`] completes them with the forwarder.
 //!
@@ -12,13 +13,14 @@
 use std::net::Ipv4Addr;
 
 use hickory_proto::{
-    op::{Header, HeaderCounts, MessageType, Metadata, OpCode, Query, ResponseCode},
+    op::{Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode},
     rr::{DNSClass, RecordType},
     serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder},
 };
 use rand::seq::SliceRandom;
 
 use super::{
+    cache::flags,
     forward::Forwarder,
     table::{in_scope, DnsTable, Known},
 };
@@ -31,10 +33,10 @@ const OUR_PAYLOAD: u16 = 1232;
 const MAX_UDP: usize = 4096;
 /// Without EDNS, a UDP response is at most 512 bytes.
 const PLAIN_UDP: usize = 512;
-const HEADER_LEN: usize = 12;
+pub(super) const HEADER_LEN: usize = 12;
 /// Root name, type, class, TTL, rdata length.
 const OPT_LEN: usize = 11;
-const TYPE_OPT: u16 = 41;
+pub(super) const TYPE_OPT: u16 = 41;
 /// Pointer to the question's name, right after the header.
 const NAME_AT_QUESTION: [u8; 2] = [0xc0, 0x0c];
 
@@ -53,6 +55,8 @@ pub struct Forward {
     pub limit: usize,
     /// The client's EDNS UDP payload size (512 without EDNS).
     pub payload: u16,
+    /// The request bits that change the upstream's answer ([`flags`]).
+    pub flags: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +74,7 @@ pub enum Action {
 struct Edns {
     payload: u16,
     version: u8,
+    dnssec_ok: bool,
 }
 
 /// Buffers the local pass reuses from one query to the next.
@@ -107,10 +112,10 @@ pub fn answer(
     if header.counts.queries != 1 {
         return reply(out, &[], false, ResponseCode::FormErr);
     }
-    let Ok(query) = Query::read(&mut decoder) else {
+    let Some(query) = read_question(request, &mut scratch.name) else {
         return reply(out, &[], false, ResponseCode::FormErr);
     };
-    let question_end = decoder.index();
+    let question_end = query.end;
     let question = &request[HEADER_LEN..question_end];
     let Some(edns) = read_edns(request, question_end, &header.counts) else {
         return reply(out, question, false, ResponseCode::FormErr);
@@ -118,7 +123,7 @@ pub fn answer(
     if edns.is_some_and(|opt| opt.version != 0) {
         return reply(out, question, true, ResponseCode::BADVERS);
     }
-    if query.query_class() != DNSClass::IN {
+    if query.class != DNSClass::IN {
         return reply(out, question, edns.is_some(), ResponseCode::Refused);
     }
     let payload = edns.map_or(PLAIN_UDP as u16, |opt| opt.payload.max(PLAIN_UDP as u16));
@@ -130,12 +135,17 @@ pub fn answer(
         question_end,
         limit,
         payload,
+        flags: cache_flags(&meta, edns),
     });
-    let Some(name) = lowercase(&query, &mut scratch.name) else {
+    let Some(name) = query
+        .name
+        .then(|| std::str::from_utf8(&scratch.name).ok())
+        .flatten()
+    else {
         return forward;
     };
 
-    let qtype = query.query_type();
+    let qtype = query.rtype;
     let wants = |rtype| qtype == rtype || qtype == RecordType::ANY;
     let mut response = Response::new(&meta, ResponseCode::NoError);
     response.authoritative = true;
@@ -148,16 +158,12 @@ pub fn answer(
             response.write(out, question, edns.is_some(), 0, false);
             Action::Reply
         }
-        Known::Name => {
+        Known::Name(sets) => {
             let addrs = &mut scratch.addrs;
             addrs.clear();
             if wants(RecordType::A) {
                 let mut shuffle = false;
-                for set in table
-                    .sets(name)
-                    .iter()
-                    .filter(|set| in_scope(&set.network_id, scope))
-                {
+                for set in sets.iter().filter(|set| in_scope(&set.network_id, scope)) {
                     addrs.extend_from_slice(&set.addrs);
                     shuffle |= set.shuffle;
                 }
@@ -320,17 +326,50 @@ fn write_record(out: &mut Vec<u8>, rtype: RecordType, rdata: &[u8]) {
     out.extend_from_slice(rdata);
 }
 
-/// The query name, lowercase and without the trailing dot, in `buf`; `None`
-/// when it is not text (then it is no cluster name).
-fn lowercase<'b>(query: &Query, buf: &'b mut Vec<u8>) -> Option<&'b str> {
-    buf.clear();
-    for label in query.name().iter() {
-        if !buf.is_empty() {
-            buf.push(b'.');
+/// The question of a request, read in place.
+struct Question {
+    /// Where the question ends in the request.
+    end: usize,
+    rtype: RecordType,
+    class: DNSClass,
+    /// Whether the name (in the caller's buffer) can be a cluster name: no
+    /// label holds a dot.
+    name: bool,
+}
+
+/// Reads the question right after the header, its name into `name`:
+/// lowercase, dotted, without the trailing dot (one pass, no allocation once
+/// `name` is warm). `None` when malformed: a compression pointer or an
+/// extended label type (a question has nothing before it to point at), or a
+/// name longer than 255 bytes.
+fn read_question(request: &[u8], name: &mut Vec<u8>) -> Option<Question> {
+    name.clear();
+    let mut dotless = true;
+    let mut at = HEADER_LEN;
+    loop {
+        let len = usize::from(*request.get(at)?);
+        if len == 0 {
+            at += 1;
+            break;
         }
-        buf.extend(label.iter().map(u8::to_ascii_lowercase));
+        if len > 63 || at + 1 + len - HEADER_LEN >= 255 {
+            return None;
+        }
+        let label = request.get(at + 1..at + 1 + len)?;
+        if !name.is_empty() {
+            name.push(b'.');
+        }
+        dotless &= !label.contains(&b'.');
+        name.extend(label.iter().map(u8::to_ascii_lowercase));
+        at += 1 + len;
     }
-    std::str::from_utf8(buf).ok()
+    let fixed = request.get(at..at + 4)?;
+    Some(Question {
+        end: at + 4,
+        rtype: RecordType::from(u16::from_be_bytes([fixed[0], fixed[1]])),
+        class: DNSClass::from(u16::from_be_bytes([fixed[2], fixed[3]])),
+        name: dotless,
+    })
 }
 
 /// The OPT record among the records after the question: `None` when they do
@@ -350,6 +389,7 @@ fn read_edns(message: &[u8], mut at: usize, counts: &HeaderCounts) -> Option<Opt
             edns = Some(Edns {
                 payload: u16::from_be_bytes([fixed[2], fixed[3]]),
                 version: fixed[5],
+                dnssec_ok: fixed[6] & 0x80 != 0,
             });
         }
         at = name_end + 10 + rdata_len;
@@ -360,8 +400,22 @@ fn read_edns(message: &[u8], mut at: usize, counts: &HeaderCounts) -> Option<Opt
     Some(edns)
 }
 
+/// The request bits that change the upstream's answer.
+fn cache_flags(meta: &Metadata, edns: Option<Edns>) -> u8 {
+    [
+        (meta.recursion_desired, flags::RD),
+        (meta.authentic_data, flags::AD),
+        (meta.checking_disabled, flags::CD),
+        (edns.is_some(), flags::EDNS),
+        (edns.is_some_and(|opt| opt.dnssec_ok), flags::DO),
+    ]
+    .into_iter()
+    .filter(|(set, _)| *set)
+    .fold(0, |bits, (_, bit)| bits | bit)
+}
+
 /// Where the (possibly compressed) name at `at` ends.
-fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
+pub(super) fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
     loop {
         let len = *message.get(at)?;
         match len & 0xc0 {
@@ -378,7 +432,7 @@ pub(crate) mod tests {
     use std::{net::SocketAddr, time::Duration};
 
     use hickory_proto::{
-        op::{Edns, Message},
+        op::{Edns, Message, Query},
         rr::{rdata::A, Name, RData},
     };
 
@@ -567,6 +621,42 @@ pub(crate) mod tests {
         let mut short = query_message("web", RecordType::A).to_vec().unwrap();
         short[11] = 3;
         assert_eq!(code(&short), Some(ResponseCode::FormErr));
+    }
+
+    #[test]
+    fn question_read_in_place() {
+        let table = sample_table();
+        let header = &query_message("web", RecordType::A).to_vec().unwrap()[..12];
+        let with_name = |name: &[u8]| [header, name, &[0, 1, 0, 1]].concat();
+        // A label holding a dot is no cluster name, whatever it spells.
+        let dotted = with_name(b"\x09web.front\x00");
+        let (action, _) = local(&table, &dotted, &["id-front"], Transport::Udp);
+        assert!(matches!(action, Action::Forward(_)));
+        // A compression pointer in the question is malformed.
+        let pointer = with_name(&[0xc0, 0x0c]);
+        let (_, response) = local(&table, &pointer, &["id-front"], Transport::Udp);
+        assert_eq!(
+            response.map(|message| message.metadata.response_code),
+            Some(ResponseCode::FormErr)
+        );
+        // The longest name (255 bytes) is read, one more byte is not.
+        let name = |last: u8| {
+            let mut wire = Vec::new();
+            for len in [63, 63, 63, last] {
+                wire.push(len);
+                wire.extend(std::iter::repeat_n(b'a', usize::from(len)));
+            }
+            wire.push(0);
+            wire
+        };
+        assert_eq!(name(61).len(), 255);
+        let (action, _) = local(&table, &with_name(&name(61)), &["id-front"], Transport::Udp);
+        assert!(matches!(action, Action::Forward(_)));
+        let (_, response) = local(&table, &with_name(&name(62)), &["id-front"], Transport::Udp);
+        assert_eq!(
+            response.map(|message| message.metadata.response_code),
+            Some(ResponseCode::FormErr)
+        );
     }
 
     #[test]

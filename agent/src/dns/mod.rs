@@ -4,16 +4,22 @@
 //! * [`handler`]: a query in, a response out (cluster names answered from the
 //!   table, the rest handed to the forwarder);
 //! * [`forward`]: the node's upstream resolvers, one time budget per query;
+//! * [`cache`]: forwarded answers, shared by the node's resolvers;
 //! * [`server`]: the UDP and TCP loops of one container.
 //!
 //! Lookups take no lock: each query loads the current table (`ArcSwap`) and
 //! the container's network scope.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use arc_swap::{ArcSwap, Guard};
 use tokio::{sync::Semaphore, task::AbortHandle};
 
+pub mod cache;
 pub mod forward;
 pub mod handler;
 pub mod server;
@@ -24,7 +30,9 @@ pub use table::DnsTable;
 #[cfg(test)]
 mod tests;
 
+use cache::ForwardCache;
 use forward::Forwarder;
+use handler::Forward;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -40,6 +48,7 @@ pub enum DnsError {
 pub struct DnsShared {
     table: ArcSwap<DnsTable>,
     forwarder: Forwarder,
+    cache: ForwardCache,
 }
 
 impl DnsShared {
@@ -49,6 +58,7 @@ impl DnsShared {
         Arc::new(Self {
             table: ArcSwap::from_pointee(DnsTable::default()),
             forwarder: Forwarder::new(upstreams, budget),
+            cache: ForwardCache::default(),
         })
     }
 
@@ -64,6 +74,19 @@ impl DnsShared {
 
     pub fn forwarder(&self) -> &Forwarder {
         &self.forwarder
+    }
+
+    /// Appends the cached answer to a query the local pass would forward;
+    /// `false` on a miss.
+    pub fn cached(&self, request: &[u8], query: Forward, out: &mut Vec<u8>) -> bool {
+        self.cache.get(request, query, Instant::now(), out)
+    }
+
+    /// The upstream answer (or SERVFAIL), kept in the cache when it may be.
+    pub async fn forward(&self, request: &[u8], query: Forward) -> Vec<u8> {
+        let answer = self.forwarder.forward(request, query).await;
+        self.cache.insert(request, query, &answer, Instant::now());
+        answer
     }
 }
 

@@ -1,9 +1,10 @@
 //! The UDP and TCP loops of one container's resolver, on sockets opened in
 //! the container's namespace.
 //!
-//! UDP: one loop answers cluster names inline (no await between receive and
-//! send but the send itself) and hands every forwarded query to its own task,
-//! at most [`MAX_FORWARDS`] at a time (beyond, SERVFAIL at once). TCP: one
+//! UDP: one loop answers cluster names and cached forwarded names inline (no
+//! await between receive and send but the send itself) and hands every other
+//! forwarded query to its own task, at most [`MAX_FORWARDS`] at a time
+//! (beyond, SERVFAIL at once). TCP: one
 //! task per connection, at most [`MAX_CONNECTIONS`]; a connection is closed
 //! when idle for [`IDLE`], when a read or write takes longer than
 //! [`IO_TIMEOUT`], or when a query is larger than [`MAX_TCP_QUERY`].
@@ -73,11 +74,12 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, ctx: Arc<Context>) {
         match ctx.answer(request, Transport::Udp, &mut out, &mut scratch) {
             Action::Reply => {}
             Action::Drop => continue,
+            Action::Forward(query) if ctx.shared.cached(request, query, &mut out) => {}
             Action::Forward(query) => match ctx.forwards.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let (socket, ctx, request) = (socket.clone(), ctx.clone(), request.to_vec());
                     tokio::spawn(async move {
-                        let answer = ctx.shared.forwarder().forward(&request, query).await;
+                        let answer = ctx.shared.forward(&request, query).await;
                         if let Err(error) = socket.send_to(&answer, peer).await {
                             tracing::debug!(%peer, %error, "dns: UDP send failed");
                         }
@@ -143,8 +145,9 @@ async fn connection(mut stream: TcpStream, ctx: Arc<Context>) {
         match ctx.answer(&request, Transport::Tcp, &mut out, &mut scratch) {
             Action::Reply => {}
             Action::Drop => continue,
+            Action::Forward(query) if ctx.shared.cached(&request, query, &mut out) => {}
             Action::Forward(query) => {
-                let answer = ctx.shared.forwarder().forward(&request, query).await;
+                let answer = ctx.shared.forward(&request, query).await;
                 out.extend_from_slice(&answer);
             }
         }

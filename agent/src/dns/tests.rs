@@ -31,6 +31,7 @@ const BIG_ANSWERS: u8 = 3;
 
 struct Stub {
     addr: SocketAddr,
+    udp_queries: Arc<AtomicUsize>,
     tcp_queries: Arc<AtomicUsize>,
 }
 
@@ -87,9 +88,12 @@ async fn upstream_stub() -> Stub {
     let udp = UdpSocket::from_std(udp).unwrap();
     let tcp = TcpListener::from_std(tcp).unwrap();
     let addr = udp.local_addr().unwrap();
+    let udp_queries = Arc::new(AtomicUsize::new(0));
+    let udp_counter = udp_queries.clone();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         while let Ok((len, peer)) = udp.recv_from(&mut buf).await {
+            udp_counter.fetch_add(1, Ordering::SeqCst);
             if let Some(answer) = stub_answer(&buf[..len], false) {
                 let _ = udp.send_to(&answer, peer).await;
             }
@@ -111,7 +115,11 @@ async fn upstream_stub() -> Stub {
             });
         }
     });
-    Stub { addr, tcp_queries }
+    Stub {
+        addr,
+        udp_queries,
+        tcp_queries,
+    }
 }
 
 struct Resolver {
@@ -204,6 +212,35 @@ async fn forwarded_names_keep_id_and_edns() {
     }
     let response = over_udp(dns.addr, &query_message("nothing.example", RecordType::A)).await;
     assert_eq!(response.metadata.response_code, ResponseCode::NXDomain);
+}
+
+#[tokio::test]
+async fn forwarded_answers_are_cached_cluster_names_never() {
+    let stub = upstream_stub().await;
+    let dns = resolver(vec![stub.addr], Duration::from_secs(2));
+    let first = query_message("example.com", RecordType::A);
+    let mut second = query_message("EXAMPLE.com", RecordType::A);
+    second.metadata.id = first.metadata.id.wrapping_add(7);
+    for request in [&first, &second] {
+        let response = over_udp(dns.addr, request).await;
+        assert_eq!(response.metadata.id, request.metadata.id);
+        assert_eq!(addresses(&response), [ip("192.0.2.1")]);
+    }
+    assert_eq!(over_tcp(dns.addr, &first).await.answers.len(), 1);
+    assert_eq!(stub.udp_queries.load(Ordering::SeqCst), 1);
+
+    // The name turns into a cluster name: the table answers at once.
+    let (services, mut endpoints, networks) = sample();
+    for ep in &mut endpoints {
+        if ep.name == "tool" {
+            ep.aliases.push("example.com".into());
+        }
+    }
+    dns.shared
+        .update(DnsTable::build(&services, &endpoints, &networks));
+    let response = over_udp(dns.addr, &first).await;
+    assert_eq!(addresses(&response), [ip("10.1.0.9")]);
+    assert_eq!(stub.udp_queries.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

@@ -1,0 +1,272 @@
+//! VIP load balancing at a local endpoint's host-side veth (in the sandbox).
+//!
+//! `lb_ingress` sees what the container sends: ARP requests for a VIP are
+//! answered on the spot, and TCP/UDP to VIP:any-port is DNATed to a backend
+//! picked by Maglev (or pinned earlier in LB_CT), with the destination MAC
+//! set to the backend's 02:42:<ip> so that the bridge forwards it. The client
+//! address is kept: backends see the real client.
+//!
+//! `lb_egress` sees what goes to the container: replies from a backend found
+//! in LB_REV_CT get the VIP back as their source.
+//!
+//! Limits: IPv4 only; non-first fragments pass untouched; a VIP with no
+//! backend drops new flows (no RST/ICMP yet); ICMP errors about a flow are
+//! not translated.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::generated::bpf_redirect,
+    macros::{classifier, map},
+    maps::{Array, HashMap, LruHashMap},
+    programs::TcContext,
+};
+use netagent_common::{
+    lb_flow_hash, LbBackend, LbCtKey, LbCtValue, LbRevKey, LbRevValue, LbService, LbServiceKey,
+    LB_BACKENDS_CAPACITY, LB_CT_CAPACITY, LB_SERVICES_CAPACITY, LB_SERVICE_NO_BACKENDS,
+    LB_TABLE_SIZE, LB_TABLE_SLOTS,
+};
+
+#[map]
+static LB_SERVICES: HashMap<LbServiceKey, LbService> = HashMap::pinned(LB_SERVICES_CAPACITY, 0);
+#[map]
+static LB_BACKENDS: HashMap<u32, LbBackend> = HashMap::pinned(LB_BACKENDS_CAPACITY, 0);
+#[map]
+static LB_MAGLEV: Array<u32> = Array::pinned(LB_TABLE_SLOTS * LB_TABLE_SIZE, 0);
+#[map]
+static LB_CT: LruHashMap<LbCtKey, LbCtValue> = LruHashMap::pinned(LB_CT_CAPACITY, 0);
+#[map]
+static LB_REV_CT: LruHashMap<LbRevKey, LbRevValue> = LruHashMap::pinned(LB_CT_CAPACITY, 0);
+
+const TC_ACT_UNSPEC: i32 = -1;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+const IP_SRC_OFF: usize = ETH_HLEN + 12;
+const IP_DST_OFF: usize = ETH_HLEN + 16;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+
+#[classifier]
+pub fn lb_ingress(ctx: TcContext) -> i32 {
+    match from_container(&ctx) {
+        Ok(verdict) => verdict,
+        // A packet we cannot parse is none of our business.
+        Err(()) => TC_ACT_UNSPEC,
+    }
+}
+
+#[classifier]
+pub fn lb_egress(ctx: TcContext) -> i32 {
+    to_container(&ctx).unwrap_or(TC_ACT_UNSPEC)
+}
+
+/// The IPv4 TCP/UDP headers we need, as they sit in the packet.
+struct Flow {
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    /// Offset of the L4 checksum.
+    csum_off: usize,
+    /// TCP flags (0 for UDP).
+    tcp_flags: u8,
+}
+
+#[inline(always)]
+fn parse_flow(ctx: &TcContext) -> Result<Option<Flow>, ()> {
+    let ver_ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| ())?;
+    if ver_ihl >> 4 != 4 {
+        return Ok(None);
+    }
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    if ihl < 20 {
+        return Ok(None);
+    }
+    let frag: u16 = ctx.load(ETH_HLEN + 6).map_err(|_| ())?;
+    if u16::from_be(frag) & 0x1fff != 0 {
+        return Ok(None);
+    }
+    let proto: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| ())?;
+    let l4 = ETH_HLEN + ihl;
+    let (csum_off, tcp_flags) = match proto {
+        IPPROTO_TCP => (l4 + 16, ctx.load::<u8>(l4 + 13).map_err(|_| ())?),
+        IPPROTO_UDP => (l4 + 6, 0),
+        _ => return Ok(None),
+    };
+    Ok(Some(Flow {
+        saddr: ctx.load(IP_SRC_OFF).map_err(|_| ())?,
+        daddr: ctx.load(IP_DST_OFF).map_err(|_| ())?,
+        sport: ctx.load(l4).map_err(|_| ())?,
+        dport: ctx.load(l4 + 2).map_err(|_| ())?,
+        proto,
+        csum_off,
+        tcp_flags,
+    }))
+}
+
+#[inline(always)]
+fn from_container(ctx: &TcContext) -> Result<i32, ()> {
+    let eth_proto = u16::from_be(ctx.load::<u16>(12).map_err(|_| ())?);
+    if eth_proto == ETH_P_ARP {
+        return answer_arp(ctx);
+    }
+    if eth_proto != ETH_P_IP {
+        return Ok(TC_ACT_UNSPEC);
+    }
+    let Some(flow) = parse_flow(ctx)? else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    // SAFETY: the value is copied out at once; the agent only replaces whole
+    // entries.
+    let Some(service) = (unsafe { LB_SERVICES.get(&LbServiceKey { vip: flow.daddr }) }).copied()
+    else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    let key = LbCtKey {
+        client: flow.saddr,
+        vip: flow.daddr,
+        client_port: flow.sport,
+        vip_port: flow.dport,
+        proto: flow.proto,
+        pad: [0; 3],
+    };
+    // A fresh TCP SYN always picks again, so that a reused port never
+    // follows a stale entry to a backend that has gone.
+    let new_connection =
+        flow.proto == IPPROTO_TCP && flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    // SAFETY: copied out at once.
+    let pinned = if new_connection {
+        None
+    } else {
+        unsafe { LB_CT.get(&key) }.map(|ct| ct.backend)
+    };
+    let backend = match pinned {
+        Some(backend) => backend,
+        None => {
+            let Some(backend) = pick(&service, &key) else {
+                return Ok(TC_ACT_SHOT);
+            };
+            let _ = LB_CT.insert(&key, &LbCtValue { backend, pad: 0 }, 0);
+            let rev = LbRevKey {
+                backend,
+                client: flow.saddr,
+                backend_port: flow.dport,
+                client_port: flow.sport,
+                proto: flow.proto,
+                pad: [0; 3],
+            };
+            let _ = LB_REV_CT.insert(
+                &rev,
+                &LbRevValue {
+                    vip: flow.daddr,
+                    pad: 0,
+                },
+                0,
+            );
+            backend
+        }
+    };
+    rewrite_addr(ctx, &flow, IP_DST_OFF, flow.daddr, backend)?;
+    let octets = backend.to_ne_bytes();
+    let mac = [0x02, 0x42, octets[0], octets[1], octets[2], octets[3]];
+    ctx.store(0, &mac, 0).map_err(|_| ())?;
+    Ok(TC_ACT_OK as i32)
+}
+
+/// The backend ip for a new flow, or None when the service has none.
+#[inline(always)]
+fn pick(service: &LbService, key: &LbCtKey) -> Option<u32> {
+    if service.backends == 0 || service.flags & LB_SERVICE_NO_BACKENDS != 0 {
+        return None;
+    }
+    let size = service.table_size;
+    if size == 0 {
+        return None;
+    }
+    let index = service
+        .table_slot
+        .wrapping_mul(size)
+        .wrapping_add(lb_flow_hash(key) % size);
+    let id = *LB_MAGLEV.get(index)?;
+    // SAFETY: copied out at once.
+    let backend = unsafe { LB_BACKENDS.get(&id) }?;
+    Some(backend.ip)
+}
+
+#[inline(always)]
+fn to_container(ctx: &TcContext) -> Result<i32, ()> {
+    let eth_proto = u16::from_be(ctx.load::<u16>(12).map_err(|_| ())?);
+    if eth_proto != ETH_P_IP {
+        return Ok(TC_ACT_UNSPEC);
+    }
+    let Some(flow) = parse_flow(ctx)? else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    let key = LbRevKey {
+        backend: flow.saddr,
+        client: flow.daddr,
+        backend_port: flow.sport,
+        client_port: flow.dport,
+        proto: flow.proto,
+        pad: [0; 3],
+    };
+    // SAFETY: copied out at once.
+    let Some(vip) = (unsafe { LB_REV_CT.get(&key) }).map(|rev| rev.vip) else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, vip)?;
+    Ok(TC_ACT_OK as i32)
+}
+
+/// Replaces the IPv4 address at `offset` and fixes both checksums.
+#[inline(always)]
+fn rewrite_addr(ctx: &TcContext, flow: &Flow, offset: usize, from: u32, to: u32) -> Result<(), ()> {
+    let mut flags = u64::from(BPF_F_PSEUDO_HDR) | 4;
+    if flow.proto == IPPROTO_UDP {
+        // A UDP checksum of 0 means "none": keep it so.
+        flags |= u64::from(BPF_F_MARK_MANGLED_0);
+    }
+    ctx.l4_csum_replace(flow.csum_off, u64::from(from), u64::from(to), flags)
+        .map_err(|_| ())?;
+    ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(from), u64::from(to), 4)
+        .map_err(|_| ())?;
+    ctx.store(offset, &to, 0).map_err(|_| ())
+}
+
+/// Answers an ARP request for a VIP with the VIP's own 02:42:<vip> MAC and
+/// sends it straight back to the container.
+#[inline(always)]
+fn answer_arp(ctx: &TcContext) -> Result<i32, ()> {
+    const ARP: usize = ETH_HLEN;
+    let ptype = u16::from_be(ctx.load::<u16>(ARP + 2).map_err(|_| ())?);
+    let oper = u16::from_be(ctx.load::<u16>(ARP + 6).map_err(|_| ())?);
+    if ptype != ETH_P_IP || oper != 1 {
+        return Ok(TC_ACT_UNSPEC);
+    }
+    let tpa: u32 = ctx.load(ARP + 24).map_err(|_| ())?;
+    // SAFETY: only tested for presence.
+    if unsafe { LB_SERVICES.get(&LbServiceKey { vip: tpa }) }.is_none() {
+        return Ok(TC_ACT_UNSPEC);
+    }
+    let sha: [u8; 6] = ctx.load(ARP + 8).map_err(|_| ())?;
+    let spa: u32 = ctx.load(ARP + 14).map_err(|_| ())?;
+    let v = tpa.to_ne_bytes();
+    let vip_mac = [0x02, 0x42, v[0], v[1], v[2], v[3]];
+    ctx.store(0, &sha, 0).map_err(|_| ())?;
+    ctx.store(6, &vip_mac, 0).map_err(|_| ())?;
+    ctx.store(ARP + 6, &2u16.to_be(), 0).map_err(|_| ())?;
+    ctx.store(ARP + 8, &vip_mac, 0).map_err(|_| ())?;
+    ctx.store(ARP + 14, &tpa, 0).map_err(|_| ())?;
+    ctx.store(ARP + 18, &sha, 0).map_err(|_| ())?;
+    ctx.store(ARP + 24, &spa, 0).map_err(|_| ())?;
+    // SAFETY: the kernel hands every tc program a valid __sk_buff.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a plain helper call; egress of the interface the request came in on.
+    unsafe { bpf_redirect(ifindex, 0) };
+    Ok(TC_ACT_REDIRECT as i32)
+}

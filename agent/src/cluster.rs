@@ -22,6 +22,7 @@ use crate::{
     dataplane::overlay::{Overlay, OverlayConfig, OverlayError},
     endpoint_store::{EndpointStore, StoreError},
     gossip::{Gossip, GossipConfig, GossipError, GossipView},
+    lb::LoadBalancer,
     model::{Network, Role, Service},
     reconcile,
     resolvers::Resolvers,
@@ -60,6 +61,9 @@ pub struct ClusterRuntime {
     pub blocks: Mutex<BTreeMap<String, Vec<Ipv4Net>>>,
     /// Local endpoints; the lock also serialises attach and detach.
     pub endpoints: Mutex<EndpointStore>,
+    /// The VIP load balancer; `None` when its maps cannot be opened (no
+    /// bpffs): services then resolve but their VIPs carry no traffic.
+    pub lb: Option<LoadBalancer>,
     kick: Arc<Notify>,
     last_refresh: Mutex<Option<Instant>>,
     started: Instant,
@@ -158,6 +162,13 @@ impl ClusterRuntime {
             vtep,
             node_netns: None,
         })?;
+        let lb = match LoadBalancer::load(&config.bpffs) {
+            Ok(lb) => Some(lb),
+            Err(error) => {
+                warn!(%error, "VIP load balancing is off");
+                None
+            }
+        };
         info!(
             cluster = %identity.cluster_id,
             node_id = %identity.node_id,
@@ -175,6 +186,7 @@ impl ClusterRuntime {
             resolvers: Resolvers::new(config.upstream_dns.clone()),
             blocks: Mutex::new(BTreeMap::new()),
             endpoints: Mutex::new(endpoints),
+            lb,
             kick: Arc::new(Notify::new()),
             last_refresh: Mutex::new(None),
             started: Instant::now(),
@@ -262,6 +274,17 @@ impl ClusterRuntime {
         self.resolvers
             .update_table(&self.services().await, &view, &local, &networks);
         self.resolvers.sync(&local_entries).await;
+        if let Some(lb) = &self.lb {
+            let mut all = local.clone();
+            all.extend(
+                view.nodes
+                    .values()
+                    .flat_map(|n| n.endpoints.values().cloned()),
+            );
+            if let Err(error) = lb.sync(&self.services().await, &all) {
+                crate::lb::log_sync_error(&error);
+            }
+        }
         let observed = match reconcile::observe(&self.overlay, &networks).await {
             Ok(observed) => observed,
             Err(error) => {

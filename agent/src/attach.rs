@@ -81,7 +81,7 @@ pub enum AttachError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Lb(#[from] crate::lb::LbError),
+    Lb(Box<crate::lb::LbError>),
 }
 
 fn valid_ifname(name: &str) -> bool {
@@ -177,7 +177,8 @@ pub async fn attach(rt: &ClusterRuntime, request: AttachRequest) -> Result<Endpo
         if let Some(lb) = &rt.lb {
             let sandbox = netns::named_path(&rt.overlay.sandbox_name(&network));
             lb.attach_endpoint(&sandbox, &endpoint::host_veth_name(&endpoint.id))
-                .await?;
+                .await
+                .map_err(|error| AttachError::Lb(Box::new(error)))?;
         }
         store.insert(LocalEndpoint {
             endpoint: endpoint.clone(),

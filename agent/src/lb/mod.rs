@@ -49,11 +49,11 @@ const LB_SLOT: TcSlot = TcSlot {
 #[derive(Debug, thiserror::Error)]
 pub enum LbError {
     #[error(transparent)]
-    Datapath(#[from] DatapathError),
+    Datapath(Box<DatapathError>),
     #[error("load balancer map {name}: {source}")]
     Map {
         name: &'static str,
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error(transparent)]
     Maglev(#[from] maglev::MaglevError),
@@ -64,12 +64,21 @@ pub enum LbError {
     #[error("cannot attach the load balancer in {}: {source}", netns.display())]
     Netns {
         netns: std::path::PathBuf,
-        source: NetnsError,
+        source: Box<NetnsError>,
     },
 }
 
+impl From<DatapathError> for LbError {
+    fn from(error: DatapathError) -> Self {
+        LbError::Datapath(Box::new(error))
+    }
+}
+
 fn map_error(name: &'static str) -> impl Fn(MapError) -> LbError {
-    move |source| LbError::Map { name, source }
+    move |source| LbError::Map {
+        name,
+        source: Box::new(source),
+    }
 }
 
 /// A backend as the datapath sees it (`netctl service inspect`).
@@ -177,7 +186,7 @@ impl LoadBalancer {
         .await
         .map_err(|source| LbError::Netns {
             netns: sandbox.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
         result.map_err(LbError::from)
     }

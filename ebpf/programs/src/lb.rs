@@ -9,9 +9,12 @@
 //! `lb_egress` sees what goes to the container: replies from a backend found
 //! in LB_REV_CT get the VIP back as their source.
 //!
-//! Limits: IPv4 only; non-first fragments pass untouched; a VIP with no
-//! backend drops new flows (no RST/ICMP yet); ICMP errors about a flow are
-//! not translated.
+//! A VIP with no backend refuses new TCP connections with a RST at once;
+//! new UDP flows to it are dropped (no ICMP unreachable yet).
+//!
+//! Limits: IPv4 only; non-first fragments pass untouched; ICMP errors about
+//! a flow are not translated; a client that is itself a backend of the VIP
+//! (hairpin) is not handled.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
@@ -47,7 +50,9 @@ const IPPROTO_UDP: u8 = 17;
 const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 const IP_SRC_OFF: usize = ETH_HLEN + 12;
 const IP_DST_OFF: usize = ETH_HLEN + 16;
+const TCP_FLAG_FIN: u8 = 0x01;
 const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_RST: u8 = 0x04;
 const TCP_FLAG_ACK: u8 = 0x10;
 
 #[classifier]
@@ -75,6 +80,10 @@ struct Flow {
     csum_off: usize,
     /// TCP flags (0 for UDP).
     tcp_flags: u8,
+    /// Offset of the L4 header.
+    l4: usize,
+    /// IPv4 header length.
+    ihl: usize,
 }
 
 #[inline(always)]
@@ -106,6 +115,8 @@ fn parse_flow(ctx: &TcContext) -> Result<Option<Flow>, ()> {
         proto,
         csum_off,
         tcp_flags,
+        l4,
+        ihl,
     }))
 }
 
@@ -149,6 +160,11 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
         Some(backend) => backend,
         None => {
             let Some(backend) = pick(&service, &key) else {
+                // No backend: refuse at once rather than leave the client
+                // waiting. TCP gets a RST; UDP is dropped (no ICMP yet).
+                if flow.proto == IPPROTO_TCP {
+                    return reset(ctx, &flow);
+                }
                 return Ok(TC_ACT_SHOT);
             };
             let _ = LB_CT.insert(&key, &LbCtValue { backend, pad: 0 }, 0);
@@ -223,6 +239,71 @@ fn to_container(ctx: &TcContext) -> Result<i32, ()> {
     Ok(TC_ACT_OK as i32)
 }
 
+/// Turns a TCP segment to a VIP without backends into the RST that refuses
+/// it (RFC 9293 3.10.7.1) and sends it straight back to the container.
+/// Swapping addresses and ports leaves both checksums as they are; options
+/// stay (a RST may carry them) so the packet keeps its length.
+#[inline(always)]
+fn reset(ctx: &TcContext, flow: &Flow) -> Result<i32, ()> {
+    if flow.tcp_flags & TCP_FLAG_RST != 0 {
+        return Ok(TC_ACT_SHOT);
+    }
+    let l4 = flow.l4;
+    let seq: u32 = ctx.load(l4 + 4).map_err(|_| ())?;
+    let ack: u32 = ctx.load(l4 + 8).map_err(|_| ())?;
+    let doff: u8 = ctx.load(l4 + 12).map_err(|_| ())?;
+    let word: u16 = ctx.load(l4 + 12).map_err(|_| ())?;
+    let tot_len = u16::from_be(ctx.load::<u16>(ETH_HLEN + 2).map_err(|_| ())?);
+    let header = flow.ihl + usize::from(doff >> 4) * 4;
+    let payload = usize::from(tot_len).saturating_sub(header) as u32;
+    let (new_seq, new_ack, flags) = if flow.tcp_flags & TCP_FLAG_ACK != 0 {
+        (ack, ack, TCP_FLAG_RST)
+    } else {
+        let mut len = payload;
+        if flow.tcp_flags & TCP_FLAG_SYN != 0 {
+            len += 1;
+        }
+        if flow.tcp_flags & TCP_FLAG_FIN != 0 {
+            len += 1;
+        }
+        (
+            0,
+            u32::from_be(seq).wrapping_add(len).to_be(),
+            TCP_FLAG_RST | TCP_FLAG_ACK,
+        )
+    };
+    let new_word = u16::from_ne_bytes([doff, flags]);
+    ctx.l4_csum_replace(flow.csum_off, u64::from(seq), u64::from(new_seq), 4)
+        .map_err(|_| ())?;
+    ctx.l4_csum_replace(flow.csum_off, u64::from(ack), u64::from(new_ack), 4)
+        .map_err(|_| ())?;
+    ctx.l4_csum_replace(flow.csum_off, u64::from(word), u64::from(new_word), 2)
+        .map_err(|_| ())?;
+    ctx.store(l4 + 4, &new_seq, 0).map_err(|_| ())?;
+    ctx.store(l4 + 8, &new_ack, 0).map_err(|_| ())?;
+    ctx.store(l4 + 12, &new_word, 0).map_err(|_| ())?;
+    ctx.store(l4, &flow.dport, 0).map_err(|_| ())?;
+    ctx.store(l4 + 2, &flow.sport, 0).map_err(|_| ())?;
+    ctx.store(IP_SRC_OFF, &flow.daddr, 0).map_err(|_| ())?;
+    ctx.store(IP_DST_OFF, &flow.saddr, 0).map_err(|_| ())?;
+    bounce(ctx)
+}
+
+/// Swaps the MAC addresses and sends the packet back out of the interface
+/// it came in on, to the container.
+#[inline(always)]
+fn bounce(ctx: &TcContext) -> Result<i32, ()> {
+    let dst: [u8; 6] = ctx.load(0).map_err(|_| ())?;
+    let src: [u8; 6] = ctx.load(6).map_err(|_| ())?;
+    ctx.store(0, &src, 0).map_err(|_| ())?;
+    ctx.store(6, &dst, 0).map_err(|_| ())?;
+    // SAFETY: the kernel hands every tc program a valid __sk_buff.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a plain helper call; egress of the interface the packet came in on.
+    unsafe { bpf_redirect(ifindex, 0) };
+    Ok(TC_ACT_REDIRECT as i32)
+}
+
 /// Replaces the IPv4 address at `offset` and fixes both checksums.
 #[inline(always)]
 fn rewrite_addr(ctx: &TcContext, flow: &Flow, offset: usize, from: u32, to: u32) -> Result<(), ()> {
@@ -257,16 +338,12 @@ fn answer_arp(ctx: &TcContext) -> Result<i32, ()> {
     let spa: u32 = ctx.load(ARP + 14).map_err(|_| ())?;
     let v = tpa.to_ne_bytes();
     let vip_mac = [0x02, 0x42, v[0], v[1], v[2], v[3]];
-    ctx.store(0, &sha, 0).map_err(|_| ())?;
-    ctx.store(6, &vip_mac, 0).map_err(|_| ())?;
+    // Ethernet: from the VIP's MAC back to the asker (bounce swaps them).
+    ctx.store(0, &vip_mac, 0).map_err(|_| ())?;
     ctx.store(ARP + 6, &2u16.to_be(), 0).map_err(|_| ())?;
     ctx.store(ARP + 8, &vip_mac, 0).map_err(|_| ())?;
     ctx.store(ARP + 14, &tpa, 0).map_err(|_| ())?;
     ctx.store(ARP + 18, &sha, 0).map_err(|_| ())?;
     ctx.store(ARP + 24, &spa, 0).map_err(|_| ())?;
-    // SAFETY: the kernel hands every tc program a valid __sk_buff.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: a plain helper call; egress of the interface the request came in on.
-    unsafe { bpf_redirect(ifindex, 0) };
-    Ok(TC_ACT_REDIRECT as i32)
+    bounce(ctx)
 }

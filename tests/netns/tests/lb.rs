@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeSet,
+    io::{BufRead, Write},
     os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -52,6 +53,62 @@ for _ in range(count):
         print("ERR", e)
 "#;
 
+/// One UDP socket for its whole life: every input line sends a datagram and
+/// prints the answer, so that the flow stays the same 5-tuple.
+const UDP_FLOW: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+for line in sys.stdin:
+    try:
+        s.sendto(b"x", (sys.argv[1], 9090))
+        print(s.recvfrom(200)[0].decode(), flush=True)
+    except Exception as e:
+        print("ERR", e, flush=True)
+"#;
+
+/// A long-lived UDP flow from a container; killed (by pid) on drop.
+struct UdpFlow {
+    child: Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl UdpFlow {
+    fn start(container: &Container, vip: &str) -> Self {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", container.netns_path().display()))
+            .args(["--", "python3", "-c", UDP_FLOW, vip])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("udp flow");
+        let stdout = child.stdout.take().expect("stdout");
+        UdpFlow {
+            child,
+            lines: std::io::BufReader::new(stdout).lines(),
+        }
+    }
+
+    /// Sends one datagram; the answer (or "ERR ...").
+    fn ask(&mut self) -> String {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "go").expect("write");
+        stdin.flush().expect("flush");
+        self.lines
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| "ERR closed".into())
+    }
+}
+
+impl Drop for UdpFlow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A backend server started in a container; killed (by pid) on drop.
 struct Server(Child);
 
@@ -83,6 +140,16 @@ impl Drop for Server {
 }
 
 fn attach(lab: &mut Lab, node: &str, name: &str, extra: &[&str]) -> (Container, String) {
+    let (container, endpoint) = attach_endpoint(lab, node, name, extra);
+    (container, endpoint["ip"].as_str().expect("ip").to_owned())
+}
+
+fn attach_endpoint(
+    lab: &mut Lab,
+    node: &str,
+    name: &str,
+    extra: &[&str],
+) -> (Container, serde_json::Value) {
     let container = lab.add_container(name).expect("container");
     let path = container.netns_path().display().to_string();
     let mut args = vec![
@@ -95,7 +162,48 @@ fn attach(lab: &mut Lab, node: &str, name: &str, extra: &[&str]) -> (Container, 
     ];
     args.extend_from_slice(extra);
     let endpoint = lab.netctl_json(node, &args).expect("attach");
-    (container, endpoint["ip"].as_str().expect("ip").to_owned())
+    (container, endpoint)
+}
+
+/// Three nodes, network `appnet`, service `web`.
+fn cluster() -> Lab {
+    let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab");
+    lab.start_agents().expect("agents");
+    lab.form_cluster().expect("cluster");
+    lab.netctl_json(
+        "n1",
+        &["overlay", "create", "appnet", "--subnet", "10.10.0.0/24"],
+    )
+    .expect("network");
+    lab.netctl_json("n1", &["service", "create", "web", "--network", "appnet"])
+        .expect("web");
+    lab
+}
+
+fn vip_of(lab: &Lab) -> String {
+    let service = lab
+        .netctl_json("n1", &["service", "inspect", "web"])
+        .expect("inspect");
+    service["vips"][0]["addr"].as_str().expect("vip").to_owned()
+}
+
+/// The datapath's backends of `web` on n1: (ip, state).
+fn datapath_backends(lab: &Lab) -> Vec<(String, String)> {
+    let service = lab
+        .netctl_json("n1", &["service", "inspect", "web"])
+        .expect("inspect");
+    service["datapath"][0]["backends"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|b| {
+            (
+                b["ip"].as_str().unwrap_or_default().to_owned(),
+                b["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// The answers of `count` requests from `client` to vip:port.
@@ -146,16 +254,7 @@ fn spread(lab: &Lab, client: &Container, client_ip: &str, proto: &str, vip: &str
 #[test]
 fn vip_spreads_tcp_and_udp_over_tasks_on_other_nodes() {
     require_root!();
-    let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab");
-    lab.start_agents().expect("agents");
-    lab.form_cluster().expect("cluster");
-    lab.netctl_json(
-        "n1",
-        &["overlay", "create", "appnet", "--subnet", "10.10.0.0/24"],
-    )
-    .expect("network");
-    lab.netctl_json("n1", &["service", "create", "web", "--network", "appnet"])
-        .expect("web");
+    let mut lab = cluster();
     let (client, client_ip) = attach(&mut lab, "n1", "client", &[]);
     let (web1, _) = attach(
         &mut lab,
@@ -170,10 +269,7 @@ fn vip_spreads_tcp_and_udp_over_tasks_on_other_nodes() {
         &["--service", "web", "--name", "web.2"],
     );
     let _servers = [Server::start(&web1, "web1"), Server::start(&web2, "web2")];
-    let service = lab
-        .netctl_json("n1", &["service", "inspect", "web"])
-        .expect("inspect");
-    let vip = service["vips"][0]["addr"].as_str().expect("vip").to_owned();
+    let vip = vip_of(&lab);
 
     spread(&lab, &client, &client_ip, "tcp", &vip, "8080");
     spread(&lab, &client, &client_ip, "udp", &vip, "9090");
@@ -188,5 +284,69 @@ fn vip_spreads_tcp_and_udp_over_tasks_on_other_nodes() {
         .unwrap_or_default();
     assert_eq!(backends.len(), 2, "datapath view: {service}");
     assert!(backends.iter().all(|b| b["state"] == "active"), "{service}");
+    lab.teardown().expect("teardown");
+}
+
+#[test]
+fn an_unhealthy_task_drains_and_no_task_refuses_at_once() {
+    require_root!();
+    let mut lab = cluster();
+    let (client, client_ip) = attach(&mut lab, "n1", "client", &[]);
+    let (web1, e1) = attach_endpoint(&mut lab, "n2", "web1", &["--service", "web"]);
+    let (web2, e2) = attach_endpoint(&mut lab, "n3", "web2", &["--service", "web"]);
+    let _servers = [Server::start(&web1, "web1"), Server::start(&web2, "web2")];
+    let vip = vip_of(&lab);
+    spread(&lab, &client, &client_ip, "tcp", &vip, "8080");
+
+    // An open UDP flow, pinned to one backend.
+    let mut flow = UdpFlow::start(&client, &vip);
+    let first = flow.ask();
+    let pinned = first.split(' ').next().unwrap_or_default().to_owned();
+    assert!(pinned.starts_with("web"), "first answer: {first}");
+    let ((sick_node, sick), (other_node, other), healthy_name) = if pinned == "web1" {
+        (("n2", &e1), ("n3", &e2), "web2")
+    } else {
+        (("n3", &e2), ("n2", &e1), "web1")
+    };
+    let id = |e: &serde_json::Value| e["id"].as_str().expect("id").to_owned();
+    let ip = |e: &serde_json::Value| e["ip"].as_str().expect("ip").to_owned();
+    lab.netctl(sick_node, &["endpoint", "health", &id(sick), "unhealthy"])
+        .expect("health");
+    wait_until(Duration::from_secs(10), || {
+        datapath_backends(&lab)
+            .contains(&(ip(sick), "draining".to_owned()))
+            .then_some(())
+    })
+    .unwrap_or_else(|_| panic!("never draining: {:?}", datapath_backends(&lab)));
+
+    // New flows all go to the healthy task; the open flow stays where it was.
+    let answers = ask(&lab, &client, "tcp", &vip, "8080", 16);
+    assert!(
+        answers.iter().all(|a| a.starts_with(healthy_name)),
+        "new flows after the drain: {answers:?}"
+    );
+    let again = flow.ask();
+    assert!(
+        again.starts_with(&pinned),
+        "the open flow moved: {again} (was {pinned})"
+    );
+
+    // No healthy task left: a new connection is refused at once (RST), not
+    // left to time out.
+    lab.netctl(other_node, &["endpoint", "health", &id(other), "unhealthy"])
+        .expect("health");
+    wait_until(Duration::from_secs(10), || {
+        datapath_backends(&lab)
+            .iter()
+            .all(|(_, state)| state == "draining")
+            .then_some(())
+    })
+    .unwrap_or_else(|_| panic!("never all draining: {:?}", datapath_backends(&lab)));
+    let answers = ask(&lab, &client, "tcp", &vip, "8080", 1);
+    assert!(
+        answers.iter().all(|a| a.contains("refused")),
+        "with no backend: {answers:?}"
+    );
+    drop(flow);
     lab.teardown().expect("teardown");
 }

@@ -350,3 +350,40 @@ fn an_unhealthy_task_drains_and_no_task_refuses_at_once() {
     drop(flow);
     lab.teardown().expect("teardown");
 }
+
+#[test]
+fn flows_survive_an_agent_kill_and_restart() {
+    require_root!();
+    let mut lab = cluster();
+    let (client, client_ip) = attach(&mut lab, "n1", "client", &[]);
+    let (web1, _) = attach(&mut lab, "n2", "web1", &["--service", "web"]);
+    let (web2, _) = attach(&mut lab, "n3", "web2", &["--service", "web"]);
+    let _servers = [Server::start(&web1, "web1"), Server::start(&web2, "web2")];
+    let vip = vip_of(&lab);
+    spread(&lab, &client, &client_ip, "tcp", &vip, "8080");
+    let mut flow = UdpFlow::start(&client, &vip);
+    let first = flow.ask();
+    let pinned = first.split(' ').next().unwrap_or_default().to_owned();
+    assert!(pinned.starts_with("web"), "first answer: {first}");
+
+    // Agent down: the programs and pinned maps carry on alone.
+    let status = lab
+        .signal_agent("n1", nix::sys::signal::Signal::SIGKILL)
+        .expect("kill agent");
+    assert!(!status.success());
+    assert!(flow.ask().starts_with(&pinned), "open flow, agent down");
+    spread(&lab, &client, &client_ip, "tcp", &vip, "8080");
+
+    // Agent back: it adopts the maps, rewrites the tables and flips the
+    // service; open flows keep their backend.
+    lab.start_agent("n1").expect("restart");
+    wait_until(Duration::from_secs(10), || {
+        (datapath_backends(&lab).len() == 2).then_some(())
+    })
+    .unwrap_or_else(|_| panic!("after restart: {:?}", datapath_backends(&lab)));
+    assert!(flow.ask().starts_with(&pinned), "open flow, agent back");
+    spread(&lab, &client, &client_ip, "tcp", &vip, "8080");
+    spread(&lab, &client, &client_ip, "udp", &vip, "9090");
+    drop(flow);
+    lab.teardown().expect("teardown");
+}

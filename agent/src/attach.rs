@@ -176,9 +176,13 @@ pub async fn attach(rt: &ClusterRuntime, request: AttachRequest) -> Result<Endpo
             .await?;
         if let Some(lb) = &rt.lb {
             let sandbox = netns::named_path(&rt.overlay.sandbox_name(&network));
-            lb.attach_endpoint(&sandbox, &endpoint::host_veth_name(&endpoint.id))
-                .await
-                .map_err(|error| AttachError::Lb(Box::new(error)))?;
+            lb.ensure_attached(
+                &endpoint.id,
+                &sandbox,
+                &endpoint::host_veth_name(&endpoint.id),
+            )
+            .await
+            .map_err(|error| AttachError::Lb(Box::new(error)))?;
         }
         store.insert(LocalEndpoint {
             endpoint: endpoint.clone(),

@@ -23,7 +23,7 @@ use crate::{
     endpoint_store::{EndpointStore, StoreError},
     gossip::{Gossip, GossipConfig, GossipError, GossipView},
     lb::LoadBalancer,
-    model::{Network, Role, Service},
+    model::{Endpoint, Network, Role, Service},
     reconcile,
     resolvers::Resolvers,
 };
@@ -249,6 +249,21 @@ impl ClusterRuntime {
         self.gossip.subscribe().borrow().clone()
     }
 
+    /// Puts the load balancer on every local endpoint's veth once per run
+    /// (after a restart: replaces the programs in place).
+    async fn attach_lb(&self, lb: &LoadBalancer, local: &[Endpoint], networks: &[Network]) {
+        for endpoint in local {
+            let Some(network) = networks.iter().find(|n| n.id == endpoint.network_id) else {
+                continue;
+            };
+            let sandbox = crate::dataplane::netns::named_path(&self.overlay.sandbox_name(network));
+            let ifname = crate::dataplane::endpoint::host_veth_name(&endpoint.id);
+            if let Err(error) = lb.ensure_attached(&endpoint.id, &sandbox, &ifname).await {
+                debug!(endpoint = %endpoint.id, %error, "load balancer not attached yet");
+            }
+        }
+    }
+
     /// One reconcile pass: observe, plan, execute.
     async fn reconcile_once(&self) {
         let stale = self
@@ -284,6 +299,7 @@ impl ClusterRuntime {
             if let Err(error) = lb.sync(&self.services().await, &all) {
                 crate::lb::log_sync_error(&error);
             }
+            self.attach_lb(lb, &local, &networks).await;
         }
         let observed = match reconcile::observe(&self.overlay, &networks).await {
             Ok(observed) => observed,

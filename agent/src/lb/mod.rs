@@ -116,6 +116,9 @@ struct State {
 
 pub struct LoadBalancer {
     state: Arc<Mutex<State>>,
+    /// Endpoints this run has attached the programs to (a restarted agent
+    /// re-attaches once, replacing an older program in place).
+    attached: Mutex<BTreeSet<String>>,
 }
 
 impl LoadBalancer {
@@ -154,6 +157,7 @@ impl LoadBalancer {
                 members: BTreeMap::new(),
                 backends,
             })),
+            attached: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -189,6 +193,28 @@ impl LoadBalancer {
             source: Box::new(source),
         })?;
         result.map_err(LbError::from)
+    }
+
+    /// Attaches the programs to endpoint `endpoint_id`'s veth unless this
+    /// run already did.
+    pub async fn ensure_attached(
+        &self,
+        endpoint_id: &str,
+        sandbox: &Path,
+        ifname: &str,
+    ) -> Result<(), LbError> {
+        if self.attached_ids().contains(endpoint_id) {
+            return Ok(());
+        }
+        self.attach_endpoint(sandbox, ifname).await?;
+        self.attached_ids().insert(endpoint_id.to_owned());
+        Ok(())
+    }
+
+    fn attached_ids(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        self.attached
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The VIPs as the datapath sees them, read back from the maps.

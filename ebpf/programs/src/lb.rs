@@ -13,8 +13,8 @@
 //! new UDP flows to it are dropped (no ICMP unreachable yet).
 //!
 //! Limits: IPv4 only; non-first fragments pass untouched; ICMP errors about
-//! a flow are not translated; a client that is itself a backend of the VIP
-//! (hairpin) is not handled.
+//! a flow are not translated; a task reaching its own service never gets
+//! itself (see `pick`).
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
@@ -194,7 +194,27 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
     Ok(TC_ACT_OK as i32)
 }
 
+/// How many table slots a client that is itself a backend of the VIP
+/// probes for another backend (hairpin: a task reaching its own service).
+const HAIRPIN_PROBES: u32 = 16;
+
+/// murmur3's 32-bit finaliser.
+#[inline(always)]
+fn remix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
 /// The backend ip for a new flow, or None when the service has none.
+///
+/// A client never gets itself: the bridge cannot send a frame back out of
+/// the port it came in on, and the container would see its own address as
+/// the source. It probes other slots instead, rehashing (neighbouring Maglev
+/// slots are not independent draws), and is refused when it is the only
+/// backend.
 #[inline(always)]
 fn pick(service: &LbService, key: &LbCtKey) -> Option<u32> {
     if service.backends == 0 || service.flags & LB_SERVICE_NO_BACKENDS != 0 {
@@ -204,14 +224,27 @@ fn pick(service: &LbService, key: &LbCtKey) -> Option<u32> {
     if size == 0 {
         return None;
     }
-    let index = service
-        .table_slot
-        .wrapping_mul(size)
-        .wrapping_add(lb_flow_hash(key) % size);
-    let id = *LB_MAGLEV.get(index)?;
-    // SAFETY: copied out at once.
-    let backend = unsafe { LB_BACKENDS.get(&id) }?;
-    Some(backend.ip)
+    let base = service.table_slot.wrapping_mul(size);
+    let hash = lb_flow_hash(key);
+    for probe in 0..HAIRPIN_PROBES {
+        // Probe 0 is the flow's own slot; later probes jump to unrelated
+        // slots (neighbouring Maglev slots often share a backend).
+        let slot = if probe == 0 {
+            hash % size
+        } else {
+            remix(hash.wrapping_add(probe.wrapping_mul(0x9e37_79b9))) % size
+        };
+        let id = *LB_MAGLEV.get(base.wrapping_add(slot))?;
+        // SAFETY: copied out at once.
+        let ip = unsafe { LB_BACKENDS.get(&id) }?.ip;
+        if ip != key.client {
+            return Some(ip);
+        }
+        if service.backends == 1 {
+            return None;
+        }
+    }
+    None
 }
 
 #[inline(always)]

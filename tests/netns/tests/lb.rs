@@ -256,7 +256,7 @@ fn vip_spreads_tcp_and_udp_over_tasks_on_other_nodes() {
     require_root!();
     let mut lab = cluster();
     let (client, client_ip) = attach(&mut lab, "n1", "client", &[]);
-    let (web1, _) = attach(
+    let (web1, web1_ip) = attach(
         &mut lab,
         "n2",
         "web1",
@@ -273,6 +273,14 @@ fn vip_spreads_tcp_and_udp_over_tasks_on_other_nodes() {
 
     spread(&lab, &client, &client_ip, "tcp", &vip, "8080");
     spread(&lab, &client, &client_ip, "udp", &vip, "9090");
+
+    // A task reaching its own service always gets the other task.
+    let mut answers = ask(&lab, &web1, "tcp", &vip, "8080", 32);
+    answers.extend(ask(&lab, &web1, "udp", &vip, "9090", 32));
+    assert!(
+        answers.iter().all(|a| a == &format!("web2 {web1_ip}")),
+        "web1 to its own VIP: {answers:?}"
+    );
 
     // The datapath's own view: two active backends in the table.
     let service = lab

@@ -139,52 +139,90 @@ impl Drop for Server {
     }
 }
 
-fn attach(lab: &mut Lab, node: &str, name: &str, extra: &[&str]) -> (Container, String) {
-    let (container, endpoint) = attach_endpoint(lab, node, name, extra);
-    (container, endpoint["ip"].as_str().expect("ip").to_owned())
+/// Three nodes, network `appnet`, service `web` with a task (and server)
+/// on n2 and on n3, a client on n1; TCP to the VIP already reaches both.
+struct Scene {
+    lab: Lab,
+    client: Container,
+    client_ip: String,
+    /// The containers of web1 (n2) and web2 (n3).
+    tasks: [Container; 2],
+    /// Their endpoints, as `netctl endpoint attach` printed them.
+    endpoints: [serde_json::Value; 2],
+    vip: String,
+    _servers: [Server; 2],
 }
 
-fn attach_endpoint(
-    lab: &mut Lab,
-    node: &str,
-    name: &str,
-    extra: &[&str],
-) -> (Container, serde_json::Value) {
-    let container = lab.add_container(name).expect("container");
-    let path = container.netns_path().display().to_string();
-    let mut args = vec![
-        "endpoint",
-        "attach",
-        "--network",
-        "appnet",
-        "--netns",
-        &path,
-    ];
-    args.extend_from_slice(extra);
-    let endpoint = lab.netctl_json(node, &args).expect("attach");
-    (container, endpoint)
-}
+impl Scene {
+    fn up() -> Self {
+        let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab");
+        lab.start_agents().expect("agents");
+        lab.form_cluster().expect("cluster");
+        lab.netctl_json(
+            "n1",
+            &["overlay", "create", "appnet", "--subnet", "10.10.0.0/24"],
+        )
+        .expect("network");
+        lab.netctl_json("n1", &["service", "create", "web", "--network", "appnet"])
+            .expect("web");
+        let (client, endpoint) = lab
+            .attach_container_with("n1", "client", "appnet", &[])
+            .expect("client");
+        let client_ip = endpoint["ip"].as_str().expect("ip").to_owned();
+        let task = |lab: &mut Lab, node: &str, n: u32| {
+            let name = format!("web.{n}");
+            lab.attach_container_with(
+                node,
+                &format!("web{n}"),
+                "appnet",
+                &["--service", "web", "--name", &name],
+            )
+            .expect("task")
+        };
+        let (web1, e1) = task(&mut lab, "n2", 1);
+        let (web2, e2) = task(&mut lab, "n3", 2);
+        let servers = [Server::start(&web1, "web1"), Server::start(&web2, "web2")];
+        let service = lab
+            .netctl_json("n1", &["service", "inspect", "web"])
+            .expect("inspect");
+        let vip = service["vips"][0]["addr"].as_str().expect("vip").to_owned();
+        let scene = Scene {
+            lab,
+            client,
+            client_ip,
+            tasks: [web1, web2],
+            endpoints: [e1, e2],
+            vip,
+            _servers: servers,
+        };
+        scene.spread("tcp", "8080");
+        scene
+    }
 
-/// Three nodes, network `appnet`, service `web`.
-fn cluster() -> Lab {
-    let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab");
-    lab.start_agents().expect("agents");
-    lab.form_cluster().expect("cluster");
-    lab.netctl_json(
-        "n1",
-        &["overlay", "create", "appnet", "--subnet", "10.10.0.0/24"],
-    )
-    .expect("network");
-    lab.netctl_json("n1", &["service", "create", "web", "--network", "appnet"])
-        .expect("web");
-    lab
-}
+    /// Asks until both tasks have answered `proto` on the VIP.
+    fn spread(&self, proto: &str, port: &str) {
+        spread(
+            &self.lab,
+            &self.client,
+            &self.client_ip,
+            proto,
+            &self.vip,
+            port,
+        );
+    }
 
-fn vip_of(lab: &Lab) -> String {
-    let service = lab
-        .netctl_json("n1", &["service", "inspect", "web"])
-        .expect("inspect");
-    service["vips"][0]["addr"].as_str().expect("vip").to_owned()
+    /// A UDP flow from the client to the VIP and the task it is pinned to
+    /// (0: web1, 1: web2).
+    fn pinned_flow(&self) -> (UdpFlow, usize) {
+        let mut flow = UdpFlow::start(&self.client, &self.vip);
+        let first = flow.ask();
+        let pinned = match first.split(' ').next() {
+            Some("web1") => 0,
+            Some("web2") => 1,
+            _ => panic!("first answer: {first}"),
+        };
+        (flow, pinned)
+    }
 }
 
 /// The datapath's backends of `web` on n1: (ip, state).
@@ -254,144 +292,120 @@ fn spread(lab: &Lab, client: &Container, client_ip: &str, proto: &str, vip: &str
 #[test]
 fn vip_spreads_tcp_and_udp_over_tasks_on_other_nodes() {
     require_root!();
-    let mut lab = cluster();
-    let (client, client_ip) = attach(&mut lab, "n1", "client", &[]);
-    let (web1, web1_ip) = attach(
-        &mut lab,
-        "n2",
-        "web1",
-        &["--service", "web", "--name", "web.1"],
-    );
-    let (web2, _) = attach(
-        &mut lab,
-        "n3",
-        "web2",
-        &["--service", "web", "--name", "web.2"],
-    );
-    let _servers = [Server::start(&web1, "web1"), Server::start(&web2, "web2")];
-    let vip = vip_of(&lab);
-
-    spread(&lab, &client, &client_ip, "tcp", &vip, "8080");
-    spread(&lab, &client, &client_ip, "udp", &vip, "9090");
+    let mut scene = Scene::up();
+    scene.spread("udp", "9090");
 
     // A task reaching its own service always gets the other task.
-    let mut answers = ask(&lab, &web1, "tcp", &vip, "8080", 32);
-    answers.extend(ask(&lab, &web1, "udp", &vip, "9090", 32));
+    let web1_ip = scene.endpoints[0]["ip"].as_str().expect("ip").to_owned();
+    let mut answers = ask(&scene.lab, &scene.tasks[0], "tcp", &scene.vip, "8080", 32);
+    answers.extend(ask(
+        &scene.lab,
+        &scene.tasks[0],
+        "udp",
+        &scene.vip,
+        "9090",
+        32,
+    ));
     assert!(
         answers.iter().all(|a| a == &format!("web2 {web1_ip}")),
         "web1 to its own VIP: {answers:?}"
     );
 
     // The datapath's own view: two active backends in the table.
-    let service = lab
-        .netctl_json("n1", &["service", "inspect", "web"])
-        .expect("inspect");
-    let backends = service["datapath"][0]["backends"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(backends.len(), 2, "datapath view: {service}");
-    assert!(backends.iter().all(|b| b["state"] == "active"), "{service}");
-    lab.teardown().expect("teardown");
+    let backends = datapath_backends(&scene.lab);
+    assert_eq!(backends.len(), 2, "datapath view: {backends:?}");
+    assert!(
+        backends.iter().all(|(_, state)| state == "active"),
+        "{backends:?}"
+    );
+    scene.lab.teardown().expect("teardown");
 }
 
 #[test]
 fn an_unhealthy_task_drains_and_no_task_refuses_at_once() {
     require_root!();
-    let mut lab = cluster();
-    let (client, client_ip) = attach(&mut lab, "n1", "client", &[]);
-    let (web1, e1) = attach_endpoint(&mut lab, "n2", "web1", &["--service", "web"]);
-    let (web2, e2) = attach_endpoint(&mut lab, "n3", "web2", &["--service", "web"]);
-    let _servers = [Server::start(&web1, "web1"), Server::start(&web2, "web2")];
-    let vip = vip_of(&lab);
-    spread(&lab, &client, &client_ip, "tcp", &vip, "8080");
-
-    // An open UDP flow, pinned to one backend.
-    let mut flow = UdpFlow::start(&client, &vip);
-    let first = flow.ask();
-    let pinned = first.split(' ').next().unwrap_or_default().to_owned();
-    assert!(pinned.starts_with("web"), "first answer: {first}");
-    let ((sick_node, sick), (other_node, other), healthy_name) = if pinned == "web1" {
-        (("n2", &e1), ("n3", &e2), "web2")
-    } else {
-        (("n3", &e2), ("n2", &e1), "web1")
-    };
-    let id = |e: &serde_json::Value| e["id"].as_str().expect("id").to_owned();
-    let ip = |e: &serde_json::Value| e["ip"].as_str().expect("ip").to_owned();
-    lab.netctl(sick_node, &["endpoint", "health", &id(sick), "unhealthy"])
-        .expect("health");
+    let mut scene = Scene::up();
+    let (mut flow, pinned) = scene.pinned_flow();
+    let other = 1 - pinned;
+    let nodes = ["n2", "n3"];
+    let field = |n: usize, key: &str| scene.endpoints[n][key].as_str().expect(key).to_owned();
+    let (sick_id, sick_ip) = (field(pinned, "id"), field(pinned, "ip"));
+    let other_id = field(other, "id");
+    let lab = &scene.lab;
+    lab.netctl(
+        nodes[pinned],
+        &["endpoint", "health", &sick_id, "unhealthy"],
+    )
+    .expect("health");
     wait_until(Duration::from_secs(10), || {
-        datapath_backends(&lab)
-            .contains(&(ip(sick), "draining".to_owned()))
+        datapath_backends(lab)
+            .contains(&(sick_ip.clone(), "draining".to_owned()))
             .then_some(())
     })
-    .unwrap_or_else(|_| panic!("never draining: {:?}", datapath_backends(&lab)));
+    .unwrap_or_else(|_| panic!("never draining: {:?}", datapath_backends(lab)));
 
     // New flows all go to the healthy task; the open flow stays where it was.
-    let answers = ask(&lab, &client, "tcp", &vip, "8080", 16);
+    let healthy = format!("web{} ", other + 1);
+    let answers = ask(lab, &scene.client, "tcp", &scene.vip, "8080", 16);
     assert!(
-        answers.iter().all(|a| a.starts_with(healthy_name)),
+        answers.iter().all(|a| a.starts_with(&healthy)),
         "new flows after the drain: {answers:?}"
     );
     let again = flow.ask();
     assert!(
-        again.starts_with(&pinned),
-        "the open flow moved: {again} (was {pinned})"
+        again.starts_with(&format!("web{} ", pinned + 1)),
+        "the open flow moved: {again}"
     );
 
     // No healthy task left: a new connection is refused at once (RST), not
     // left to time out.
-    lab.netctl(other_node, &["endpoint", "health", &id(other), "unhealthy"])
-        .expect("health");
+    lab.netctl(
+        nodes[other],
+        &["endpoint", "health", &other_id, "unhealthy"],
+    )
+    .expect("health");
     wait_until(Duration::from_secs(10), || {
-        datapath_backends(&lab)
+        datapath_backends(lab)
             .iter()
             .all(|(_, state)| state == "draining")
             .then_some(())
     })
-    .unwrap_or_else(|_| panic!("never all draining: {:?}", datapath_backends(&lab)));
-    let answers = ask(&lab, &client, "tcp", &vip, "8080", 1);
+    .unwrap_or_else(|_| panic!("never all draining: {:?}", datapath_backends(lab)));
+    let answers = ask(lab, &scene.client, "tcp", &scene.vip, "8080", 1);
     assert!(
         answers.iter().all(|a| a.contains("refused")),
         "with no backend: {answers:?}"
     );
     drop(flow);
-    lab.teardown().expect("teardown");
+    scene.lab.teardown().expect("teardown");
 }
 
 #[test]
 fn flows_survive_an_agent_kill_and_restart() {
     require_root!();
-    let mut lab = cluster();
-    let (client, client_ip) = attach(&mut lab, "n1", "client", &[]);
-    let (web1, _) = attach(&mut lab, "n2", "web1", &["--service", "web"]);
-    let (web2, _) = attach(&mut lab, "n3", "web2", &["--service", "web"]);
-    let _servers = [Server::start(&web1, "web1"), Server::start(&web2, "web2")];
-    let vip = vip_of(&lab);
-    spread(&lab, &client, &client_ip, "tcp", &vip, "8080");
-    let mut flow = UdpFlow::start(&client, &vip);
-    let first = flow.ask();
-    let pinned = first.split(' ').next().unwrap_or_default().to_owned();
-    assert!(pinned.starts_with("web"), "first answer: {first}");
+    let mut scene = Scene::up();
+    let (mut flow, pinned) = scene.pinned_flow();
+    let pinned = format!("web{} ", pinned + 1);
 
     // Agent down: the programs and pinned maps carry on alone.
-    let status = lab
+    let status = scene
+        .lab
         .signal_agent("n1", nix::sys::signal::Signal::SIGKILL)
         .expect("kill agent");
     assert!(!status.success());
     assert!(flow.ask().starts_with(&pinned), "open flow, agent down");
-    spread(&lab, &client, &client_ip, "tcp", &vip, "8080");
+    scene.spread("tcp", "8080");
 
     // Agent back: it adopts the maps, rewrites the tables and flips the
     // service; open flows keep their backend.
-    lab.start_agent("n1").expect("restart");
+    scene.lab.start_agent("n1").expect("restart");
     wait_until(Duration::from_secs(10), || {
-        (datapath_backends(&lab).len() == 2).then_some(())
+        (datapath_backends(&scene.lab).len() == 2).then_some(())
     })
-    .unwrap_or_else(|_| panic!("after restart: {:?}", datapath_backends(&lab)));
+    .unwrap_or_else(|_| panic!("after restart: {:?}", datapath_backends(&scene.lab)));
     assert!(flow.ask().starts_with(&pinned), "open flow, agent back");
-    spread(&lab, &client, &client_ip, "tcp", &vip, "8080");
-    spread(&lab, &client, &client_ip, "udp", &vip, "9090");
+    scene.spread("tcp", "8080");
+    scene.spread("udp", "9090");
     drop(flow);
-    lab.teardown().expect("teardown");
+    scene.lab.teardown().expect("teardown");
 }

@@ -635,6 +635,20 @@ impl Lab {
         Ok(())
     }
 
+    /// A lab of `nodes` agents in one cluster with overlay network `appnet`
+    /// (10.10.0.0/24) and service `web` (vip) on it.
+    pub fn cluster_with_web(nodes: usize) -> Result<Lab, LabError> {
+        let mut lab = Lab::up(LabSpec::nodes(nodes))?;
+        lab.start_agents()?;
+        lab.form_cluster()?;
+        lab.netctl_json(
+            "n1",
+            &["overlay", "create", "appnet", "--subnet", "10.10.0.0/24"],
+        )?;
+        lab.netctl_json("n1", &["service", "create", "web", "--network", "appnet"])?;
+        Ok(lab)
+    }
+
     /// Runs `args` inside namespace `netns` (`ip netns exec`, which also
     /// applies `/etc/netns/<netns>/resolv.conf`).
     pub fn exec(&self, netns: &str, args: &[&str]) -> Result<Output, LabError> {

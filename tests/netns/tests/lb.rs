@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use netlab::{require_root, wait_until, Container, Lab, LabSpec};
+use netlab::{require_root, wait_until, Container, Lab};
 
 /// Answers on TCP 8080 and UDP 9090 with "<name> <client address>".
 const SERVER: &str = r#"
@@ -155,16 +155,7 @@ struct Scene {
 
 impl Scene {
     fn up() -> Self {
-        let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab");
-        lab.start_agents().expect("agents");
-        lab.form_cluster().expect("cluster");
-        lab.netctl_json(
-            "n1",
-            &["overlay", "create", "appnet", "--subnet", "10.10.0.0/24"],
-        )
-        .expect("network");
-        lab.netctl_json("n1", &["service", "create", "web", "--network", "appnet"])
-            .expect("web");
+        let mut lab = Lab::cluster_with_web(3).expect("cluster");
         let (client, endpoint) = lab
             .attach_container_with("n1", "client", "appnet", &[])
             .expect("client");

@@ -9,16 +9,19 @@
 //! `lb_egress` sees what goes to the container: replies from a backend found
 //! in LB_REV_CT get the VIP back as their source.
 //!
-//! A VIP with no backend refuses new TCP connections with a RST at once;
-//! new UDP flows to it are dropped (no ICMP unreachable yet).
+//! A VIP with no backend refuses new flows at once: TCP with a RST, UDP with
+//! an ICMP port unreachable (from the VIP).
 //!
 //! Limits: IPv4 only; non-first fragments pass untouched; ICMP errors about
 //! a flow are not translated; a task reaching its own service never gets
 //! itself (see `pick`).
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::generated::bpf_redirect,
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK,
+        TC_ACT_REDIRECT, TC_ACT_SHOT,
+    },
+    helpers::generated::{bpf_redirect, bpf_skb_change_tail},
     macros::{classifier, map},
     maps::{Array, HashMap, LruHashMap},
     programs::TcContext,
@@ -161,11 +164,11 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
         None => {
             let Some(backend) = pick(&service, &key) else {
                 // No backend: refuse at once rather than leave the client
-                // waiting. TCP gets a RST; UDP is dropped (no ICMP yet).
+                // waiting. TCP gets a RST, UDP an ICMP port unreachable.
                 if flow.proto == IPPROTO_TCP {
                     return reset(ctx, &flow);
                 }
-                return Ok(TC_ACT_SHOT);
+                return unreachable(ctx, &flow);
             };
             let _ = LB_CT.insert(&key, &LbCtValue { backend, pad: 0 }, 0);
             let rev = LbRevKey {
@@ -320,6 +323,66 @@ fn reset(ctx: &TcContext, flow: &Flow) -> Result<i32, ()> {
     ctx.store(IP_SRC_OFF, &flow.daddr, 0).map_err(|_| ())?;
     ctx.store(IP_DST_OFF, &flow.saddr, 0).map_err(|_| ())?;
     bounce(ctx)
+}
+
+/// The original IPv4 header (no options) and UDP header that an ICMP error
+/// quotes.
+const ICMP_QUOTE: usize = 20 + 8;
+/// The new IPv4 header and ICMP header in front of the quote.
+const ICMP_ROOM: usize = 20 + 8;
+
+/// Turns a UDP datagram to a VIP without backends into the ICMP port
+/// unreachable (from the VIP) that refuses it, and sends that back to the
+/// container. A datagram with IP options is only dropped.
+#[inline(always)]
+fn unreachable(ctx: &TcContext, flow: &Flow) -> Result<i32, ()> {
+    if flow.ihl != 20 {
+        return Ok(TC_ACT_SHOT);
+    }
+    // Keep the headers the error quotes, then make room in front of them.
+    // SAFETY: a plain helper call on the program's own skb.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + ICMP_QUOTE) as u32, 0) } != 0 {
+        return Ok(TC_ACT_SHOT);
+    }
+    ctx.adjust_room(ICMP_ROOM as i32, BPF_ADJ_ROOM_MAC, 0)
+        .map_err(|_| ())?;
+    let quote: [u8; ICMP_QUOTE] = ctx.load(ETH_HLEN + ICMP_ROOM).map_err(|_| ())?;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((ICMP_ROOM + ICMP_QUOTE) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 1;
+    ip[12..16].copy_from_slice(&flow.daddr.to_ne_bytes());
+    ip[16..20].copy_from_slice(&flow.saddr.to_ne_bytes());
+    let sum = fold(add_words(&ip, 0));
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    // Type 3 (destination unreachable), code 3 (port unreachable).
+    let mut icmp = [3u8, 3, 0, 0, 0, 0, 0, 0];
+    let sum = fold(add_words(&quote, add_words(&icmp, 0)));
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    ctx.store(ETH_HLEN, &ip, 0).map_err(|_| ())?;
+    ctx.store(ETH_HLEN + 20, &icmp, 0).map_err(|_| ())?;
+    bounce(ctx)
+}
+
+/// Adds `bytes` (an even number) to a ones' complement sum, as 16-bit
+/// big-endian words.
+#[inline(always)]
+fn add_words<const N: usize>(bytes: &[u8; N], mut sum: u32) -> u32 {
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+        i += 2;
+    }
+    sum
+}
+
+/// The Internet checksum of a ones' complement sum.
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }
 
 /// Swaps the MAC addresses and sends the packet back out of the interface

@@ -44,10 +44,12 @@ for _ in range(count):
             s = socket.create_connection((host, port), timeout=2)
             print(s.recv(200).decode())
         else:
+            # Connected, so that an ICMP unreachable is reported.
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.settimeout(2)
-            s.sendto(b"x", (host, port))
-            print(s.recvfrom(200)[0].decode())
+            s.connect((host, port))
+            s.send(b"x")
+            print(s.recv(200).decode())
         s.close()
     except Exception as e:
         print("ERR", e)
@@ -348,8 +350,8 @@ fn an_unhealthy_task_drains_and_no_task_refuses_at_once() {
         "the open flow moved: {again}"
     );
 
-    // No healthy task left: a new connection is refused at once (RST), not
-    // left to time out.
+    // No healthy task left: a new flow is refused at once (TCP RST, ICMP
+    // port unreachable), not left to time out.
     lab.netctl(
         nodes[other],
         &["endpoint", "health", &other_id, "unhealthy"],
@@ -362,9 +364,10 @@ fn an_unhealthy_task_drains_and_no_task_refuses_at_once() {
             .then_some(())
     })
     .unwrap_or_else(|_| panic!("never all draining: {:?}", datapath_backends(lab)));
-    let answers = ask(lab, &scene.client, "tcp", &scene.vip, "8080", 1);
+    let mut answers = ask(lab, &scene.client, "tcp", &scene.vip, "8080", 1);
+    answers.extend(ask(lab, &scene.client, "udp", &scene.vip, "9090", 1));
     assert!(
-        answers.iter().all(|a| a.contains("refused")),
+        answers.len() == 2 && answers.iter().all(|a| a.contains("refused")),
         "with no backend: {answers:?}"
     );
     drop(flow);

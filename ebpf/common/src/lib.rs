@@ -140,8 +140,11 @@ pub struct LbCtKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LbCtValue {
+    /// The backend's address.
     pub backend: u32,
-    pub pad: u32,
+    /// Its id in LB_BACKENDS: a flow whose backend has left LB_BACKENDS
+    /// (its task is gone) is balanced again. A draining backend stays there.
+    pub backend_id: u32,
 }
 
 /// Key of LB_REV_CT: a reply as the backend sends it.

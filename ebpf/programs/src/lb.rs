@@ -150,19 +150,21 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
         pad: [0; 3],
     };
     // A fresh TCP SYN always picks again, so that a reused port never
-    // follows a stale entry to a backend that has gone.
+    // follows a stale entry; any flow whose backend has gone picks again.
     let new_connection =
         flow.proto == IPPROTO_TCP && flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-    // SAFETY: copied out at once.
     let pinned = if new_connection {
         None
     } else {
-        unsafe { LB_CT.get(&key) }.map(|ct| ct.backend)
+        // SAFETY (both lookups): copied out at once.
+        unsafe { LB_CT.get(&key) }.copied().filter(|ct| {
+            unsafe { LB_BACKENDS.get(&ct.backend_id) }.is_some_and(|b| b.ip == ct.backend)
+        })
     };
     let backend = match pinned {
-        Some(backend) => backend,
+        Some(ct) => ct.backend,
         None => {
-            let Some(backend) = pick(&service, &key) else {
+            let Some((backend_id, backend)) = pick(&service, &key) else {
                 // No backend: refuse at once rather than leave the client
                 // waiting. TCP gets a RST, UDP an ICMP port unreachable.
                 if flow.proto == IPPROTO_TCP {
@@ -170,7 +172,14 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
                 }
                 return unreachable(ctx, &flow);
             };
-            let _ = LB_CT.insert(&key, &LbCtValue { backend, pad: 0 }, 0);
+            let _ = LB_CT.insert(
+                &key,
+                &LbCtValue {
+                    backend,
+                    backend_id,
+                },
+                0,
+            );
             let rev = LbRevKey {
                 backend,
                 client: flow.saddr,
@@ -211,7 +220,7 @@ fn remix(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// The backend ip for a new flow, or None when the service has none.
+/// The backend (id, ip) for a new flow, or None when the service has none.
 ///
 /// A client never gets itself: the bridge cannot send a frame back out of
 /// the port it came in on, and the container would see its own address as
@@ -219,7 +228,7 @@ fn remix(mut h: u32) -> u32 {
 /// slots are not independent draws), and is refused when it is the only
 /// backend.
 #[inline(always)]
-fn pick(service: &LbService, key: &LbCtKey) -> Option<u32> {
+fn pick(service: &LbService, key: &LbCtKey) -> Option<(u32, u32)> {
     if service.backends == 0 || service.flags & LB_SERVICE_NO_BACKENDS != 0 {
         return None;
     }
@@ -241,7 +250,7 @@ fn pick(service: &LbService, key: &LbCtKey) -> Option<u32> {
         // SAFETY: copied out at once.
         let ip = unsafe { LB_BACKENDS.get(&id) }?.ip;
         if ip != key.client {
-            return Some(ip);
+            return Some((id, ip));
         }
         if service.backends == 1 {
             return None;

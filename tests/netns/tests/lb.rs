@@ -315,7 +315,7 @@ fn vip_spreads_tcp_and_udp_over_tasks_on_other_nodes() {
 }
 
 #[test]
-fn an_unhealthy_task_drains_and_no_task_refuses_at_once() {
+fn an_unhealthy_task_drains_no_task_refuses_and_a_gone_task_loses_its_flows() {
     require_root!();
     let mut scene = Scene::up();
     let (mut flow, pinned) = scene.pinned_flow();
@@ -370,6 +370,19 @@ fn an_unhealthy_task_drains_and_no_task_refuses_at_once() {
         answers.len() == 2 && answers.iter().all(|a| a.contains("refused")),
         "with no backend: {answers:?}"
     );
+
+    // The other task healthy again, the drained one gone: its open flow
+    // moves to the task that is left instead of vanishing.
+    lab.netctl(nodes[other], &["endpoint", "health", &other_id, "healthy"])
+        .expect("health");
+    lab.netctl(nodes[pinned], &["endpoint", "detach", &sick_id])
+        .expect("detach");
+    wait_until(Duration::from_secs(10), || {
+        (datapath_backends(lab) == [(field(other, "ip"), "active".to_owned())]).then_some(())
+    })
+    .unwrap_or_else(|_| panic!("after the detach: {:?}", datapath_backends(lab)));
+    let moved = flow.ask();
+    assert!(moved.starts_with(&healthy), "flow of a gone task: {moved}");
     drop(flow);
     scene.lab.teardown().expect("teardown");
 }

@@ -162,7 +162,7 @@ impl ClusterRuntime {
             vtep,
             node_netns: None,
         })?;
-        let lb = match LoadBalancer::load(&config.bpffs) {
+        let lb = match LoadBalancer::load(&config.bpffs, config.lb_maps) {
             Ok(lb) => Some(lb),
             Err(error) => {
                 warn!(%error, "VIP load balancing is off");

@@ -115,7 +115,7 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the object, reusing the maps pinned under `bpffs` by an earlier
     /// run of this agent (so their contents survive a restart).
-    pub fn load(bpffs: &Path) -> Result<Self, DatapathError> {
+    pub fn load(bpffs: &Path, lb_maps: &crate::lb::maps::MapSizes) -> Result<Self, DatapathError> {
         let pin_dir = bpffs.join("maps");
         std::fs::create_dir_all(&pin_dir).map_err(|source| DatapathError::PinDir {
             path: pin_dir.clone(),
@@ -131,7 +131,7 @@ impl Datapath {
         }
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&pin_dir);
-        crate::lb::maps::MapSizes::default().apply(&mut loader);
+        lb_maps.apply(&mut loader);
         let ebpf = loader.load(OBJECT)?;
         info!(pins = %pin_dir.display(), "datapath object loaded");
         Ok(Self {

@@ -8,7 +8,7 @@
 //! `backends / size` of even, and removing one backend moves little more than
 //! that backend's own share of the slots.
 
-/// The default table size: prime, and small enough that 10,240 service
+/// The default table size: prime, and small enough that 10,250 service
 /// tables fit in about 42 MB of kernel memory (see `lb::maps`).
 pub const DEFAULT_TABLE_SIZE: u32 = 1021;
 

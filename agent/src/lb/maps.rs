@@ -9,9 +9,10 @@
 //! verifier, and a pinned array survives a restart as one object.
 //!
 //! Memory: LB_MAGLEV takes `table_slots * table_size * 4` bytes, 42 MB with
-//! the defaults (10,240 tables of 1021). 1021 keeps the spread within a few
+//! the defaults (10,250 tables of 1021). 1021 keeps the spread within a few
 //! percent up to about 20 backends per VIP; services with more backends want
-//! a bigger prime (4099: 168 MB at 10,240 tables, so fewer tables).
+//! a bigger prime (4099: 168 MB at 10,250 tables, so fewer tables). The
+//! `[lb]` section of the config file sets the sizes (`config::LbFileConfig`).
 //!
 //! The sizes of pinned maps are fixed when they are first created: changing
 //! them needs the pins removed (which drops open flows).
@@ -19,7 +20,7 @@
 use aya::EbpfLoader;
 use netagent_common::{
     LB_BACKENDS_CAPACITY, LB_BACKENDS_MAP, LB_CT_CAPACITY, LB_CT_MAP, LB_MAGLEV_MAP, LB_REV_CT_MAP,
-    LB_SERVICES_CAPACITY, LB_SERVICES_MAP, LB_TABLE_SIZE, LB_TABLE_SLOTS,
+    LB_SERVICES_CAPACITY, LB_SERVICES_MAP, LB_TABLE_SIZE,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +39,7 @@ impl Default for MapSizes {
     fn default() -> Self {
         Self {
             services: LB_SERVICES_CAPACITY,
-            table_slots: LB_TABLE_SLOTS,
+            table_slots: Self::slots_for(LB_SERVICES_CAPACITY),
             table_size: LB_TABLE_SIZE,
             backends: LB_BACKENDS_CAPACITY,
             conntrack: LB_CT_CAPACITY,
@@ -47,6 +48,13 @@ impl Default for MapSizes {
 }
 
 impl MapSizes {
+    /// Maglev tables for `services` VIPs: one each, plus spares (a fortieth,
+    /// at least 16) so that updates to many VIPs at once still write fresh
+    /// tables rather than rewriting live ones in place.
+    pub fn slots_for(services: u32) -> u32 {
+        services.saturating_add((services / 40).max(16))
+    }
+
     /// Sets the map sizes on `loader`.
     pub fn apply(&self, loader: &mut EbpfLoader<'_>) {
         loader

@@ -57,10 +57,15 @@ pub enum LbError {
     },
     #[error(transparent)]
     Maglev(#[from] maglev::MaglevError),
-    #[error("no free backend id: raise the backend map size")]
+    #[error("no free backend id: raise lb.backends in the config file")]
     NoBackendId,
-    #[error("no free Maglev table: raise the number of table slots")]
+    #[error("no free Maglev table: raise lb.services in the config file")]
     NoTable,
+    #[error(
+        "the pinned Maglev map has {pinned} entries, the configuration asks for {configured}: \
+         restore the [lb] sizes, or remove the pinned LB_* maps (drops open flows)"
+    )]
+    PinnedSize { pinned: u32, configured: u32 },
     #[error("cannot attach the load balancer in {}: {source}", netns.display())]
     Netns {
         netns: std::path::PathBuf,
@@ -124,9 +129,22 @@ pub struct LoadBalancer {
 impl LoadBalancer {
     /// Opens the load balancer's maps under `bpffs` (creating them on the
     /// first run) and adopts what an earlier run programmed.
-    pub fn load(bpffs: &Path) -> Result<Self, LbError> {
-        let mut datapath = Datapath::load(bpffs)?;
-        let sizes = maps::MapSizes::default();
+    pub fn load(bpffs: &Path, sizes: maps::MapSizes) -> Result<Self, LbError> {
+        let mut datapath = Datapath::load(bpffs, &sizes)?;
+        // Pinned maps keep the sizes they were created with.
+        if let aya::maps::Map::Array(maglev) = datapath.map(LB_MAGLEV_MAP)? {
+            let entries = maglev
+                .info()
+                .map_err(map_error(LB_MAGLEV_MAP))?
+                .max_entries();
+            let configured = sizes.table_slots.saturating_mul(sizes.table_size);
+            if entries != configured {
+                return Err(LbError::PinnedSize {
+                    pinned: entries,
+                    configured,
+                });
+            }
+        }
         let services: HashMap<_, LbServiceKey, LbService> =
             HashMap::try_from(datapath.map_mut(LB_SERVICES_MAP)?)
                 .map_err(map_error(LB_SERVICES_MAP))?;

@@ -75,7 +75,7 @@ pub const LB_EGRESS_PROG: &str = "lb_egress";
 pub const LB_SERVICES_CAPACITY: u32 = 10_000;
 /// Default number of Maglev tables: one per VIP plus spares, so that an
 /// update writes a fresh table and flips the service to it.
-pub const LB_TABLE_SLOTS: u32 = 10_240;
+pub const LB_TABLE_SLOTS: u32 = 10_250;
 /// Default Maglev table size (prime).
 pub const LB_TABLE_SIZE: u32 = 1021;
 /// Default number of backends.

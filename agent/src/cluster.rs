@@ -5,7 +5,10 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Weak},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Weak,
+    },
     time::{Duration, Instant},
 };
 
@@ -22,7 +25,7 @@ use crate::{
     dataplane::overlay::{Overlay, OverlayConfig, OverlayError},
     endpoint_store::{EndpointStore, StoreError},
     gossip::{Gossip, GossipConfig, GossipError, GossipView},
-    lb::LoadBalancer,
+    lb::{LoadBalancer, Seen},
     model::{Endpoint, Network, Role, Service},
     reconcile,
     resolvers::Resolvers,
@@ -55,6 +58,8 @@ pub struct ClusterRuntime {
     pub overlay: Overlay,
     networks: RwLock<Vec<Network>>,
     services: RwLock<Vec<Service>>,
+    /// The services have been read from the managers at least once.
+    services_loaded: AtomicBool,
     /// The embedded DNS of this node's containers.
     pub resolvers: Resolvers,
     /// Address blocks this node holds, by network id.
@@ -183,6 +188,7 @@ impl ClusterRuntime {
             overlay,
             networks: RwLock::new(Vec::new()),
             services: RwLock::new(Vec::new()),
+            services_loaded: AtomicBool::new(false),
             resolvers: Resolvers::new(config.upstream_dns.clone()),
             blocks: Mutex::new(BTreeMap::new()),
             endpoints: Mutex::new(endpoints),
@@ -229,6 +235,7 @@ impl ClusterRuntime {
     pub async fn refresh_services(&self) -> Result<Vec<Service>, ControlError> {
         let fresh = self.control.services().await?;
         *self.services.write().await = fresh.clone();
+        self.services_loaded.store(true, Ordering::Relaxed);
         Ok(fresh)
     }
 
@@ -296,8 +303,16 @@ impl ClusterRuntime {
                     .values()
                     .flat_map(|n| n.endpoints.values().cloned()),
             );
-            if let Err(error) = lb.sync(&self.services().await, &all) {
-                crate::lb::log_sync_error(&error);
+            // Never from an empty copy the managers have not confirmed.
+            if self.services_loaded.load(Ordering::Relaxed) {
+                let live_nodes = view.nodes.keys().cloned().collect();
+                let seen = Seen {
+                    settled: self.started.elapsed() >= VIEW_SETTLE_TIME,
+                    live_nodes: &live_nodes,
+                };
+                if let Err(error) = lb.sync(&self.services().await, &all, &seen) {
+                    crate::lb::log_sync_error(&error);
+                }
             }
             self.attach_lb(lb, &local, &networks).await;
         }

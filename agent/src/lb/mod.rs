@@ -106,6 +106,14 @@ pub struct VipState {
     pub backends: Vec<BackendState>,
 }
 
+/// How much of the cluster the caller has seen.
+pub struct Seen<'a> {
+    /// The gossip view has settled: what it does not mention is gone.
+    pub settled: bool,
+    /// The nodes in the view: their tasks the view does not mention are gone.
+    pub live_nodes: &'a BTreeSet<String>,
+}
+
 struct State {
     datapath: Datapath,
     sizes: maps::MapSizes,
@@ -117,6 +125,8 @@ struct State {
     members: BTreeMap<Ipv4Addr, Vec<plan::Backend>>,
     /// What LB_BACKENDS holds: ip -> (id, flags).
     backends: BTreeMap<Ipv4Addr, (u32, u32)>,
+    /// The node of each backend, as last seen (unknown after a restart).
+    nodes: BTreeMap<Ipv4Addr, String>,
 }
 
 pub struct LoadBalancer {
@@ -174,6 +184,7 @@ impl LoadBalancer {
                 tables: BTreeMap::new(),
                 members: BTreeMap::new(),
                 backends,
+                nodes: BTreeMap::new(),
             })),
             attached: Mutex::new(BTreeSet::new()),
         })
@@ -187,9 +198,21 @@ impl LoadBalancer {
     }
 
     /// Programs every VIP of `services` with its tasks among `endpoints`.
-    pub fn sync(&self, services: &[Service], endpoints: &[Endpoint]) -> Result<(), LbError> {
+    ///
+    /// Until the gossip view has settled (a freshly started agent has not
+    /// heard from every node yet), a backend the view does not mention is
+    /// kept, in its tables too, unless its node is in the view (then the
+    /// task was withdrawn); no VIP goes, and tables a restart adopted stay
+    /// as they are. So a restart never cuts the flows of tasks on nodes it
+    /// has not heard from yet. An unhealthy task drains at once.
+    pub fn sync(
+        &self,
+        services: &[Service],
+        endpoints: &[Endpoint],
+        seen: &Seen<'_>,
+    ) -> Result<(), LbError> {
         let desired = plan::desired(services, endpoints);
-        self.lock().sync(&desired)
+        self.lock().sync(&desired, seen)
     }
 
     /// Puts the load balancer on `ifname` (an endpoint's host veth) inside
@@ -242,7 +265,20 @@ impl LoadBalancer {
 }
 
 impl State {
-    fn sync(&mut self, desired: &BTreeMap<Ipv4Addr, plan::Vip>) -> Result<(), LbError> {
+    /// Whether backend `ip`, which the view does not mention, is gone.
+    fn gone(&self, ip: Ipv4Addr, seen: &Seen<'_>) -> bool {
+        seen.settled
+            || self
+                .nodes
+                .get(&ip)
+                .is_some_and(|node| seen.live_nodes.contains(node))
+    }
+
+    fn sync(
+        &mut self,
+        desired: &BTreeMap<Ipv4Addr, plan::Vip>,
+        seen: &Seen<'_>,
+    ) -> Result<(), LbError> {
         // 1. Backends: every one any VIP needs, with its current state.
         let mut wanted: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
         for vip in desired.values() {
@@ -258,6 +294,11 @@ impl State {
                 }
             }
         }
+        for (&ip, &(_, flags)) in &self.backends {
+            if !wanted.contains_key(&ip) && !self.gone(ip, seen) {
+                wanted.insert(ip, flags);
+            }
+        }
         for (&ip, &flags) in &wanted {
             let id = match self.backends.get(&ip) {
                 Some(&(_, old)) if old == flags => continue,
@@ -269,19 +310,44 @@ impl State {
         }
         // 2 and 3. Tables, then the service entries.
         for (&addr, vip) in desired {
-            let active = vip.active();
+            let mut active = vip.active();
             self.members.insert(addr, vip.backends.clone());
-            if self.services.contains_key(&addr) && self.tables.get(&addr) == Some(&active) {
-                continue;
+            // Keep the backends the view does not mention but that may just
+            // not have been heard from yet.
+            if let Some(current) = self.tables.get(&addr) {
+                let unseen: Vec<Ipv4Addr> = current
+                    .iter()
+                    .filter(|&&ip| !vip.backends.iter().any(|b| b.ip == ip) && !self.gone(ip, seen))
+                    .copied()
+                    .collect();
+                active.extend(unseen);
+                active.sort();
+            }
+            if self.services.contains_key(&addr) {
+                let unchanged = match self.tables.get(&addr) {
+                    Some(current) => current == &active,
+                    // Adopted from an earlier run: kept until settled.
+                    None => !seen.settled,
+                };
+                if unchanged {
+                    continue;
+                }
             }
             self.program_vip(addr, &active)?;
             self.tables.insert(addr, active);
         }
-        // 4. VIPs that went, then backends nothing uses any more.
+        for vip in desired.values() {
+            for b in &vip.backends {
+                self.nodes.insert(b.ip, b.node.clone());
+            }
+        }
+        // 4. VIPs that went (the services come from the managers, whole;
+        // still, none goes before the view settles), then backends nothing
+        // uses any more.
         let gone: Vec<Ipv4Addr> = self
             .services
             .keys()
-            .filter(|vip| !desired.contains_key(vip))
+            .filter(|vip| seen.settled && !desired.contains_key(vip))
             .copied()
             .collect();
         for vip in gone {
@@ -308,6 +374,7 @@ impl State {
                 Err(error) => return Err(map_error(LB_BACKENDS_MAP)(error)),
             }
             self.backends.remove(&ip);
+            self.nodes.remove(&ip);
             debug!(%ip, id, "backend removed");
         }
         Ok(())

@@ -15,6 +15,8 @@ use crate::model::{Endpoint, EndpointMode, Health, Service};
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Backend {
     pub ip: Ipv4Addr,
+    /// The node the task runs on.
+    pub node: String,
     /// Healthy: takes new flows. Otherwise draining: only its open flows.
     pub active: bool,
 }
@@ -60,6 +62,7 @@ pub fn desired(services: &[Service], endpoints: &[Endpoint]) -> BTreeMap<Ipv4Add
                 })
                 .map(|e| Backend {
                     ip: e.ip,
+                    node: e.node.clone(),
                     active: e.health == Health::Healthy,
                 })
                 .collect();
@@ -146,10 +149,12 @@ mod tests {
             vec![
                 Backend {
                     ip: Ipv4Addr::new(10, 10, 0, 2),
+                    node: "n2".into(),
                     active: true
                 },
                 Backend {
                     ip: Ipv4Addr::new(10, 10, 0, 3),
+                    node: "n2".into(),
                     active: false
                 },
             ]

@@ -156,7 +156,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let underlay = interfaces::interface_with_addr(config.advertise_addr)
         .ok_or(AgentError::AdvertiseAddrNotLocal(config.advertise_addr))?;
 
-    let mut datapath = Datapath::load(&config.bpffs)?;
+    let mut datapath = Datapath::load(&config.bpffs, &config.lb_maps)?;
     counters::watch(&mut datapath, &underlay)?;
 
     let cluster = ClusterRuntime::resume(&config).await?;

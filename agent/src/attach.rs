@@ -11,7 +11,10 @@ use tracing::{info, warn};
 use crate::{
     cluster::ClusterRuntime,
     control::{ControlError, ControlPlane},
-    dataplane::overlay::{Attachment, OverlayError},
+    dataplane::{
+        endpoint, netns,
+        overlay::{Attachment, OverlayError},
+    },
     endpoint_store::{EndpointStore, LocalEndpoint, StoreError},
     ipam,
     model::{Endpoint, Health, Mac, Network},
@@ -77,6 +80,8 @@ pub enum AttachError {
     Overlay(#[from] OverlayError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Lb(Box<crate::lb::LbError>),
 }
 
 fn valid_ifname(name: &str) -> bool {
@@ -169,6 +174,16 @@ pub async fn attach(rt: &ClusterRuntime, request: AttachRequest) -> Result<Endpo
                 },
             )
             .await?;
+        if let Some(lb) = &rt.lb {
+            let sandbox = netns::named_path(&rt.overlay.sandbox_name(&network));
+            lb.ensure_attached(
+                &endpoint.id,
+                &sandbox,
+                &endpoint::host_veth_name(&endpoint.id),
+            )
+            .await
+            .map_err(|error| AttachError::Lb(Box::new(error)))?;
+        }
         store.insert(LocalEndpoint {
             endpoint: endpoint.clone(),
             container_netns: netns.clone(),

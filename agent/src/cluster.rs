@@ -5,7 +5,10 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Weak},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Weak,
+    },
     time::{Duration, Instant},
 };
 
@@ -22,7 +25,8 @@ use crate::{
     dataplane::overlay::{Overlay, OverlayConfig, OverlayError},
     endpoint_store::{EndpointStore, StoreError},
     gossip::{Gossip, GossipConfig, GossipError, GossipView},
-    model::{Network, Role, Service},
+    lb::{LoadBalancer, Seen},
+    model::{Endpoint, Network, Role, Service},
     reconcile,
     resolvers::Resolvers,
 };
@@ -54,12 +58,17 @@ pub struct ClusterRuntime {
     pub overlay: Overlay,
     networks: RwLock<Vec<Network>>,
     services: RwLock<Vec<Service>>,
+    /// The services have been read from the managers at least once.
+    services_loaded: AtomicBool,
     /// The embedded DNS of this node's containers.
     pub resolvers: Resolvers,
     /// Address blocks this node holds, by network id.
     pub blocks: Mutex<BTreeMap<String, Vec<Ipv4Net>>>,
     /// Local endpoints; the lock also serialises attach and detach.
     pub endpoints: Mutex<EndpointStore>,
+    /// The VIP load balancer; `None` when its maps cannot be opened (no
+    /// bpffs): services then resolve but their VIPs carry no traffic.
+    pub lb: Option<LoadBalancer>,
     kick: Arc<Notify>,
     last_refresh: Mutex<Option<Instant>>,
     started: Instant,
@@ -158,6 +167,13 @@ impl ClusterRuntime {
             vtep,
             node_netns: None,
         })?;
+        let lb = match LoadBalancer::load(&config.bpffs, config.lb_maps) {
+            Ok(lb) => Some(lb),
+            Err(error) => {
+                warn!(%error, "VIP load balancing is off");
+                None
+            }
+        };
         info!(
             cluster = %identity.cluster_id,
             node_id = %identity.node_id,
@@ -172,9 +188,11 @@ impl ClusterRuntime {
             overlay,
             networks: RwLock::new(Vec::new()),
             services: RwLock::new(Vec::new()),
+            services_loaded: AtomicBool::new(false),
             resolvers: Resolvers::new(config.upstream_dns.clone()),
             blocks: Mutex::new(BTreeMap::new()),
             endpoints: Mutex::new(endpoints),
+            lb,
             kick: Arc::new(Notify::new()),
             last_refresh: Mutex::new(None),
             started: Instant::now(),
@@ -217,6 +235,7 @@ impl ClusterRuntime {
     pub async fn refresh_services(&self) -> Result<Vec<Service>, ControlError> {
         let fresh = self.control.services().await?;
         *self.services.write().await = fresh.clone();
+        self.services_loaded.store(true, Ordering::Relaxed);
         Ok(fresh)
     }
 
@@ -235,6 +254,21 @@ impl ClusterRuntime {
 
     pub fn view(&self) -> Arc<GossipView> {
         self.gossip.subscribe().borrow().clone()
+    }
+
+    /// Puts the load balancer on every local endpoint's veth once per run
+    /// (after a restart: replaces the programs in place).
+    async fn attach_lb(&self, lb: &LoadBalancer, local: &[Endpoint], networks: &[Network]) {
+        for endpoint in local {
+            let Some(network) = networks.iter().find(|n| n.id == endpoint.network_id) else {
+                continue;
+            };
+            let sandbox = crate::dataplane::netns::named_path(&self.overlay.sandbox_name(network));
+            let ifname = crate::dataplane::endpoint::host_veth_name(&endpoint.id);
+            if let Err(error) = lb.ensure_attached(&endpoint.id, &sandbox, &ifname).await {
+                debug!(endpoint = %endpoint.id, %error, "load balancer not attached yet");
+            }
+        }
     }
 
     /// One reconcile pass: observe, plan, execute.
@@ -262,6 +296,26 @@ impl ClusterRuntime {
         self.resolvers
             .update_table(&self.services().await, &view, &local, &networks);
         self.resolvers.sync(&local_entries).await;
+        if let Some(lb) = &self.lb {
+            let mut all = local.clone();
+            all.extend(
+                view.nodes
+                    .values()
+                    .flat_map(|n| n.endpoints.values().cloned()),
+            );
+            // Never from an empty copy the managers have not confirmed.
+            if self.services_loaded.load(Ordering::Relaxed) {
+                let live_nodes = view.nodes.keys().cloned().collect();
+                let seen = Seen {
+                    settled: self.started.elapsed() >= VIEW_SETTLE_TIME,
+                    live_nodes: &live_nodes,
+                };
+                if let Err(error) = lb.sync(&self.services().await, &all, &seen) {
+                    crate::lb::log_sync_error(&error);
+                }
+            }
+            self.attach_lb(lb, &local, &networks).await;
+        }
         let observed = match reconcile::observe(&self.overlay, &networks).await {
             Ok(observed) => observed,
             Err(error) => {

@@ -8,6 +8,8 @@ use std::{
 
 use serde::Deserialize;
 
+use crate::lb::maps::MapSizes;
+
 /// Where things live when neither a flag nor the config file says otherwise.
 pub mod defaults {
     pub const CONFIG_FILE: &str = "/etc/netagent/netagent.toml";
@@ -40,6 +42,10 @@ pub enum ConfigError {
     AdvertiseAddr(String),
     #[error("upstream DNS server {0:?} is not an IP address or IP:port")]
     UpstreamDns(String),
+    #[error("lb.table_size {0} is not a prime of at least 3: try 1021, 4099 or 16381")]
+    LbTableSize(u32),
+    #[error("lb.{0} must be at least 1")]
+    LbZero(&'static str),
 }
 
 /// Settings read from the TOML file; every field is optional and a flag wins.
@@ -55,6 +61,46 @@ pub struct FileConfig {
     pub control_port: Option<u16>,
     pub gossip_port: Option<u16>,
     pub netns_prefix: Option<String>,
+    /// The load balancer's map sizes (`[lb]`).
+    pub lb: Option<LbFileConfig>,
+}
+
+/// `[lb]` in the config file: map sizes, fixed when the maps are first
+/// created (changing them later needs the pins removed).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbFileConfig {
+    /// VIPs.
+    pub services: Option<u32>,
+    /// Entries per Maglev table (a prime).
+    pub table_size: Option<u32>,
+    pub backends: Option<u32>,
+    /// Tracked flows.
+    pub conntrack: Option<u32>,
+}
+
+impl LbFileConfig {
+    /// The map sizes, defaults where unset.
+    pub fn sizes(&self) -> Result<MapSizes, ConfigError> {
+        let defaults = MapSizes::default();
+        let nonzero = |value: Option<u32>, default: u32, name| match value {
+            Some(0) => Err(ConfigError::LbZero(name)),
+            Some(value) => Ok(value),
+            None => Ok(default),
+        };
+        let services = nonzero(self.services, defaults.services, "services")?;
+        let table_size = nonzero(self.table_size, defaults.table_size, "table_size")?;
+        if table_size < 3 || !crate::lb::maglev::is_prime(table_size) {
+            return Err(ConfigError::LbTableSize(table_size));
+        }
+        Ok(MapSizes {
+            services,
+            table_slots: MapSizes::slots_for(services),
+            table_size,
+            backends: nonzero(self.backends, defaults.backends, "backends")?,
+            conntrack: nonzero(self.conntrack, defaults.conntrack, "conntrack")?,
+        })
+    }
 }
 
 impl FileConfig {
@@ -91,6 +137,8 @@ pub struct AgentConfig {
     pub control_port: u16,
     pub gossip_port: u16,
     pub netns_prefix: String,
+    /// The load balancer's map sizes.
+    pub lb_maps: MapSizes,
 }
 
 impl AgentConfig {
@@ -174,6 +222,28 @@ pub fn local_addresses() -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lb_sizes_default_and_checked() {
+        assert_eq!(
+            LbFileConfig::default().sizes().unwrap(),
+            MapSizes::default()
+        );
+        let file: FileConfig = toml::from_str("[lb]\nservices = 100\ntable_size = 4099\n").unwrap();
+        let sizes = file.lb.unwrap().sizes().unwrap();
+        assert_eq!((sizes.services, sizes.table_size), (100, 4099));
+        assert!(sizes.table_slots > 100);
+        let bad = LbFileConfig {
+            table_size: Some(1000),
+            ..Default::default()
+        };
+        assert!(matches!(bad.sizes(), Err(ConfigError::LbTableSize(1000))));
+        let zero = LbFileConfig {
+            backends: Some(0),
+            ..Default::default()
+        };
+        assert!(matches!(zero.sizes(), Err(ConfigError::LbZero("backends"))));
+    }
 
     #[test]
     fn resolv_conf_nameservers_in_order() {

@@ -16,6 +16,7 @@ pub mod dns;
 pub mod endpoint_store;
 pub mod gossip;
 pub mod ipam;
+pub mod lb;
 pub mod model;
 pub mod reconcile;
 pub mod resolvers;

@@ -78,7 +78,9 @@ impl From<crate::attach::AttachError> for ApiError {
             AttachError::NoEndpoint(_)
             | AttachError::UnknownNetwork(_)
             | AttachError::UnknownService(_) => Self::with_status(StatusCode::NOT_FOUND, error),
-            AttachError::Overlay(_) | AttachError::Store(_) => Self::internal(error),
+            AttachError::Overlay(_) | AttachError::Store(_) | AttachError::Lb(_) => {
+                Self::internal(error)
+            }
             _ => Self::with_status(StatusCode::BAD_REQUEST, error),
         }
     }

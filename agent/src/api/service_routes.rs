@@ -64,9 +64,19 @@ async fn services(State(state): State<Arc<AgentState>>) -> Result<Json<Vec<Servi
 async fn inspect_service(
     State(state): State<Arc<AgentState>>,
     Path(name): Path<String>,
-) -> Result<Json<Service>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let rt = runtime(&state).await?;
-    Ok(Json(find(&rt, &name).await?))
+    let service = find(&rt, &name).await?;
+    let mut value = serde_json::to_value(&service).map_err(ApiError::internal)?;
+    if let (Some(lb), Some(object)) = (&rt.lb, value.as_object_mut()) {
+        let vips: Vec<_> = service.vips.iter().map(|v| v.addr).collect();
+        let datapath = match lb.inspect(&vips) {
+            Ok(state) => serde_json::to_value(state).map_err(ApiError::internal)?,
+            Err(error) => serde_json::Value::String(error.to_string()),
+        };
+        object.insert("datapath".into(), datapath);
+    }
+    Ok(Json(value))
 }
 
 async fn remove_service(

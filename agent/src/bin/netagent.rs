@@ -78,7 +78,12 @@ fn resolve(flags: Flags) -> anyhow::Result<AgentConfig> {
             .map(|text| config::parse_dns_server(text))
             .collect::<Result<_, _>>()?
     };
+    let lb_maps = file.lb.as_ref().map_or_else(
+        || Ok(netagent::lb::maps::MapSizes::default()),
+        |lb| lb.sizes(),
+    )?;
     Ok(AgentConfig {
+        lb_maps,
         node_name,
         advertise_addr,
         data_dir: flags

@@ -193,7 +193,9 @@ pub async fn run(
             )
         }
         ServiceCommand::Inspect { name } => {
-            let service: Service = client.get(&path(&name, "")).await?;
+            // Kept as JSON: the agent adds `datapath` (the VIPs' backends as
+            // the load balancer sees them) to the service.
+            let service: serde_json::Value = client.get(&path(&name, "")).await?;
             print_json(out, &service)
         }
         ServiceCommand::Ps { name } => {

@@ -115,7 +115,7 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the object, reusing the maps pinned under `bpffs` by an earlier
     /// run of this agent (so their contents survive a restart).
-    pub fn load(bpffs: &Path) -> Result<Self, DatapathError> {
+    pub fn load(bpffs: &Path, lb_maps: &crate::lb::maps::MapSizes) -> Result<Self, DatapathError> {
         let pin_dir = bpffs.join("maps");
         std::fs::create_dir_all(&pin_dir).map_err(|source| DatapathError::PinDir {
             path: pin_dir.clone(),
@@ -129,9 +129,10 @@ impl Datapath {
                 path: bpffs.to_owned(),
             });
         }
-        let ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pin_dir)
-            .load(OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&pin_dir);
+        lb_maps.apply(&mut loader);
+        let ebpf = loader.load(OBJECT)?;
         info!(pins = %pin_dir.display(), "datapath object loaded");
         Ok(Self {
             ebpf,
@@ -153,6 +154,13 @@ impl Datapath {
     /// Read access to a map of the object.
     pub fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DatapathError> {
         self.ebpf.map(name).ok_or(DatapathError::MissingMap(name))
+    }
+
+    /// Write access to a map of the object.
+    pub fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DatapathError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))
     }
 
     /// Attaches `program` to `ifname` in `direction` at `slot`, replacing in

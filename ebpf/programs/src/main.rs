@@ -8,6 +8,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod counters;
+#[cfg(target_arch = "bpf")]
+mod lb;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -635,6 +635,20 @@ impl Lab {
         Ok(())
     }
 
+    /// A lab of `nodes` agents in one cluster with overlay network `appnet`
+    /// (10.10.0.0/24) and service `web` (vip) on it.
+    pub fn cluster_with_web(nodes: usize) -> Result<Lab, LabError> {
+        let mut lab = Lab::up(LabSpec::nodes(nodes))?;
+        lab.start_agents()?;
+        lab.form_cluster()?;
+        lab.netctl_json(
+            "n1",
+            &["overlay", "create", "appnet", "--subnet", "10.10.0.0/24"],
+        )?;
+        lab.netctl_json("n1", &["service", "create", "web", "--network", "appnet"])?;
+        Ok(lab)
+    }
+
     /// Runs `args` inside namespace `netns` (`ip netns exec`, which also
     /// applies `/etc/netns/<netns>/resolv.conf`).
     pub fn exec(&self, netns: &str, args: &[&str]) -> Result<Output, LabError> {
@@ -672,23 +686,27 @@ impl Lab {
         name: &str,
         network: &str,
     ) -> Result<(Container, String), LabError> {
-        let container = self.add_container(name)?;
-        let path = container.netns_path().display().to_string();
-        let endpoint = self.netctl_json(
-            node,
-            &[
-                "endpoint",
-                "attach",
-                "--network",
-                network,
-                "--netns",
-                &path,
-                "--name",
-                name,
-            ],
-        )?;
+        let (container, endpoint) =
+            self.attach_container_with(node, name, network, &["--name", name])?;
         let ip = endpoint["ip"].as_str().unwrap_or_default().to_owned();
         Ok((container, ip))
+    }
+
+    /// As `attach_container`, with `extra` flags for `netctl endpoint
+    /// attach`; returns the container and the endpoint as netctl printed it.
+    pub fn attach_container_with(
+        &mut self,
+        node: &str,
+        name: &str,
+        network: &str,
+        extra: &[&str],
+    ) -> Result<(Container, serde_json::Value), LabError> {
+        let container = self.add_container(name)?;
+        let path = container.netns_path().display().to_string();
+        let mut args = vec!["endpoint", "attach", "--network", network, "--netns", &path];
+        args.extend_from_slice(extra);
+        let endpoint = self.netctl_json(node, &args)?;
+        Ok((container, endpoint))
     }
 
     /// The last `lines` lines of every agent's log, for failure reports.

@@ -3,21 +3,12 @@
 
 use std::time::Duration;
 
-use netlab::{require_root, wait_until, Container, Lab, LabSpec};
+use netlab::{require_root, wait_until, Container, Lab};
 
 /// Three agents in one cluster, network `appnet`, service `web` (vip) and
 /// `cache` (dnsrr).
 fn cluster() -> Lab {
-    let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab");
-    lab.start_agents().expect("agents");
-    lab.form_cluster().expect("cluster");
-    lab.netctl_json(
-        "n1",
-        &["overlay", "create", "appnet", "--subnet", "10.10.0.0/24"],
-    )
-    .expect("network");
-    lab.netctl_json("n1", &["service", "create", "web", "--network", "appnet"])
-        .expect("web");
+    let lab = Lab::cluster_with_web(3).expect("cluster");
     lab.netctl_json(
         "n1",
         &[

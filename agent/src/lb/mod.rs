@@ -1,0 +1,558 @@
+//! VIP load balancing: the agent side of `ebpf/programs/src/lb.rs`.
+//!
+//! `LoadBalancer` owns its own instance of the datapath object (maps pinned
+//! by name under the agent's bpffs directory, so they are the very maps the
+//! programs use and survive a restart). `sync` programs the VIPs and their
+//! backends; `attach_endpoint` puts the programs on a local endpoint's
+//! host-side veth inside its sandbox.
+//!
+//! Update order, so that the datapath never sees a half-written service:
+//! backends first, then a fresh Maglev table in a spare slot, then the
+//! service entry flips to it (one map update), then the old slot and removed
+//! backends are freed. Flows already open keep their backend through the
+//! conntrack map, whatever the table says.
+
+pub mod maglev;
+pub mod maps;
+pub mod plan;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use aya::maps::{Array, HashMap, MapError};
+use netagent_common::{
+    LbBackend, LbService, LbServiceKey, LB_BACKENDS_MAP, LB_BACKEND_ACTIVE, LB_BACKEND_DRAINING,
+    LB_EGRESS_PROG, LB_INGRESS_PROG, LB_MAGLEV_MAP, LB_SERVICES_MAP, LB_SERVICE_NO_BACKENDS,
+};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use crate::{
+    dataplane::{
+        bpf::{Direction, TcSlot},
+        netns::{self, NetnsError},
+        Datapath, DatapathError,
+    },
+    model::{Endpoint, Service},
+};
+
+/// The load balancer runs after the counters (priority 1) on an endpoint's veth.
+const LB_SLOT: TcSlot = TcSlot {
+    priority: 10,
+    handle: 10,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    #[error(transparent)]
+    Datapath(Box<DatapathError>),
+    #[error("load balancer map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: Box<MapError>,
+    },
+    #[error(transparent)]
+    Maglev(#[from] maglev::MaglevError),
+    #[error("no free backend id: raise lb.backends in the config file")]
+    NoBackendId,
+    #[error("no free Maglev table: raise lb.services in the config file")]
+    NoTable,
+    #[error(
+        "the pinned Maglev map has {pinned} entries, the configuration asks for {configured}: \
+         restore the [lb] sizes, or remove the pinned LB_* maps (drops open flows)"
+    )]
+    PinnedSize { pinned: u32, configured: u32 },
+    #[error("cannot attach the load balancer in {}: {source}", netns.display())]
+    Netns {
+        netns: std::path::PathBuf,
+        source: Box<NetnsError>,
+    },
+}
+
+impl From<DatapathError> for LbError {
+    fn from(error: DatapathError) -> Self {
+        LbError::Datapath(Box::new(error))
+    }
+}
+
+fn map_error(name: &'static str) -> impl Fn(MapError) -> LbError {
+    move |source| LbError::Map {
+        name,
+        source: Box::new(source),
+    }
+}
+
+/// A backend as the datapath sees it (`netctl service inspect`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendState {
+    pub id: u32,
+    pub ip: Ipv4Addr,
+    /// `active` or `draining`.
+    pub state: String,
+}
+
+/// A VIP as the datapath sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipState {
+    pub vip: Ipv4Addr,
+    pub table_slot: u32,
+    pub table_size: u32,
+    /// Backends in the Maglev table, with their share of its slots.
+    pub table: Vec<(Ipv4Addr, u32)>,
+    pub backends: Vec<BackendState>,
+}
+
+/// How much of the cluster the caller has seen.
+pub struct Seen<'a> {
+    /// The gossip view has settled: what it does not mention is gone.
+    pub settled: bool,
+    /// The nodes in the view: their tasks the view does not mention are gone.
+    pub live_nodes: &'a BTreeSet<String>,
+}
+
+struct State {
+    datapath: Datapath,
+    sizes: maps::MapSizes,
+    /// What LB_SERVICES holds, by VIP.
+    services: BTreeMap<Ipv4Addr, LbService>,
+    /// Active backends each table was computed from (unknown after a restart).
+    tables: BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>,
+    /// Backends of each VIP, active or draining.
+    members: BTreeMap<Ipv4Addr, Vec<plan::Backend>>,
+    /// What LB_BACKENDS holds: ip -> (id, flags).
+    backends: BTreeMap<Ipv4Addr, (u32, u32)>,
+    /// The node of each backend, as last seen (unknown after a restart).
+    nodes: BTreeMap<Ipv4Addr, String>,
+}
+
+pub struct LoadBalancer {
+    state: Arc<Mutex<State>>,
+    /// Endpoints this run has attached the programs to (a restarted agent
+    /// re-attaches once, replacing an older program in place).
+    attached: Mutex<BTreeSet<String>>,
+}
+
+impl LoadBalancer {
+    /// Opens the load balancer's maps under `bpffs` (creating them on the
+    /// first run) and adopts what an earlier run programmed.
+    pub fn load(bpffs: &Path, sizes: maps::MapSizes) -> Result<Self, LbError> {
+        let mut datapath = Datapath::load(bpffs, &sizes)?;
+        // Pinned maps keep the sizes they were created with.
+        if let aya::maps::Map::Array(maglev) = datapath.map(LB_MAGLEV_MAP)? {
+            let entries = maglev
+                .info()
+                .map_err(map_error(LB_MAGLEV_MAP))?
+                .max_entries();
+            let configured = sizes.table_slots.saturating_mul(sizes.table_size);
+            if entries != configured {
+                return Err(LbError::PinnedSize {
+                    pinned: entries,
+                    configured,
+                });
+            }
+        }
+        let services: HashMap<_, LbServiceKey, LbService> =
+            HashMap::try_from(datapath.map_mut(LB_SERVICES_MAP)?)
+                .map_err(map_error(LB_SERVICES_MAP))?;
+        let services: BTreeMap<Ipv4Addr, LbService> = services
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (Ipv4Addr::from(k.vip.to_ne_bytes()), v))
+            .collect();
+        let backends: HashMap<_, u32, LbBackend> =
+            HashMap::try_from(datapath.map_mut(LB_BACKENDS_MAP)?)
+                .map_err(map_error(LB_BACKENDS_MAP))?;
+        let backends: BTreeMap<Ipv4Addr, (u32, u32)> = backends
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(id, b)| (Ipv4Addr::from(b.ip.to_ne_bytes()), (id, b.flags)))
+            .collect();
+        info!(
+            vips = services.len(),
+            backends = backends.len(),
+            "load balancer maps opened"
+        );
+        Ok(Self {
+            state: Arc::new(Mutex::new(State {
+                datapath,
+                sizes,
+                services,
+                tables: BTreeMap::new(),
+                members: BTreeMap::new(),
+                backends,
+                nodes: BTreeMap::new(),
+            })),
+            attached: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic mid-update leaves maps the datapath can still use.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Programs every VIP of `services` with its tasks among `endpoints`.
+    ///
+    /// Until the gossip view has settled (a freshly started agent has not
+    /// heard from every node yet), a backend the view does not mention is
+    /// kept, in its tables too, unless its node is in the view (then the
+    /// task was withdrawn); no VIP goes, and tables a restart adopted stay
+    /// as they are. So a restart never cuts the flows of tasks on nodes it
+    /// has not heard from yet. An unhealthy task drains at once.
+    pub fn sync(
+        &self,
+        services: &[Service],
+        endpoints: &[Endpoint],
+        seen: &Seen<'_>,
+    ) -> Result<(), LbError> {
+        let desired = plan::desired(services, endpoints);
+        self.lock().sync(&desired, seen)
+    }
+
+    /// Puts the load balancer on `ifname` (an endpoint's host veth) inside
+    /// namespace `sandbox`, replacing in place what an earlier run attached.
+    pub async fn attach_endpoint(&self, sandbox: &Path, ifname: &str) -> Result<(), LbError> {
+        let state = self.state.clone();
+        let ifname = ifname.to_owned();
+        let result = netns::run_in(Some(sandbox), move || {
+            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+            let attach = |dp: &mut Datapath| -> Result<(), DatapathError> {
+                dp.attach_tc(LB_INGRESS_PROG, &ifname, Direction::Ingress, LB_SLOT)?;
+                dp.attach_tc(LB_EGRESS_PROG, &ifname, Direction::Egress, LB_SLOT)
+            };
+            Ok(attach(&mut state.datapath))
+        })
+        .await
+        .map_err(|source| LbError::Netns {
+            netns: sandbox.to_owned(),
+            source: Box::new(source),
+        })?;
+        result.map_err(LbError::from)
+    }
+
+    /// Attaches the programs to endpoint `endpoint_id`'s veth unless this
+    /// run already did.
+    pub async fn ensure_attached(
+        &self,
+        endpoint_id: &str,
+        sandbox: &Path,
+        ifname: &str,
+    ) -> Result<(), LbError> {
+        if self.attached_ids().contains(endpoint_id) {
+            return Ok(());
+        }
+        self.attach_endpoint(sandbox, ifname).await?;
+        self.attached_ids().insert(endpoint_id.to_owned());
+        Ok(())
+    }
+
+    fn attached_ids(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        self.attached
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The VIPs as the datapath sees them, read back from the maps.
+    pub fn inspect(&self, vips: &[Ipv4Addr]) -> Result<Vec<VipState>, LbError> {
+        self.lock().inspect(vips)
+    }
+}
+
+impl State {
+    /// Whether backend `ip`, which the view does not mention, is gone.
+    fn gone(&self, ip: Ipv4Addr, seen: &Seen<'_>) -> bool {
+        seen.settled
+            || self
+                .nodes
+                .get(&ip)
+                .is_some_and(|node| seen.live_nodes.contains(node))
+    }
+
+    fn sync(
+        &mut self,
+        desired: &BTreeMap<Ipv4Addr, plan::Vip>,
+        seen: &Seen<'_>,
+    ) -> Result<(), LbError> {
+        // 1. Backends: every one any VIP needs, with its current state.
+        let mut wanted: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
+        for vip in desired.values() {
+            for b in &vip.backends {
+                let flags = if b.active {
+                    LB_BACKEND_ACTIVE
+                } else {
+                    LB_BACKEND_DRAINING
+                };
+                let entry = wanted.entry(b.ip).or_insert(flags);
+                if b.active {
+                    *entry = LB_BACKEND_ACTIVE;
+                }
+            }
+        }
+        for (&ip, &(_, flags)) in &self.backends {
+            if !wanted.contains_key(&ip) && !self.gone(ip, seen) {
+                wanted.insert(ip, flags);
+            }
+        }
+        for (&ip, &flags) in &wanted {
+            let id = match self.backends.get(&ip) {
+                Some(&(_, old)) if old == flags => continue,
+                Some(&(id, _)) => id,
+                None => self.free_backend_id()?,
+            };
+            self.put_backend(id, ip, flags)?;
+            self.backends.insert(ip, (id, flags));
+        }
+        // 2 and 3. Tables, then the service entries.
+        for (&addr, vip) in desired {
+            let mut active = vip.active();
+            self.members.insert(addr, vip.backends.clone());
+            // Keep the backends the view does not mention but that may just
+            // not have been heard from yet.
+            if let Some(current) = self.tables.get(&addr) {
+                let unseen: Vec<Ipv4Addr> = current
+                    .iter()
+                    .filter(|&&ip| !vip.backends.iter().any(|b| b.ip == ip) && !self.gone(ip, seen))
+                    .copied()
+                    .collect();
+                active.extend(unseen);
+                active.sort();
+            }
+            if self.services.contains_key(&addr) {
+                let unchanged = match self.tables.get(&addr) {
+                    Some(current) => current == &active,
+                    // Adopted from an earlier run: kept until settled.
+                    None => !seen.settled,
+                };
+                if unchanged {
+                    continue;
+                }
+            }
+            self.program_vip(addr, &active)?;
+            self.tables.insert(addr, active);
+        }
+        for vip in desired.values() {
+            for b in &vip.backends {
+                self.nodes.insert(b.ip, b.node.clone());
+            }
+        }
+        // 4. VIPs that went (the services come from the managers, whole;
+        // still, none goes before the view settles), then backends nothing
+        // uses any more.
+        let gone: Vec<Ipv4Addr> = self
+            .services
+            .keys()
+            .filter(|vip| seen.settled && !desired.contains_key(vip))
+            .copied()
+            .collect();
+        for vip in gone {
+            let mut services = self.services_map()?;
+            match services.remove(&key(vip)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(LB_SERVICES_MAP)(error)),
+            }
+            self.services.remove(&vip);
+            self.tables.remove(&vip);
+            self.members.remove(&vip);
+            info!(%vip, "VIP removed from the load balancer");
+        }
+        let unused: Vec<(Ipv4Addr, u32)> = self
+            .backends
+            .iter()
+            .filter(|(ip, _)| !wanted.contains_key(ip))
+            .map(|(&ip, &(id, _))| (ip, id))
+            .collect();
+        for (ip, id) in unused {
+            let mut backends = self.backends_map()?;
+            match backends.remove(&id) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(LB_BACKENDS_MAP)(error)),
+            }
+            self.backends.remove(&ip);
+            self.nodes.remove(&ip);
+            debug!(%ip, id, "backend removed");
+        }
+        Ok(())
+    }
+
+    /// Writes a fresh table for `vip` into a spare slot, then flips the
+    /// service entry to it.
+    fn program_vip(&mut self, vip: Ipv4Addr, active: &[Ipv4Addr]) -> Result<(), LbError> {
+        let size = self.sizes.table_size;
+        let old = self.services.get(&vip).copied();
+        let value = if active.is_empty() {
+            LbService {
+                id: old.map_or_else(|| self.next_service_id(), |o| o.id),
+                table_slot: old.map_or(0, |o| o.table_slot),
+                table_size: size,
+                backends: 0,
+                flags: LB_SERVICE_NO_BACKENDS,
+            }
+        } else {
+            let slot = match self.free_slot() {
+                Some(slot) => slot,
+                // No spare: rewrite in place. Every entry stays a valid
+                // backend throughout, old or new.
+                None => old
+                    .filter(|o| o.flags & LB_SERVICE_NO_BACKENDS == 0)
+                    .map(|o| o.table_slot)
+                    .ok_or(LbError::NoTable)?,
+            };
+            let keys: Vec<[u8; 4]> = active.iter().map(|ip| ip.octets()).collect();
+            let table = maglev::table(&keys, size)?;
+            let ids: Vec<u32> = table
+                .iter()
+                .map(|&i| {
+                    let ip = Ipv4Addr::from(keys[i as usize]);
+                    self.backends.get(&ip).map_or(0, |&(id, _)| id)
+                })
+                .collect();
+            let mut array: Array<_, u32> = Array::try_from(self.datapath.map_mut(LB_MAGLEV_MAP)?)
+                .map_err(map_error(LB_MAGLEV_MAP))?;
+            let base = slot * size;
+            for (i, id) in ids.iter().enumerate() {
+                array
+                    .set(base + i as u32, id, 0)
+                    .map_err(map_error(LB_MAGLEV_MAP))?;
+            }
+            LbService {
+                id: old.map_or_else(|| self.next_service_id(), |o| o.id),
+                table_slot: slot,
+                table_size: size,
+                backends: active.len() as u32,
+                flags: 0,
+            }
+        };
+        let mut services = self.services_map()?;
+        services
+            .insert(key(vip), value, 0)
+            .map_err(map_error(LB_SERVICES_MAP))?;
+        self.services.insert(vip, value);
+        info!(%vip, backends = active.len(), slot = value.table_slot, "VIP programmed");
+        Ok(())
+    }
+
+    fn free_slot(&self) -> Option<u32> {
+        let used: BTreeSet<u32> = self
+            .services
+            .values()
+            .filter(|s| s.flags & LB_SERVICE_NO_BACKENDS == 0)
+            .map(|s| s.table_slot)
+            .collect();
+        (0..self.sizes.table_slots).find(|slot| !used.contains(slot))
+    }
+
+    fn free_backend_id(&self) -> Result<u32, LbError> {
+        let used: BTreeSet<u32> = self.backends.values().map(|&(id, _)| id).collect();
+        // Id 0 stays unused: a zeroed table entry then means "no backend".
+        (1..=self.sizes.backends)
+            .find(|id| !used.contains(id))
+            .ok_or(LbError::NoBackendId)
+    }
+
+    fn next_service_id(&self) -> u32 {
+        self.services.values().map(|s| s.id).max().unwrap_or(0) + 1
+    }
+
+    fn put_backend(&mut self, id: u32, ip: Ipv4Addr, flags: u32) -> Result<(), LbError> {
+        let mut backends = self.backends_map()?;
+        let value = LbBackend {
+            ip: u32::from_ne_bytes(ip.octets()),
+            flags,
+        };
+        backends
+            .insert(id, value, 0)
+            .map_err(map_error(LB_BACKENDS_MAP))?;
+        debug!(%ip, id, flags, "backend written");
+        Ok(())
+    }
+
+    fn services_map(
+        &mut self,
+    ) -> Result<HashMap<&mut aya::maps::MapData, LbServiceKey, LbService>, LbError> {
+        HashMap::try_from(self.datapath.map_mut(LB_SERVICES_MAP)?)
+            .map_err(map_error(LB_SERVICES_MAP))
+    }
+
+    fn backends_map(
+        &mut self,
+    ) -> Result<HashMap<&mut aya::maps::MapData, u32, LbBackend>, LbError> {
+        HashMap::try_from(self.datapath.map_mut(LB_BACKENDS_MAP)?)
+            .map_err(map_error(LB_BACKENDS_MAP))
+    }
+
+    fn inspect(&self, vips: &[Ipv4Addr]) -> Result<Vec<VipState>, LbError> {
+        let services: HashMap<_, LbServiceKey, LbService> =
+            HashMap::try_from(self.datapath.map(LB_SERVICES_MAP)?)
+                .map_err(map_error(LB_SERVICES_MAP))?;
+        let backends: HashMap<_, u32, LbBackend> =
+            HashMap::try_from(self.datapath.map(LB_BACKENDS_MAP)?)
+                .map_err(map_error(LB_BACKENDS_MAP))?;
+        let array: Array<_, u32> =
+            Array::try_from(self.datapath.map(LB_MAGLEV_MAP)?).map_err(map_error(LB_MAGLEV_MAP))?;
+        let mut out = Vec::new();
+        for &vip in vips {
+            let service = match services.get(&key(vip), 0) {
+                Ok(service) => service,
+                Err(MapError::KeyNotFound) => continue,
+                Err(error) => return Err(map_error(LB_SERVICES_MAP)(error)),
+            };
+            let mut shares: BTreeMap<u32, u32> = BTreeMap::new();
+            if service.flags & LB_SERVICE_NO_BACKENDS == 0 {
+                let base = service.table_slot * service.table_size;
+                for i in 0..service.table_size {
+                    let id = array
+                        .get(&(base + i), 0)
+                        .map_err(map_error(LB_MAGLEV_MAP))?;
+                    *shares.entry(id).or_default() += 1;
+                }
+            }
+            let ip_of = |id: u32| backends.get(&id, 0).ok();
+            let table = shares
+                .iter()
+                .filter_map(|(&id, &n)| Some((Ipv4Addr::from(ip_of(id)?.ip.to_ne_bytes()), n)))
+                .collect();
+            let members = self.members.get(&vip).cloned().unwrap_or_default();
+            let backends = members
+                .iter()
+                .filter_map(|m| {
+                    let &(id, _) = self.backends.get(&m.ip)?;
+                    let b = ip_of(id)?;
+                    Some(BackendState {
+                        id,
+                        ip: Ipv4Addr::from(b.ip.to_ne_bytes()),
+                        state: if b.flags & LB_BACKEND_ACTIVE != 0 {
+                            "active".into()
+                        } else {
+                            "draining".into()
+                        },
+                    })
+                })
+                .collect();
+            out.push(VipState {
+                vip,
+                table_slot: service.table_slot,
+                table_size: service.table_size,
+                table,
+                backends,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn key(vip: Ipv4Addr) -> LbServiceKey {
+    LbServiceKey {
+        vip: u32::from_ne_bytes(vip.octets()),
+    }
+}
+
+/// Logs a failed sync; the next reconcile pass tries again.
+pub fn log_sync_error(error: &LbError) {
+    warn!(%error, "cannot program the load balancer; retrying on the next pass");
+}

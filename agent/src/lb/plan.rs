@@ -1,0 +1,164 @@
+//! What the load balancer should hold: every VIP of every `vip`-mode service
+//! and its tasks on that network, from the services and the endpoints of
+//! the gossip view. Pure, so that it is tested without a kernel.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Endpoint, EndpointMode, Health, Service};
+
+/// One backend of one VIP.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Backend {
+    pub ip: Ipv4Addr,
+    /// The node the task runs on.
+    pub node: String,
+    /// Healthy: takes new flows. Otherwise draining: only its open flows.
+    pub active: bool,
+}
+
+/// One VIP and its backends, sorted by address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vip {
+    pub service: String,
+    pub network_id: String,
+    pub addr: Ipv4Addr,
+    pub backends: Vec<Backend>,
+}
+
+impl Vip {
+    /// The addresses of the backends that take new flows.
+    pub fn active(&self) -> Vec<Ipv4Addr> {
+        self.backends
+            .iter()
+            .filter(|b| b.active)
+            .map(|b| b.ip)
+            .collect()
+    }
+}
+
+/// The VIPs to program, by address. Endpoints may repeat (local and gossip
+/// copies); a task counts once.
+pub fn desired(services: &[Service], endpoints: &[Endpoint]) -> BTreeMap<Ipv4Addr, Vip> {
+    let mut vips = BTreeMap::new();
+    for service in services {
+        if service.endpoint_mode != EndpointMode::Vip {
+            continue;
+        }
+        for vip in &service.vips {
+            let mut seen = BTreeSet::new();
+            let mut backends: Vec<Backend> = endpoints
+                .iter()
+                .filter(|e| {
+                    e.network_id == vip.network_id
+                        && e.service.as_deref().is_some_and(|s| {
+                            s.eq_ignore_ascii_case(&service.name) || s == service.id
+                        })
+                        && seen.insert(e.id.clone())
+                })
+                .map(|e| Backend {
+                    ip: e.ip,
+                    node: e.node.clone(),
+                    active: e.health == Health::Healthy,
+                })
+                .collect();
+            backends.sort();
+            backends.dedup_by(|a, b| a.ip == b.ip);
+            vips.insert(
+                vip.addr,
+                Vip {
+                    service: service.name.clone(),
+                    network_id: vip.network_id.clone(),
+                    addr: vip.addr,
+                    backends,
+                },
+            );
+        }
+    }
+    vips
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Mac, ServiceVip};
+
+    fn endpoint(
+        id: &str,
+        service: &str,
+        network_id: &str,
+        ip: [u8; 4],
+        health: Health,
+    ) -> Endpoint {
+        let ip = Ipv4Addr::from(ip);
+        Endpoint {
+            id: id.into(),
+            name: String::new(),
+            network: "appnet".into(),
+            network_id: network_id.into(),
+            service: Some(service.into()),
+            node: "n2".into(),
+            ip,
+            mac: Mac::from_ipv4(ip),
+            aliases: Vec::new(),
+            health,
+        }
+    }
+
+    fn service(name: &str, mode: EndpointMode) -> Service {
+        Service {
+            name: name.into(),
+            id: format!("id-{name}"),
+            endpoint_mode: mode,
+            vips: if mode == EndpointMode::Vip {
+                vec![ServiceVip {
+                    network: "appnet".into(),
+                    network_id: "net1".into(),
+                    addr: Ipv4Addr::new(10, 10, 0, 250),
+                }]
+            } else {
+                Vec::new()
+            },
+            networks: vec!["appnet".into()],
+            ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn tasks_of_the_service_on_the_vip_network_are_backends() {
+        let services = [
+            service("web", EndpointMode::Vip),
+            service("db", EndpointMode::Dnsrr),
+        ];
+        let endpoints = [
+            endpoint("e3", "web", "net1", [10, 10, 0, 3], Health::Unhealthy),
+            endpoint("e2", "WEB", "net1", [10, 10, 0, 2], Health::Healthy),
+            endpoint("e2", "web", "net1", [10, 10, 0, 2], Health::Healthy),
+            endpoint("e4", "web", "net2", [10, 20, 0, 4], Health::Healthy),
+            endpoint("e5", "db", "net1", [10, 10, 0, 5], Health::Healthy),
+        ];
+        let vips = desired(&services, &endpoints);
+        assert_eq!(vips.len(), 1);
+        let web = &vips[&Ipv4Addr::new(10, 10, 0, 250)];
+        assert_eq!(
+            web.backends,
+            vec![
+                Backend {
+                    ip: Ipv4Addr::new(10, 10, 0, 2),
+                    node: "n2".into(),
+                    active: true
+                },
+                Backend {
+                    ip: Ipv4Addr::new(10, 10, 0, 3),
+                    node: "n2".into(),
+                    active: false
+                },
+            ]
+        );
+        assert_eq!(web.active(), vec![Ipv4Addr::new(10, 10, 0, 2)]);
+    }
+}

@@ -1,0 +1,418 @@
+//! VIP load balancing in eBPF at the client's veth: a service VIP spreads
+//! TCP and UDP flows over tasks on other nodes, and the tasks see the real
+//! client address (no SNAT).
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, Write},
+    os::unix::process::CommandExt,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use netlab::{require_root, wait_until, Container, Lab};
+
+/// Answers on TCP 8080 and UDP 9090 with "<name> <client address>".
+const SERVER: &str = r#"
+import socket, sys, threading
+name = sys.argv[1]
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 9090))
+    while True:
+        data, addr = s.recvfrom(2048)
+        s.sendto(f"{name} {addr[0]}".encode(), addr)
+threading.Thread(target=udp, daemon=True).start()
+t = socket.socket()
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", 8080))
+t.listen(64)
+while True:
+    c, addr = t.accept()
+    c.sendall(f"{name} {addr[0]}".encode())
+    c.close()
+"#;
+
+/// Makes `count` fresh connections (tcp) or sockets (udp) to host:port and
+/// prints one answer per line ("ERR" when none came).
+const CLIENT: &str = r#"
+import socket, sys
+proto, host, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+for _ in range(count):
+    try:
+        if proto == "tcp":
+            s = socket.create_connection((host, port), timeout=2)
+            print(s.recv(200).decode())
+        else:
+            # Connected, so that an ICMP unreachable is reported.
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(2)
+            s.connect((host, port))
+            s.send(b"x")
+            print(s.recv(200).decode())
+        s.close()
+    except Exception as e:
+        print("ERR", e)
+"#;
+
+/// One UDP socket for its whole life: every input line sends a datagram and
+/// prints the answer, so that the flow stays the same 5-tuple.
+const UDP_FLOW: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+for line in sys.stdin:
+    try:
+        s.sendto(b"x", (sys.argv[1], 9090))
+        print(s.recvfrom(200)[0].decode(), flush=True)
+    except Exception as e:
+        print("ERR", e, flush=True)
+"#;
+
+/// A long-lived UDP flow from a container; killed (by pid) on drop.
+struct UdpFlow {
+    child: Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl UdpFlow {
+    fn start(container: &Container, vip: &str) -> Self {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", container.netns_path().display()))
+            .args(["--", "python3", "-c", UDP_FLOW, vip])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("udp flow");
+        let stdout = child.stdout.take().expect("stdout");
+        UdpFlow {
+            child,
+            lines: std::io::BufReader::new(stdout).lines(),
+        }
+    }
+
+    /// Sends one datagram; the answer (or "ERR ...").
+    fn ask(&mut self) -> String {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "go").expect("write");
+        stdin.flush().expect("flush");
+        self.lines
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| "ERR closed".into())
+    }
+}
+
+impl Drop for UdpFlow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A backend server started in a container; killed (by pid) on drop.
+struct Server(Child);
+
+impl Server {
+    fn start(container: &Container, name: &str) -> Self {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net={}", container.netns_path().display()))
+            .args(["--", "python3", "-c", SERVER, name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; the server dies with the test.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        Server(command.spawn().expect("server"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Three nodes, network `appnet`, service `web` with a task (and server)
+/// on n2 and on n3, a client on n1; TCP to the VIP already reaches both.
+struct Scene {
+    lab: Lab,
+    client: Container,
+    client_ip: String,
+    /// The containers of web1 (n2) and web2 (n3).
+    tasks: [Container; 2],
+    /// Their endpoints, as `netctl endpoint attach` printed them.
+    endpoints: [serde_json::Value; 2],
+    vip: String,
+    _servers: [Server; 2],
+}
+
+impl Scene {
+    fn up() -> Self {
+        let mut lab = Lab::cluster_with_web(3).expect("cluster");
+        let (client, endpoint) = lab
+            .attach_container_with("n1", "client", "appnet", &[])
+            .expect("client");
+        let client_ip = endpoint["ip"].as_str().expect("ip").to_owned();
+        let task = |lab: &mut Lab, node: &str, n: u32| {
+            let name = format!("web.{n}");
+            lab.attach_container_with(
+                node,
+                &format!("web{n}"),
+                "appnet",
+                &["--service", "web", "--name", &name],
+            )
+            .expect("task")
+        };
+        let (web1, e1) = task(&mut lab, "n2", 1);
+        let (web2, e2) = task(&mut lab, "n3", 2);
+        let servers = [Server::start(&web1, "web1"), Server::start(&web2, "web2")];
+        let service = lab
+            .netctl_json("n1", &["service", "inspect", "web"])
+            .expect("inspect");
+        let vip = service["vips"][0]["addr"].as_str().expect("vip").to_owned();
+        let scene = Scene {
+            lab,
+            client,
+            client_ip,
+            tasks: [web1, web2],
+            endpoints: [e1, e2],
+            vip,
+            _servers: servers,
+        };
+        scene.spread("tcp", "8080");
+        scene
+    }
+
+    /// Asks until both tasks have answered `proto` on the VIP.
+    fn spread(&self, proto: &str, port: &str) {
+        spread(
+            &self.lab,
+            &self.client,
+            &self.client_ip,
+            proto,
+            &self.vip,
+            port,
+        );
+    }
+
+    /// A UDP flow from the client to the VIP and the task it is pinned to
+    /// (0: web1, 1: web2).
+    fn pinned_flow(&self) -> (UdpFlow, usize) {
+        let mut flow = UdpFlow::start(&self.client, &self.vip);
+        let first = flow.ask();
+        let pinned = match first.split(' ').next() {
+            Some("web1") => 0,
+            Some("web2") => 1,
+            _ => panic!("first answer: {first}"),
+        };
+        (flow, pinned)
+    }
+}
+
+/// The datapath's backends of `web` on n1: (ip, state).
+fn datapath_backends(lab: &Lab) -> Vec<(String, String)> {
+    let service = lab
+        .netctl_json("n1", &["service", "inspect", "web"])
+        .expect("inspect");
+    service["datapath"][0]["backends"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|b| {
+            (
+                b["ip"].as_str().unwrap_or_default().to_owned(),
+                b["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The answers of `count` requests from `client` to vip:port.
+fn ask(
+    lab: &Lab,
+    client: &Container,
+    proto: &str,
+    vip: &str,
+    port: &str,
+    count: u32,
+) -> Vec<String> {
+    let count = count.to_string();
+    let out = lab
+        .exec(
+            &client.netns,
+            &["python3", "-c", CLIENT, proto, vip, port, &count],
+        )
+        .expect("client");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Asks until both backends have answered (within a deadline); every answer
+/// must carry the client's own address.
+fn spread(lab: &Lab, client: &Container, client_ip: &str, proto: &str, vip: &str, port: &str) {
+    let mut last = Vec::new();
+    let seen = wait_until(Duration::from_secs(20), || {
+        last = ask(lab, client, proto, vip, port, 16);
+        let ok: Vec<&String> = last.iter().filter(|l| !l.starts_with("ERR")).collect();
+        for line in &ok {
+            assert!(
+                line.ends_with(&format!(" {client_ip}")),
+                "{proto}: the backend saw another client address: {line}"
+            );
+        }
+        let names: BTreeSet<&str> = ok.iter().filter_map(|l| l.split(' ').next()).collect();
+        (ok.len() == last.len() && names.len() == 2).then_some(names.len())
+    });
+    assert!(
+        seen.is_ok(),
+        "{proto} to {vip}:{port}: last answers {last:?}\n{}",
+        lab.agent_logs(30)
+    );
+}
+
+#[test]
+fn vip_spreads_tcp_and_udp_over_tasks_on_other_nodes() {
+    require_root!();
+    let mut scene = Scene::up();
+    scene.spread("udp", "9090");
+
+    // A task reaching its own service always gets the other task.
+    let web1_ip = scene.endpoints[0]["ip"].as_str().expect("ip").to_owned();
+    let mut answers = ask(&scene.lab, &scene.tasks[0], "tcp", &scene.vip, "8080", 32);
+    answers.extend(ask(
+        &scene.lab,
+        &scene.tasks[0],
+        "udp",
+        &scene.vip,
+        "9090",
+        32,
+    ));
+    assert!(
+        answers.iter().all(|a| a == &format!("web2 {web1_ip}")),
+        "web1 to its own VIP: {answers:?}"
+    );
+
+    // The datapath's own view: two active backends in the table.
+    let backends = datapath_backends(&scene.lab);
+    assert_eq!(backends.len(), 2, "datapath view: {backends:?}");
+    assert!(
+        backends.iter().all(|(_, state)| state == "active"),
+        "{backends:?}"
+    );
+    scene.lab.teardown().expect("teardown");
+}
+
+#[test]
+fn an_unhealthy_task_drains_no_task_refuses_and_a_gone_task_loses_its_flows() {
+    require_root!();
+    let mut scene = Scene::up();
+    let (mut flow, pinned) = scene.pinned_flow();
+    let other = 1 - pinned;
+    let nodes = ["n2", "n3"];
+    let field = |n: usize, key: &str| scene.endpoints[n][key].as_str().expect(key).to_owned();
+    let (sick_id, sick_ip) = (field(pinned, "id"), field(pinned, "ip"));
+    let other_id = field(other, "id");
+    let lab = &scene.lab;
+    lab.netctl(
+        nodes[pinned],
+        &["endpoint", "health", &sick_id, "unhealthy"],
+    )
+    .expect("health");
+    wait_until(Duration::from_secs(10), || {
+        datapath_backends(lab)
+            .contains(&(sick_ip.clone(), "draining".to_owned()))
+            .then_some(())
+    })
+    .unwrap_or_else(|_| panic!("never draining: {:?}", datapath_backends(lab)));
+
+    // New flows all go to the healthy task; the open flow stays where it was.
+    let healthy = format!("web{} ", other + 1);
+    let answers = ask(lab, &scene.client, "tcp", &scene.vip, "8080", 16);
+    assert!(
+        answers.iter().all(|a| a.starts_with(&healthy)),
+        "new flows after the drain: {answers:?}"
+    );
+    let again = flow.ask();
+    assert!(
+        again.starts_with(&format!("web{} ", pinned + 1)),
+        "the open flow moved: {again}"
+    );
+
+    // No healthy task left: a new flow is refused at once (TCP RST, ICMP
+    // port unreachable), not left to time out.
+    lab.netctl(
+        nodes[other],
+        &["endpoint", "health", &other_id, "unhealthy"],
+    )
+    .expect("health");
+    wait_until(Duration::from_secs(10), || {
+        datapath_backends(lab)
+            .iter()
+            .all(|(_, state)| state == "draining")
+            .then_some(())
+    })
+    .unwrap_or_else(|_| panic!("never all draining: {:?}", datapath_backends(lab)));
+    let mut answers = ask(lab, &scene.client, "tcp", &scene.vip, "8080", 1);
+    answers.extend(ask(lab, &scene.client, "udp", &scene.vip, "9090", 1));
+    assert!(
+        answers.len() == 2 && answers.iter().all(|a| a.contains("refused")),
+        "with no backend: {answers:?}"
+    );
+
+    // The other task healthy again, the drained one gone: its open flow
+    // moves to the task that is left instead of vanishing.
+    lab.netctl(nodes[other], &["endpoint", "health", &other_id, "healthy"])
+        .expect("health");
+    lab.netctl(nodes[pinned], &["endpoint", "detach", &sick_id])
+        .expect("detach");
+    wait_until(Duration::from_secs(10), || {
+        (datapath_backends(lab) == [(field(other, "ip"), "active".to_owned())]).then_some(())
+    })
+    .unwrap_or_else(|_| panic!("after the detach: {:?}", datapath_backends(lab)));
+    let moved = flow.ask();
+    assert!(moved.starts_with(&healthy), "flow of a gone task: {moved}");
+    drop(flow);
+    scene.lab.teardown().expect("teardown");
+}
+
+#[test]
+fn flows_survive_an_agent_kill_and_restart() {
+    require_root!();
+    let mut scene = Scene::up();
+    let (mut flow, pinned) = scene.pinned_flow();
+    let pinned = format!("web{} ", pinned + 1);
+
+    // Agent down: the programs and pinned maps carry on alone.
+    let status = scene
+        .lab
+        .signal_agent("n1", nix::sys::signal::Signal::SIGKILL)
+        .expect("kill agent");
+    assert!(!status.success());
+    assert!(flow.ask().starts_with(&pinned), "open flow, agent down");
+    scene.spread("tcp", "8080");
+
+    // Agent back: it adopts the maps, rewrites the tables and flips the
+    // service; open flows keep their backend.
+    scene.lab.start_agent("n1").expect("restart");
+    wait_until(Duration::from_secs(10), || {
+        (datapath_backends(&scene.lab).len() == 2).then_some(())
+    })
+    .unwrap_or_else(|_| panic!("after restart: {:?}", datapath_backends(&scene.lab)));
+    assert!(flow.ask().starts_with(&pinned), "open flow, agent back");
+    scene.spread("tcp", "8080");
+    scene.spread("udp", "9090");
+    drop(flow);
+    scene.lab.teardown().expect("teardown");
+}

@@ -146,6 +146,36 @@ fn show(lab: &mut Lab) -> Result<()> {
     println!("$ getent hosts {last_task}");
     print_output(&getent);
 
+    step("load balancing: a client on n1 opens 12 connections to web's VIP (eBPF, Maglev)");
+    for (_, container, _) in &containers {
+        // A one-line HTTP server per task that says which task answered.
+        let reply = format!("HTTP/1.0 200 OK\\r\\n\\r\\n{}\\n", container.name);
+        let server = format!(
+            "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0', 80)); s.listen(64)\nwhile True:\n c,_=s.accept(); c.recv(1024); c.sendall(b'{reply}'); c.close()\n"
+        );
+        lab.spawn_in(&container.netns, "python3", &["-c".to_owned(), server])?;
+    }
+    let (client, _) = lab.attach_container("n1", "client", "appnet")?;
+    let mut answers: std::collections::BTreeMap<String, usize> = Default::default();
+    for _ in 0..12 {
+        let answer = netlab::wait_until(Duration::from_secs(5), || {
+            let out = lab
+                .exec(
+                    &client.netns,
+                    &["curl", "-s", "--max-time", "2", "http://web/"],
+                )
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            (!text.is_empty()).then_some(text)
+        })
+        .map_err(|_| anyhow::anyhow!("curl http://web/ got no answer"))?;
+        *answers.entry(answer).or_default() += 1;
+    }
+    for (task, count) in &answers {
+        println!("{task}: {count} of 12 connections");
+    }
+    print_output(&lab.netctl("n1", &["service", "inspect", "web"])?);
+
     let target = lab.node("n1")?.addr.to_string();
     step(&format!(
         "the external client pings n1 ({target}); n1's eBPF counters see every packet"

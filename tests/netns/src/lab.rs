@@ -148,6 +148,8 @@ pub struct Lab {
     nodes: Vec<Node>,
     containers: Vec<Container>,
     dnsmasq: Option<(Child, ProcessId)>,
+    /// Servers and clients started in lab namespaces (`spawn_in`).
+    processes: Vec<(Child, ProcessId)>,
     namespaces: Vec<String>,
     torn_down: bool,
 }
@@ -226,6 +228,7 @@ impl Lab {
             nodes: Vec::new(),
             containers: Vec::new(),
             dnsmasq: None,
+            processes: Vec::new(),
             namespaces: Vec::new(),
             torn_down: false,
         };
@@ -379,6 +382,31 @@ impl Lab {
             secs: waited.as_secs(),
             log: std::fs::read_to_string(&log).unwrap_or_default(),
         })
+    }
+
+    /// Starts `program args...` inside namespace `netns` (a server for a test
+    /// or the demo); the lab stops it at teardown, by pid.
+    pub fn spawn_in(
+        &mut self,
+        netns: &str,
+        program: &str,
+        args: &[String],
+    ) -> Result<(), LabError> {
+        let log = self.state_dir.join(format!("{netns}-{program}.log"));
+        let child = process::spawn_in_netns(
+            &netns_path(netns),
+            Path::new(program),
+            args,
+            &log,
+            self.lifetime(),
+        )
+        .map_err(|source| LabError::Spawn {
+            what: format!("{program} in {netns}"),
+            source,
+        })?;
+        let id = self.record_process(&child)?;
+        self.processes.push((child, id));
+        Ok(())
     }
 
     /// Stops the lab's upstream DNS server (to test what happens when the
@@ -736,6 +764,10 @@ impl Lab {
         }
         self.torn_down = true;
         let mut errors = Vec::new();
+        for (mut child, id) in self.processes.drain(..).rev() {
+            id.terminate(STOP_GRACE);
+            let _ = child.try_wait();
+        }
         for node in self.nodes.iter_mut().rev() {
             if let Some(mut agent) = node.agent.take() {
                 agent.id.terminate(STOP_GRACE);

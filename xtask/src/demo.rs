@@ -68,23 +68,12 @@ fn show(lab: &mut Lab) -> Result<()> {
     let mut containers = Vec::new();
     for (i, node) in names.iter().enumerate() {
         let name = format!("web{}", i + 1);
-        let container = lab.add_container(&name)?;
-        let path = container.netns_path().display().to_string();
         let task = format!("web.{}", i + 1);
-        let endpoint = lab.netctl_json(
+        let (container, endpoint) = lab.attach_container_with(
             node,
-            &[
-                "endpoint",
-                "attach",
-                "--network",
-                "appnet",
-                "--netns",
-                &path,
-                "--service",
-                "web",
-                "--name",
-                &task,
-            ],
+            &name,
+            "appnet",
+            &["--service", "web", "--name", &task],
         )?;
         let ip = endpoint["ip"].as_str().unwrap_or_default().to_owned();
         containers.push((node.clone(), container, ip));

@@ -33,12 +33,11 @@ fn attach(
     network: &str,
     extra: &[&str],
 ) -> (Container, String) {
-    let container = lab.add_container(name).expect("container");
-    let path = container.netns_path().display().to_string();
-    let mut args = vec!["endpoint", "attach", "--network", network, "--netns", &path];
-    args.extend_from_slice(extra);
-    let endpoint = lab.netctl_json(node, &args).expect("attach");
-    (container, endpoint["ip"].as_str().expect("ip").to_owned())
+    let (container, endpoint) = lab
+        .attach_container_with(node, name, network, extra)
+        .expect("attach");
+    let ip = endpoint["ip"].as_str().expect("ip").to_owned();
+    (container, ip)
 }
 
 /// Task `SERVICE.N` of `service` in container `<service><n>` on `node`.

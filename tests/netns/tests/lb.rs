@@ -416,3 +416,56 @@ fn flows_survive_an_agent_kill_and_restart() {
     drop(flow);
     scene.lab.teardown().expect("teardown");
 }
+
+#[test]
+fn three_hundred_connections_from_a_fourth_node_spread_over_three_tasks() {
+    require_root!();
+    let mut lab = Lab::cluster_with_web(4).expect("cluster");
+    let mut servers = Vec::new();
+    for n in 1..=3 {
+        let name = format!("web.{n}");
+        let (container, _) = lab
+            .attach_container_with(
+                &format!("n{n}"),
+                &format!("web{n}"),
+                "appnet",
+                &["--service", "web", "--name", &name],
+            )
+            .expect("task");
+        servers.push(Server::start(&container, &format!("web{n}")));
+    }
+    let (client, _) = lab
+        .attach_container_with("n4", "client", "appnet", &[])
+        .expect("client");
+    let service = lab
+        .netctl_json("n1", &["service", "inspect", "web"])
+        .expect("inspect");
+    let vip = service["vips"][0]["addr"].as_str().expect("vip").to_owned();
+    // Every task answers before counting (servers up, backends programmed).
+    wait_until(Duration::from_secs(20), || {
+        let answers = ask(&lab, &client, "tcp", &vip, "8080", 24);
+        let names: BTreeSet<String> = answers
+            .iter()
+            .filter(|l| !l.starts_with("ERR"))
+            .filter_map(|l| l.split(' ').next().map(str::to_owned))
+            .collect();
+        (names.len() == 3).then_some(())
+    })
+    .unwrap_or_else(|_| panic!("not every task answered\n{}", lab.agent_logs(30)));
+
+    let answers = ask(&lab, &client, "tcp", &vip, "8080", 300);
+    let errors = answers.iter().filter(|l| l.starts_with("ERR")).count();
+    assert_eq!(errors, 0, "refused or lost connections: {answers:?}");
+    for n in 1..=3 {
+        let share = answers
+            .iter()
+            .filter(|l| l.starts_with(&format!("web{n} ")))
+            .count();
+        assert!(
+            (60..=138).contains(&share),
+            "web{n} got {share} of 300 connections (want 20% to 46%)"
+        );
+    }
+    drop(servers);
+    lab.teardown().expect("teardown");
+}

@@ -12,7 +12,8 @@ use std::{
 
 use netlab::{require_root, wait_until, Container, Lab};
 
-/// Answers on TCP 8080 and UDP 9090 with "<name> <client address>".
+/// Answers on TCP 8080 and UDP 9090 with "<name> <client address>", and
+/// on TCP 8081 once per message for as long as the connection lasts.
 const SERVER: &str = r#"
 import socket, sys, threading
 name = sys.argv[1]
@@ -23,6 +24,18 @@ def udp():
         data, addr = s.recvfrom(2048)
         s.sendto(f"{name} {addr[0]}".encode(), addr)
 threading.Thread(target=udp, daemon=True).start()
+def flow(c, client):
+    while c.recv(100):
+        c.sendall(f"{name} {client}".encode())
+def flows():
+    f = socket.socket()
+    f.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    f.bind(("0.0.0.0", 8081))
+    f.listen(64)
+    while True:
+        c, addr = f.accept()
+        threading.Thread(target=flow, args=(c, addr[0]), daemon=True).start()
+threading.Thread(target=flows, daemon=True).start()
 t = socket.socket()
 t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 t.bind(("0.0.0.0", 8080))
@@ -55,38 +68,47 @@ for _ in range(count):
         print("ERR", e)
 "#;
 
-/// One UDP socket for its whole life: every input line sends a datagram and
-/// prints the answer, so that the flow stays the same 5-tuple.
-const UDP_FLOW: &str = r#"
+/// One UDP socket (or one TCP connection) for its whole life: every input
+/// line sends a message and prints the answer, so that the flow keeps its
+/// 5-tuple.
+const FLOW: &str = r#"
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(2)
+vip, proto = sys.argv[1], sys.argv[2]
+if proto == "tcp":
+    s = socket.create_connection((vip, 8081), timeout=2)
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
 for line in sys.stdin:
     try:
-        s.sendto(b"x", (sys.argv[1], 9090))
-        print(s.recvfrom(200)[0].decode(), flush=True)
+        if proto == "tcp":
+            s.sendall(b"x")
+            print(s.recv(200).decode(), flush=True)
+        else:
+            s.sendto(b"x", (vip, 9090))
+            print(s.recvfrom(200)[0].decode(), flush=True)
     except Exception as e:
         print("ERR", e, flush=True)
 "#;
 
-/// A long-lived UDP flow from a container; killed (by pid) on drop.
-struct UdpFlow {
+/// A long-lived flow from a container; killed (by pid) on drop.
+struct Flow {
     child: Child,
     lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
 }
 
-impl UdpFlow {
-    fn start(container: &Container, vip: &str) -> Self {
+impl Flow {
+    fn start(container: &Container, vip: &str, proto: &str) -> Self {
         let mut child = Command::new("nsenter")
             .arg(format!("--net={}", container.netns_path().display()))
-            .args(["--", "python3", "-c", UDP_FLOW, vip])
+            .args(["--", "python3", "-c", FLOW, vip, proto])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("udp flow");
+            .expect("flow");
         let stdout = child.stdout.take().expect("stdout");
-        UdpFlow {
+        Flow {
             child,
             lines: std::io::BufReader::new(stdout).lines(),
         }
@@ -104,7 +126,7 @@ impl UdpFlow {
     }
 }
 
-impl Drop for UdpFlow {
+impl Drop for Flow {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -204,10 +226,10 @@ impl Scene {
         );
     }
 
-    /// A UDP flow from the client to the VIP and the task it is pinned to
-    /// (0: web1, 1: web2).
-    fn pinned_flow(&self) -> (UdpFlow, usize) {
-        let mut flow = UdpFlow::start(&self.client, &self.vip);
+    /// A `proto` flow from the client to the VIP and the task it is pinned
+    /// to (0: web1, 1: web2).
+    fn pinned_flow(&self, proto: &str) -> (Flow, usize) {
+        let mut flow = Flow::start(&self.client, &self.vip, proto);
         let first = flow.ask();
         let pinned = match first.split(' ').next() {
             Some("web1") => 0,
@@ -318,7 +340,7 @@ fn vip_spreads_tcp_and_udp_over_tasks_on_other_nodes() {
 fn an_unhealthy_task_drains_no_task_refuses_and_a_gone_task_loses_its_flows() {
     require_root!();
     let mut scene = Scene::up();
-    let (mut flow, pinned) = scene.pinned_flow();
+    let (mut flow, pinned) = scene.pinned_flow("udp");
     let other = 1 - pinned;
     let nodes = ["n2", "n3"];
     let field = |n: usize, key: &str| scene.endpoints[n][key].as_str().expect(key).to_owned();
@@ -391,7 +413,7 @@ fn an_unhealthy_task_drains_no_task_refuses_and_a_gone_task_loses_its_flows() {
 fn flows_survive_an_agent_kill_and_restart() {
     require_root!();
     let mut scene = Scene::up();
-    let (mut flow, pinned) = scene.pinned_flow();
+    let (mut flow, pinned) = scene.pinned_flow("udp");
     let pinned = format!("web{} ", pinned + 1);
 
     // Agent down: the programs and pinned maps carry on alone.
@@ -468,4 +490,48 @@ fn three_hundred_connections_from_a_fourth_node_spread_over_three_tasks() {
     }
     drop(servers);
     lab.teardown().expect("teardown");
+}
+
+#[test]
+fn a_long_lived_tcp_connection_survives_adding_and_removing_other_tasks() {
+    require_root!();
+    let mut scene = Scene::up();
+    let (mut flow, pinned) = scene.pinned_flow("tcp");
+    let answer = format!("web{} {}", pinned + 1, scene.client_ip);
+    assert_eq!(flow.ask(), answer);
+
+    // A third task joins (on n1): the open connection keeps its task.
+    let (web3, _) = scene
+        .lab
+        .attach_container_with(
+            "n1",
+            "web3",
+            "appnet",
+            &["--service", "web", "--name", "web.3"],
+        )
+        .expect("third task");
+    let _server = Server::start(&web3, "web3");
+    wait_until(Duration::from_secs(5), || {
+        (datapath_backends(&scene.lab).len() == 3).then_some(())
+    })
+    .unwrap_or_else(|_| panic!("three backends: {:?}", datapath_backends(&scene.lab)));
+    assert_eq!(flow.ask(), answer, "after a task was added");
+
+    // The other original task leaves: still the same task.
+    let (other_node, other_task) = if pinned == 0 {
+        ("n3", "web.2")
+    } else {
+        ("n2", "web.1")
+    };
+    scene
+        .lab
+        .netctl_json(other_node, &["endpoint", "detach", other_task])
+        .expect("detach");
+    wait_until(Duration::from_secs(5), || {
+        (datapath_backends(&scene.lab).len() == 2).then_some(())
+    })
+    .unwrap_or_else(|_| panic!("two backends: {:?}", datapath_backends(&scene.lab)));
+    assert_eq!(flow.ask(), answer, "after another task was removed");
+    drop(flow);
+    scene.lab.teardown().expect("teardown");
 }

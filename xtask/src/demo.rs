@@ -8,7 +8,7 @@ use netlab::{Lab, LabSpec};
 use crate::{setup, workspace};
 
 pub fn run() -> Result<()> {
-    setup::run()?;
+    let _setup = setup::run()?;
     workspace::require_root("cargo xtask demo")?;
     let bin_dir = workspace::build_binaries()?;
     std::env::set_var("NETAGENT_BIN_DIR", &bin_dir);

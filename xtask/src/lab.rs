@@ -26,7 +26,8 @@ pub fn run(command: LabCommand) -> Result<()> {
 }
 
 fn up(nodes: usize) -> Result<()> {
-    setup::run()?;
+    // The lab stays up, and with it the bpf filesystem its agents pin into.
+    setup::run()?.keep();
     let bin_dir = workspace::build_binaries()?;
     std::env::set_var("NETAGENT_BIN_DIR", &bin_dir);
     let mut lab = Lab::up(LabSpec {

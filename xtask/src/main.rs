@@ -49,7 +49,7 @@ enum Command {
 
 fn main() -> Result<()> {
     match Xtask::parse().command {
-        Command::Setup => setup::run(),
+        Command::Setup => setup::run().map(setup::Setup::keep),
         Command::Test { args } => test::run(&args),
         Command::Demo => demo::run(),
         Command::Lab { command } => lab::run(command),

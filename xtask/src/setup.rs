@@ -39,13 +39,56 @@ const PACKAGES: &[(&str, &str)] = &[
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
-pub fn run() -> Result<()> {
+const BPFFS: &str = "/sys/fs/bpf";
+/// What the kernel puts in every new bpf filesystem (bpf_preload): not ours
+/// to keep, but no sign of use either.
+const BPFFS_PRELOAD: &[&str] = &["maps.debug", "progs.debug"];
+
+/// What this setup changed that the machine did not have: undone on drop
+/// (after tests, the demo or a benchmark) unless kept.
+pub struct Setup {
+    mounted_bpffs: bool,
+}
+
+impl Setup {
+    /// Leaves everything in place (`cargo xtask setup`, `lab up`).
+    pub fn keep(mut self) {
+        self.mounted_bpffs = false;
+    }
+}
+
+impl Drop for Setup {
+    /// Unmounts the bpf filesystem this run mounted, once nothing but the
+    /// kernel's preload entries is left on it.
+    fn drop(&mut self) {
+        if !self.mounted_bpffs {
+            return;
+        }
+        let entries: Vec<String> = std::fs::read_dir(BPFFS)
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if entries
+            .iter()
+            .all(|name| BPFFS_PRELOAD.contains(&name.as_str()))
+        {
+            if let Err(error) = run_checked(Command::new("umount").arg(BPFFS)) {
+                eprintln!("setup: could not unmount the bpf filesystem it mounted: {error:#}");
+            }
+        }
+    }
+}
+
+pub fn run() -> Result<Setup> {
     install_packages()?;
     install_rust_src()?;
     install_bpf_linker()?;
-    mount_bpffs()?;
+    let mounted_bpffs = mount_bpffs()?;
     println!("setup: everything is in place");
-    Ok(())
+    Ok(Setup { mounted_bpffs })
 }
 
 fn succeeds(program: &str, args: &[&str]) -> bool {
@@ -157,16 +200,17 @@ fn install_bpf_linker() -> Result<()> {
 }
 
 /// The agents pin maps under /sys/fs/bpf; containers often start without a
-/// bpffs mounted there.
-fn mount_bpffs() -> Result<()> {
-    if is_bpffs("/sys/fs/bpf") {
-        return Ok(());
+/// bpffs mounted there. Whether this call mounted it.
+fn mount_bpffs() -> Result<bool> {
+    if is_bpffs(BPFFS) {
+        return Ok(false);
     }
     if !netlab::is_root() {
         bail!("/sys/fs/bpf is not a bpf filesystem; run `sudo cargo xtask setup` to mount one");
     }
     println!("setup: mounting a bpf filesystem on /sys/fs/bpf");
-    run_checked(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+    run_checked(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
+    Ok(true)
 }
 
 fn is_bpffs(path: &str) -> bool {

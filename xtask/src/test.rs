@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use crate::{setup, workspace};
 
 pub fn run(args: &[String]) -> Result<()> {
-    setup::run()?;
+    let _setup = setup::run()?;
     workspace::require_root("cargo xtask test")?;
     // Labs of earlier runs that were killed go first, so that what remains
     // afterwards can only be this run's.

@@ -19,7 +19,7 @@ pub fn run(name: &str, args: &[String]) -> Result<()> {
             BENCHMARKS.join(", ")
         );
     }
-    setup::run()?;
+    let _setup = setup::run()?;
     workspace::require_root("cargo xtask bench")?;
     // Benchmarks measure the release build.
     workspace::cargo(&["build", "--release", "-p", "netagent", "--bins"])?;

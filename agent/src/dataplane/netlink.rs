@@ -293,14 +293,8 @@ impl Netlink {
 
     /// `bridge fdb del MAC dev IFINDEX dst VTEP self`; absent is not an error.
     pub async fn fdb_del(&self, ifindex: u32, mac: Mac, vtep: Ipv4Addr) -> Result<()> {
-        let mut message = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(fdb_entry(
-            ifindex, mac, vtep,
-        )));
-        message.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-        match self.request_ack(message).await {
-            Err(error) if error.is(libc::ENOENT) => Ok(()),
-            other => other,
-        }
+        self.del_neighbour_entry(fdb_entry(ifindex, mac, vtep))
+            .await
     }
 
     /// `bridge fdb replace MAC dev IFINDEX master static`: the bridge sends
@@ -315,9 +309,13 @@ impl Netlink {
 
     /// `bridge fdb del MAC dev IFINDEX master`; absent is not an error.
     pub async fn bridge_fdb_del(&self, ifindex: u32, mac: Mac) -> Result<()> {
-        let mut message = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(
-            bridge_fdb_entry(ifindex, mac),
-        ));
+        self.del_neighbour_entry(bridge_fdb_entry(ifindex, mac))
+            .await
+    }
+
+    /// RTM_DELNEIGH for `entry`; an entry already gone is not an error.
+    async fn del_neighbour_entry(&self, entry: NeighbourMessage) -> Result<()> {
+        let mut message = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(entry));
         message.header.flags = NLM_F_REQUEST | NLM_F_ACK;
         match self.request_ack(message).await {
             Err(error) if error.is(libc::ENOENT) => Ok(()),
@@ -449,14 +447,8 @@ fn lladdr(message: &NeighbourMessage) -> Option<Mac> {
 /// The FDB entry of a VXLAN remote: AF_BRIDGE, NTF_SELF (the vxlan device's
 /// own table, not the bridge's), NUD_PERMANENT, NDA_LLADDR, NDA_DST.
 pub fn fdb_entry(ifindex: u32, mac: Mac, vtep: Ipv4Addr) -> NeighbourMessage {
-    let mut message = NeighbourMessage::default();
-    message.header.family = AddressFamily::Bridge;
-    message.header.ifindex = ifindex;
-    message.header.state = NeighbourState::Permanent;
-    message.header.flags = NeighbourFlags::Own;
-    message
-        .attributes
-        .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+    let mut message =
+        bridge_family_entry(ifindex, mac, NeighbourState::Permanent, NeighbourFlags::Own);
     message
         .attributes
         .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
@@ -468,11 +460,26 @@ pub fn fdb_entry(ifindex: u32, mac: Mac, vtep: Ipv4Addr) -> NeighbourMessage {
 /// A static entry of the bridge's own FDB (NTF_MASTER, NUD_NOARP: what
 /// iproute2 calls `master static`) pointing MAC at port `ifindex`.
 pub fn bridge_fdb_entry(ifindex: u32, mac: Mac) -> NeighbourMessage {
+    bridge_family_entry(
+        ifindex,
+        mac,
+        NeighbourState::Noarp,
+        NeighbourFlags::Controller,
+    )
+}
+
+/// An AF_BRIDGE neighbour message for MAC on `ifindex`.
+fn bridge_family_entry(
+    ifindex: u32,
+    mac: Mac,
+    state: NeighbourState,
+    flags: NeighbourFlags,
+) -> NeighbourMessage {
     let mut message = NeighbourMessage::default();
     message.header.family = AddressFamily::Bridge;
     message.header.ifindex = ifindex;
-    message.header.state = NeighbourState::Noarp;
-    message.header.flags = NeighbourFlags::Controller;
+    message.header.state = state;
+    message.header.flags = flags;
     message
         .attributes
         .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));

@@ -17,7 +17,7 @@ use crate::{
     },
     endpoint_store::{EndpointStore, LocalEndpoint, StoreError},
     ipam,
-    model::{Endpoint, Health, Mac, Network},
+    model::{Endpoint, Health, Network},
 };
 
 /// `netctl endpoint attach`.
@@ -147,16 +147,16 @@ pub async fn attach(rt: &ClusterRuntime, request: AttachRequest) -> Result<Endpo
         None => (next_address(rt, &network, &used).await?, false),
     };
     let endpoint = Endpoint {
-        id: new_endpoint_id(),
         name: request.name.clone().unwrap_or_default(),
-        network: network.name.clone(),
-        network_id: network.id.clone(),
         service: request.service.clone(),
-        node: rt.identity().node_name.clone(),
-        ip,
-        mac: Mac::from_ipv4(ip),
         aliases: request.aliases.clone(),
-        health: Health::Healthy,
+        ..Endpoint::new(
+            new_endpoint_id(),
+            &network.name,
+            &network.id,
+            &rt.identity().node_name,
+            ip,
+        )
     };
 
     let had_sandbox = rt.overlay.sandboxes().await?.contains(&network.vni);

@@ -112,22 +112,13 @@ impl EndpointStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Health, Mac};
 
     fn entry(id: &str, name: &str) -> LocalEndpoint {
         let ip = "10.10.0.2".parse().unwrap();
         LocalEndpoint {
             endpoint: Endpoint {
-                id: id.into(),
                 name: name.into(),
-                network: "appnet".into(),
-                network_id: "net1".into(),
-                service: None,
-                node: "n1".into(),
-                ip,
-                mac: Mac::from_ipv4(ip),
-                aliases: vec![],
-                health: Health::Healthy,
+                ..Endpoint::new(id, "appnet", "net1", "n1", ip)
             },
             container_netns: "/run/netns/c1".into(),
             ifname: "eth0".into(),

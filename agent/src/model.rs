@@ -125,6 +125,31 @@ pub struct Endpoint {
     pub health: Health,
 }
 
+impl Endpoint {
+    /// An endpoint of `node` on network (`network`, `network_id`) at `ip`,
+    /// with Docker's MAC for it, healthy, nameless and in no service.
+    pub fn new(
+        id: impl Into<String>,
+        network: &str,
+        network_id: &str,
+        node: &str,
+        ip: Ipv4Addr,
+    ) -> Self {
+        Endpoint {
+            id: id.into(),
+            name: String::new(),
+            network: network.to_owned(),
+            network_id: network_id.to_owned(),
+            service: None,
+            node: node.to_owned(),
+            ip,
+            mac: Mac::from_ipv4(ip),
+            aliases: Vec::new(),
+            health: Health::Healthy,
+        }
+    }
+}
+
 /// A MAC address, written `02:42:0a:0a:00:02`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Mac(pub [u8; 6]);

@@ -162,10 +162,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::{
-        gossip::PeerState,
-        model::{Health, Mac},
-    };
+    use crate::gossip::PeerState;
 
     fn network(name: &str, vni: u32) -> Network {
         Network {
@@ -181,18 +178,13 @@ mod tests {
 
     fn endpoint(network: &Network, node: &str, host: u8) -> Endpoint {
         let ip = Ipv4Addr::new(10, (network.vni - 4000) as u8, 0, host);
-        Endpoint {
-            id: format!("{node}-{host}"),
-            name: String::new(),
-            network: network.name.clone(),
-            network_id: network.id.clone(),
-            service: None,
-            node: node.into(),
+        Endpoint::new(
+            format!("{node}-{host}"),
+            &network.name,
+            &network.id,
+            node,
             ip,
-            mac: Mac::from_ipv4(ip),
-            aliases: Vec::new(),
-            health: Health::Healthy,
-        }
+        )
     }
 
     fn view(nodes: &[(&str, u8, Vec<Endpoint>)]) -> GossipView {

@@ -9,7 +9,7 @@ use std::{
 
 use netagent::{
     gossip::{Gossip, GossipConfig, GossipView},
-    model::{Endpoint, Health, Mac},
+    model::{Endpoint, Mac},
 };
 use tokio::sync::watch;
 
@@ -35,16 +35,9 @@ fn config(name: &str, addr: SocketAddr, seeds: &[SocketAddr], key: [u8; 32]) -> 
 fn endpoint(id: &str, node: &str, last: u8) -> Endpoint {
     let ip = Ipv4Addr::new(10, 0, 0, last);
     Endpoint {
-        id: id.into(),
         name: format!("web.{last}"),
-        network: "front".into(),
-        network_id: "n1".into(),
         service: Some("web".into()),
-        node: node.into(),
-        ip,
-        mac: Mac::from_ipv4(ip),
-        aliases: vec![],
-        health: Health::Healthy,
+        ..Endpoint::new(id, "front", "n1", node, ip)
     }
 }
 

@@ -136,21 +136,12 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::model::Mac;
 
     fn endpoint(id: &str, service: Option<&str>) -> Endpoint {
         let ip = Ipv4Addr::new(10, 0, 0, 2);
         Endpoint {
-            id: id.into(),
-            name: String::new(),
-            network: "web".into(),
-            network_id: "n1".into(),
             service: service.map(str::to_owned),
-            node: "node1".into(),
-            ip,
-            mac: Mac::from_ipv4(ip),
-            aliases: Vec::new(),
-            health: Default::default(),
+            ..Endpoint::new(id, "web", "n1", "node1", ip)
         }
     }
 

@@ -262,7 +262,7 @@ fn wire_name(name: &str) -> Option<Box<[u8]>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::{Mac, ServiceVip};
+    use crate::model::ServiceVip;
 
     pub fn network(name: &str, id: &str, subnet: &str) -> Network {
         let subnet: Ipv4Net = subnet.parse().unwrap();
@@ -280,16 +280,9 @@ pub(crate) mod tests {
     pub fn endpoint(name: &str, service: Option<&str>, net: &Network, ip: [u8; 4]) -> Endpoint {
         let ip = Ipv4Addr::from(ip);
         Endpoint {
-            id: format!("{name}-{}", net.id),
             name: name.into(),
-            network: net.name.clone(),
-            network_id: net.id.clone(),
             service: service.map(Into::into),
-            node: "n1".into(),
-            ip,
-            mac: Mac::from_ipv4(ip),
-            aliases: Vec::new(),
-            health: Health::Healthy,
+            ..Endpoint::new(format!("{name}-{}", net.id), &net.name, &net.id, "n1", ip)
         }
     }
 

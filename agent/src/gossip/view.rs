@@ -85,21 +85,13 @@ fn peer_state<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Health, Mac};
 
     fn endpoint(id: &str, node: &str, last: u8) -> Endpoint {
         let ip = Ipv4Addr::new(10, 0, 0, last);
         Endpoint {
-            id: id.into(),
             name: format!("web.{last}"),
-            network: "front".into(),
-            network_id: "n1".into(),
             service: Some("web".into()),
-            node: node.into(),
-            ip,
-            mac: Mac::from_ipv4(ip),
-            aliases: vec![],
-            health: Health::Healthy,
+            ..Endpoint::new(id, "front", "n1", node, ip)
         }
     }
 

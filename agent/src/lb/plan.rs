@@ -85,7 +85,7 @@ pub fn desired(services: &[Service], endpoints: &[Endpoint]) -> BTreeMap<Ipv4Add
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Mac, ServiceVip};
+    use crate::model::ServiceVip;
 
     fn endpoint(
         id: &str,
@@ -96,16 +96,9 @@ mod tests {
     ) -> Endpoint {
         let ip = Ipv4Addr::from(ip);
         Endpoint {
-            id: id.into(),
-            name: String::new(),
-            network: "appnet".into(),
-            network_id: network_id.into(),
             service: Some(service.into()),
-            node: "n2".into(),
-            ip,
-            mac: Mac::from_ipv4(ip),
-            aliases: Vec::new(),
             health,
+            ..Endpoint::new(id, "appnet", network_id, "n2", ip)
         }
     }
 

@@ -208,8 +208,16 @@ fn a_container_sees_only_the_names_of_its_networks() {
         vec![ip],
         Duration::from_secs(2),
     );
-    // The other network's container does not see it (and it is not forwarded
-    // into an answer either).
+    // The other network's container has a working resolver of its own ...
+    let (_u, other_ip) = attach(&mut lab, "n2", "u", "other", &["--name", "open.1"]);
+    eventually(
+        &lab,
+        &other_client,
+        &["open.1"],
+        vec![other_ip],
+        Duration::from_secs(2),
+    );
+    // ... which does not see appnet's names (nor gets them forwarded back).
     assert!(dig(&lab, &other_client, &["secret.1"]).is_empty());
     assert!(dig(&lab, &other_client, &["secret.1.appnet"]).is_empty());
     lab.teardown().expect("teardown");

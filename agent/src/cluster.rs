@@ -87,7 +87,7 @@ impl ClusterRuntime {
             pool,
         )
         .await?;
-        identity.save(&config.data_dir)?;
+        // Manager::init has saved the identity with the store, as one step.
         Self::start(config, identity, Some(manager)).await
     }
 

@@ -125,6 +125,11 @@ pub fn remove_lab_objects(prefix: &str) -> Vec<String> {
             errors.push(format!("removing {}: {error}", state.display()));
         }
     }
+    // The parents the labs created go with the last lab (remove_dir fails,
+    // harmlessly, while anything else is in them).
+    for parent in [LAB_STATE_ROOT, ETC_NETNS] {
+        let _ = std::fs::remove_dir(parent);
+    }
     errors
 }
 

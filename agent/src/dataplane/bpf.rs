@@ -108,7 +108,6 @@ pub struct Attachment {
 /// The loaded datapath object and what the agent attached from it.
 pub struct Datapath {
     ebpf: Ebpf,
-    pin_dir: PathBuf,
     attachments: Vec<Attachment>,
 }
 
@@ -136,14 +135,8 @@ impl Datapath {
         info!(pins = %pin_dir.display(), "datapath object loaded");
         Ok(Self {
             ebpf,
-            pin_dir,
             attachments: Vec::new(),
         })
-    }
-
-    /// Where the maps are pinned.
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
     }
 
     /// What is attached, in attach order.

@@ -146,7 +146,6 @@ pub struct Lab {
     bin_dir: PathBuf,
     persistent: bool,
     nodes: Vec<Node>,
-    containers: Vec<Container>,
     dnsmasq: Option<(Child, ProcessId)>,
     /// Servers and clients started in lab namespaces (`spawn_in`).
     processes: Vec<(Child, ProcessId)>,
@@ -226,7 +225,6 @@ impl Lab {
             bin_dir: bin_dir(),
             persistent: spec.persistent,
             nodes: Vec::new(),
-            containers: Vec::new(),
             dnsmasq: None,
             processes: Vec::new(),
             namespaces: Vec::new(),
@@ -445,10 +443,6 @@ impl Lab {
 
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
-    }
-
-    pub fn containers(&self) -> &[Container] {
-        &self.containers
     }
 
     /// Node `name` (`n1`, ...).
@@ -698,12 +692,10 @@ impl Lab {
             &Path::new(ETC_NETNS).join(&netns).join("resolv.conf"),
             "nameserver 127.0.0.11\noptions ndots:0\n",
         )?;
-        let container = Container {
+        Ok(Container {
             name: name.to_owned(),
             netns,
-        };
-        self.containers.push(container.clone());
-        Ok(container)
+        })
     }
 
     /// Adds container `name` and attaches it on `node` to `network`
@@ -774,8 +766,6 @@ impl Lab {
                 let _ = agent.child.try_wait();
             }
         }
-        // Container namespaces are in `namespaces` too, after the hosts.
-        self.containers.clear();
         self.stop_upstream_dns();
         for netns in self.namespaces.drain(..).rev() {
             if let Err(error) = cmd::run("ip", ["netns", "del", &netns]) {

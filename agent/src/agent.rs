@@ -21,6 +21,7 @@ use crate::{
     cluster::ClusterRuntime,
     config::AgentConfig,
     dataplane::{counters, interfaces, Datapath, DatapathError},
+    trace::{names::AddressBook, Tracer},
     VERSION,
 };
 
@@ -52,6 +53,8 @@ pub struct AgentState {
     config: AgentConfig,
     started: Instant,
     datapath: Mutex<Datapath>,
+    /// `None` when the trace maps could not be opened (logged at start).
+    tracer: Option<Arc<Tracer>>,
     /// The cluster this node is in; `None` until init or join.
     cluster: tokio::sync::RwLock<Option<Arc<ClusterRuntime>>>,
 }
@@ -67,6 +70,26 @@ impl AgentState {
         self.datapath
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn tracer(&self) -> Option<Arc<Tracer>> {
+        self.tracer.clone()
+    }
+
+    /// Who the addresses the datapath sees are: every endpoint of the live
+    /// nodes and this node's own, the services' VIPs, the nodes.
+    pub async fn address_book(&self) -> AddressBook {
+        let Some(rt) = self.cluster().await else {
+            return AddressBook::default();
+        };
+        let endpoints = crate::api::routes::all_endpoints(&rt).await;
+        let nodes: Vec<_> = rt
+            .view()
+            .nodes
+            .values()
+            .filter_map(|node| node.vtep.map(|vtep| (node.name.clone(), vtep)))
+            .collect();
+        AddressBook::build(&endpoints, &rt.services().await, &nodes)
     }
 
     /// The cluster runtime, if this node is in a cluster.
@@ -128,6 +151,7 @@ impl AgentState {
             cluster_id: cluster.as_ref().map(|rt| rt.identity().cluster_id.clone()),
             role: cluster.as_ref().map(|rt| rt.identity().role),
             gossip_rejected_packets: cluster.as_ref().map(|rt| rt.gossip.rejected_packets()),
+            trace: self.tracer.as_ref().map(|t| t.stats()),
         })
     }
 
@@ -158,6 +182,14 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
 
     let mut datapath = Datapath::load(&config.bpffs, &config.lb_maps)?;
     counters::watch(&mut datapath, &underlay)?;
+    // Tracing is optional: an agent that cannot trace still forwards.
+    let tracer = match Tracer::open(&mut datapath, &config.node_name) {
+        Ok(tracer) => Some(tracer),
+        Err(error) => {
+            warn!(%error, "tracing unavailable");
+            None
+        }
+    };
 
     let cluster = ClusterRuntime::resume(&config).await?;
     let listener = api::server::bind(&config.api_socket()).await?;
@@ -166,8 +198,24 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         config,
         started: Instant::now(),
         datapath: Mutex::new(datapath),
+        tracer,
         cluster: tokio::sync::RwLock::new(cluster),
     });
+    if let Some(tracer) = &state.tracer {
+        let weak = Arc::downgrade(&state);
+        let names: crate::trace::NameSource = Box::new(move || {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(state) => state.address_book().await,
+                    None => AddressBook::default(),
+                }
+            })
+        });
+        if let Err(error) = tracer.spawn(names) {
+            warn!(%error, "tracing unavailable");
+        }
+    }
     info!(
         node = %state.config.node_name,
         advertise_addr = %state.config.advertise_addr,

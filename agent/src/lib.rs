@@ -20,6 +20,7 @@ pub mod lb;
 pub mod model;
 pub mod reconcile;
 pub mod resolvers;
+pub mod trace;
 
 /// The version every component reports (`netctl status`, the API).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

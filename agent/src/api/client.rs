@@ -6,12 +6,56 @@ use std::{
 };
 
 use http_body_util::{BodyExt, Full};
-use hyper::{body::Bytes, Request, StatusCode};
+use hyper::{
+    body::{Bytes, Incoming},
+    Request, StatusCode,
+};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
-use tokio::net::UnixStream;
+use tokio::{net::UnixStream, task::JoinHandle};
 
 use super::types::ErrorBody;
+
+/// The lines of a streamed response (`ApiClient::get_lines`).
+pub struct Lines {
+    body: Incoming,
+    buffer: Vec<u8>,
+    driver: JoinHandle<hyper::Result<()>>,
+    socket: PathBuf,
+}
+
+impl Lines {
+    /// The next line (without its newline), or `None` when the agent ends
+    /// the response.
+    pub async fn next_line(&mut self) -> Result<Option<String>, ClientError> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return Ok(Some(String::from_utf8_lossy(&line[..end]).into_owned()));
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(error)) => {
+                    return Err(ClientError::Protocol {
+                        path: self.socket.clone(),
+                        message: error.to_string(),
+                    })
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -75,12 +119,62 @@ impl ApiClient {
         self.decode(status, &body)
     }
 
+    /// `GET path` for a response that goes on (newline-delimited JSON):
+    /// its lines as they come. A refusal is an error as with `get`.
+    pub async fn get_lines(&self, path: &str) -> Result<Lines, ClientError> {
+        let (response, driver) = self.send("GET", path, None).await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|error| self.protocol(error))?
+                .to_bytes();
+            driver.abort();
+            return Err(refusal(status, &body));
+        }
+        Ok(Lines {
+            body: response.into_body(),
+            buffer: Vec::new(),
+            driver,
+            socket: self.socket.clone(),
+        })
+    }
+
+    fn protocol(&self, error: hyper::Error) -> ClientError {
+        ClientError::Protocol {
+            path: self.socket.clone(),
+            message: error.to_string(),
+        }
+    }
+
     async fn request(
         &self,
         method: &str,
         path: &str,
         json: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let (response, driver) = self.send(method, path, json).await?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|error| self.protocol(error))?
+            .to_bytes();
+        driver.abort();
+        Ok((status, body))
+    }
+
+    /// Sends one request on a new connection; the connection is driven by
+    /// the returned task until the caller aborts it.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        json: Option<Vec<u8>>,
+    ) -> Result<(hyper::Response<Incoming>, JoinHandle<hyper::Result<()>>), ClientError> {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -118,16 +212,13 @@ impl ApiClient {
                 path: self.socket.clone(),
                 message: error.to_string(),
             })?;
-        let response = sender.send_request(request).await.map_err(protocol)?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(protocol)?
-            .to_bytes();
-        driver.abort();
-        Ok((status, body))
+        match sender.send_request(request).await {
+            Ok(response) => Ok((response, driver)),
+            Err(error) => {
+                driver.abort();
+                Err(protocol(error))
+            }
+        }
     }
 
     fn decode<T: DeserializeOwned>(
@@ -136,14 +227,19 @@ impl ApiClient {
         body: &[u8],
     ) -> Result<T, ClientError> {
         if !status.is_success() {
-            let message = serde_json::from_slice::<ErrorBody>(body)
-                .map(|body| body.error)
-                .unwrap_or_else(|_| format!("netagent answered {status}"));
-            return Err(ClientError::Api(message));
+            return Err(refusal(status, body));
         }
         serde_json::from_slice(body).map_err(|error| ClientError::Decode {
             path: self.socket.clone(),
             message: error.to_string(),
         })
     }
+}
+
+/// The agent's one-line refusal.
+fn refusal(status: StatusCode, body: &[u8]) -> ClientError {
+    let message = serde_json::from_slice::<ErrorBody>(body)
+        .map(|body| body.error)
+        .unwrap_or_else(|_| format!("netagent answered {status}"));
+    ClientError::Api(message)
 }

@@ -5,6 +5,7 @@ pub mod client;
 pub mod routes;
 pub mod server;
 pub mod service_routes;
+pub mod trace_routes;
 pub mod types;
 
 pub use client::{ApiClient, ClientError};

@@ -240,7 +240,7 @@ async fn remove_network(
 }
 
 /// Every endpoint of the live nodes, plus this node's own (published or not).
-pub(super) async fn all_endpoints(rt: &ClusterRuntime) -> Vec<Endpoint> {
+pub(crate) async fn all_endpoints(rt: &ClusterRuntime) -> Vec<Endpoint> {
     let view = rt.view();
     let mut endpoints: Vec<Endpoint> = view
         .nodes

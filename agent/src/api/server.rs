@@ -140,6 +140,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/v1/counters", get(counters))
         .merge(super::routes::router())
         .merge(super::service_routes::router())
+        .merge(super::trace_routes::router())
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .with_state(state)
 }

@@ -26,6 +26,9 @@ pub struct Status {
     /// Gossip datagrams dropped because they did not open with the cluster key.
     #[serde(default)]
     pub gossip_rejected_packets: Option<u64>,
+    /// Tracing (`netctl trace`): tracers connected, events written and lost.
+    #[serde(default)]
+    pub trace: Option<crate::trace::TraceStats>,
 }
 
 /// One datapath program attached to one interface.

@@ -10,6 +10,7 @@ mod overlay;
 mod service;
 mod status;
 pub mod table;
+mod trace;
 
 use std::path::PathBuf;
 
@@ -27,6 +28,15 @@ pub enum CliError {
     Output(#[from] std::io::Error),
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    TraceFilter(#[from] crate::trace::filter::FilterError),
+    #[error("cannot write the pcap file {path}: {source}")]
+    Pcap {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("netagent ended the trace (stopped or restarting?): run netctl trace again")]
+    TraceEnded,
 }
 
 /// Drives the netagent of this node (or another one with --host).
@@ -83,6 +93,8 @@ pub enum Command {
         #[command(subcommand)]
         command: endpoint::EndpointCommand,
     },
+    /// Watch what the datapath does with packets, live.
+    Trace(trace::TraceArgs),
 }
 
 /// The socket path of a `unix://` host address.
@@ -103,6 +115,7 @@ pub async fn run(cli: Netctl, out: &mut dyn std::io::Write) -> Result<(), CliErr
         Command::Overlay { command } => overlay::run(&client, command, cli.format, out).await,
         Command::Service { command } => service::run(&client, command, cli.format, out).await,
         Command::Endpoint { command } => endpoint::run(&client, command, cli.format, out).await,
+        Command::Trace(args) => trace::run(&client, args, cli.format, out).await,
     }
 }
 

@@ -30,6 +30,14 @@ fn write_table(status: &Status, out: &mut dyn Write) -> Result<(), CliError> {
     if let Some(rejected) = status.gossip_rejected_packets {
         writeln!(out, "Gossip rejected: {rejected} packets")?;
     }
+    match &status.trace {
+        Some(trace) => writeln!(
+            out,
+            "Trace:           {} tracer(s), {} events, {} lost (ring full)",
+            trace.tracers, trace.emitted, trace.lost
+        )?,
+        None => writeln!(out, "Trace:           unavailable (see the agent's log)")?,
+    }
     writeln!(out)?;
     writeln!(out, "Datapath programs:")?;
     let mut programs = Table::new(["PROGRAM", "KIND", "INTERFACE", "DIRECTION", "PROG ID"]);

@@ -156,6 +156,14 @@ impl Datapath {
             .ok_or(DatapathError::MissingMap(name))
     }
 
+    /// Takes a map out of the object, for a reader that owns it (the trace
+    /// ring buffer).
+    pub fn take_map(&mut self, name: &'static str) -> Result<aya::maps::Map, DatapathError> {
+        self.ebpf
+            .take_map(name)
+            .ok_or(DatapathError::MissingMap(name))
+    }
+
     /// Attaches `program` to `ifname` in `direction` at `slot`, replacing in
     /// place whatever an earlier run attached there.
     pub fn attach_tc(

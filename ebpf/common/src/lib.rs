@@ -210,3 +210,110 @@ mod pod {
     unsafe impl aya::Pod for LbRevKey {}
     unsafe impl aya::Pod for LbRevValue {}
 }
+
+// ---------------------------------------------------------------------------
+// Tracing (`ebpf/programs/src/trace.rs`, `agent/src/trace`).
+//
+// The programs report what they did with a packet into TRACE_EVENTS (a ring
+// buffer), but only while TRACE_ON[0] is non-zero: the agent sets it while
+// at least one `netctl trace` is connected, so the check is all it costs
+// otherwise. TRACE_STATS counts, per CPU, the events written and those lost
+// because the ring was full.
+
+/// Name of the flag array (one u32: non-zero while someone traces).
+pub const TRACE_ON_MAP: &str = "TRACE_ON";
+/// Name of the ring buffer the events go to.
+pub const TRACE_EVENTS_MAP: &str = "TRACE_EVENTS";
+/// Name of the per-CPU counters (index TRACE_STAT_*).
+pub const TRACE_STATS_MAP: &str = "TRACE_STATS";
+/// Size of the ring buffer in bytes (a power of two, a multiple of the page
+/// size): about 5,000 events.
+pub const TRACE_RING_BYTES: u32 = 1 << 20;
+/// TRACE_STATS index: events written to the ring.
+pub const TRACE_STAT_EMITTED: u32 = 0;
+/// TRACE_STATS index: events lost because the ring was full.
+pub const TRACE_STAT_LOST: u32 = 1;
+/// Entries of TRACE_STATS.
+pub const TRACE_STATS_LEN: u32 = 2;
+/// How many bytes of each packet an event carries (its headers, for pcap).
+pub const TRACE_CAPTURE_BYTES: usize = 128;
+
+/// A new flow to a VIP: a backend was chosen and the packet translated.
+pub const TRACE_KIND_TRANSLATE: u8 = 1;
+/// A packet of a flow already in conntrack, translated to its backend.
+pub const TRACE_KIND_TRANSLATE_ESTABLISHED: u8 = 2;
+/// A reply from a backend: its source turned back into the VIP.
+pub const TRACE_KIND_REVERSE: u8 = 3;
+/// The packet was dropped, or refused with a RST or ICMP error (see reason).
+pub const TRACE_KIND_DROP: u8 = 4;
+/// An ARP request for a VIP, answered by the datapath.
+pub const TRACE_KIND_ARP_REPLY: u8 = 5;
+/// The packet went on untouched although it concerned the datapath (see reason).
+pub const TRACE_KIND_PASS: u8 = 6;
+/// A packet forwarded to another node (ingress routing mesh).
+pub const TRACE_KIND_FORWARD: u8 = 7;
+
+/// No particular reason.
+pub const TRACE_REASON_NONE: u8 = 0;
+/// The service has no active backend (TCP answered with a RST, UDP with an
+/// ICMP port unreachable).
+pub const TRACE_REASON_NO_BACKEND: u8 = 1;
+/// A packet in the middle of a flow had no conntrack entry: balanced again.
+pub const TRACE_REASON_NO_CONNTRACK: u8 = 2;
+/// The headers could not be read.
+pub const TRACE_REASON_MALFORMED: u8 = 3;
+/// Not TCP or UDP, or a fragment: the load balancer does not handle it.
+pub const TRACE_REASON_UNSUPPORTED: u8 = 4;
+/// Refused by a policy.
+pub const TRACE_REASON_POLICY: u8 = 5;
+
+/// An IPv4 5-tuple (addresses and ports in network byte order, as in
+/// the packet; the protocol is in the event).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceTuple {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// One event of TRACE_EVENTS.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub timestamp_ns: u64,
+    /// The interface the program runs on (in its own namespace).
+    pub ifindex: u32,
+    /// TRACE_KIND_*.
+    pub kind: u8,
+    /// TRACE_REASON_*.
+    pub reason: u8,
+    /// IP protocol (6, 17), 0 for ARP.
+    pub proto: u8,
+    pub pad: u8,
+    /// The packet as it arrived.
+    pub before: TraceTuple,
+    /// The packet as the program passed it on.
+    pub after: TraceTuple,
+    /// LB_SERVICES id of the VIP concerned, 0 if none.
+    pub service_id: u32,
+    /// The packet's length on the wire.
+    pub packet_len: u32,
+    /// How many bytes of `headers` are the packet's.
+    pub captured_len: u32,
+    pub pad2: u32,
+    /// The packet's first bytes, from the Ethernet header on, as the program
+    /// passed it on.
+    pub headers: [u8; TRACE_CAPTURE_BYTES],
+}
+
+#[cfg(feature = "user")]
+mod trace_pod {
+    use super::*;
+    // SAFETY: #[repr(C)] with explicit padding fields only; any bit pattern
+    // is valid.
+    unsafe impl aya::Pod for TraceTuple {}
+    unsafe impl aya::Pod for TraceEvent {}
+}

@@ -10,6 +10,8 @@
 mod counters;
 #[cfg(target_arch = "bpf")]
 mod lb;
+#[cfg(target_arch = "bpf")]
+mod trace;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -1,0 +1,138 @@
+//! `GET /v1/trace`: the trace stream, one JSON document per line
+//! (`trace::record::TraceLine`) over a chunked response that lasts as long
+//! as the client reads it. Tracing stays on while at least one such
+//! response is open; a blank line every second finds out soon when a
+//! client has gone, so that the flag goes off.
+
+use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Query, State},
+    http::{header, StatusCode},
+    response::Response,
+    routing::get,
+    Router,
+};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::server::ApiError;
+use crate::{
+    agent::AgentState,
+    trace::{
+        filter::TraceFilter,
+        record::{TraceLine, TraceLost, TraceRecord, TraceStart},
+        Subscription, Tracer,
+    },
+};
+
+/// How often an idle stream checks the loss counter and probes the client.
+const TICK: Duration = Duration::from_secs(1);
+
+pub fn router() -> Router<Arc<AgentState>> {
+    Router::new().route("/v1/trace", get(trace))
+}
+
+async fn trace(
+    State(state): State<Arc<AgentState>>,
+    Query(filter): Query<TraceFilter>,
+) -> Result<Response, ApiError> {
+    filter
+        .check()
+        .map_err(|error| ApiError::with_status(StatusCode::BAD_REQUEST, error))?;
+    let tracer = state.tracer().ok_or_else(|| {
+        ApiError::with_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tracing is unavailable on this node: see the agent's log for why the trace maps did not open",
+        )
+    })?;
+    let since = filter.since_ms.map(Duration::from_millis);
+    let (subscription, recent, receiver) = tracer.subscribe(since).map_err(ApiError::internal)?;
+    let stats = tracer.stats();
+    let mut pending: VecDeque<Bytes> = VecDeque::new();
+    let recent: Vec<_> = recent.into_iter().filter(|r| filter.matches(r)).collect();
+    pending.push_back(line(&TraceLine::Start(TraceStart {
+        node: tracer.node().to_owned(),
+        tracers: stats.tracers,
+        lost: stats.lost,
+        replayed: recent.len(),
+    })));
+    pending.extend(recent.iter().map(|r| event_line(r)));
+    let stream = Stream {
+        _subscription: subscription,
+        tracer,
+        filter,
+        receiver,
+        pending,
+        ring_lost: stats.lost,
+        tick: tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK),
+    };
+    let body = futures::stream::unfold(stream, |mut stream| async move {
+        let chunk = stream.next().await?;
+        Some((Ok::<_, Infallible>(chunk), stream))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(body))
+        .map_err(ApiError::internal)
+}
+
+/// One client's stream.
+struct Stream {
+    /// Holds tracing on until the response is dropped (client gone).
+    _subscription: Subscription,
+    tracer: Arc<Tracer>,
+    filter: TraceFilter,
+    receiver: broadcast::Receiver<Arc<TraceRecord>>,
+    pending: VecDeque<Bytes>,
+    /// The ring's loss counter as last reported.
+    ring_lost: u64,
+    tick: tokio::time::Interval,
+}
+
+impl Stream {
+    /// The next chunk, or `None` when the agent stops tracing.
+    async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(chunk) = self.pending.pop_front() {
+                return Some(chunk);
+            }
+            tokio::select! {
+                received = self.receiver.recv() => match received {
+                    Ok(record) if self.filter.matches(&record) => return Some(event_line(&record)),
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(skipped)) => return Some(self.lost(skipped)),
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = self.tick.tick() => {
+                    if self.tracer.stats().lost > self.ring_lost {
+                        return Some(self.lost(0));
+                    }
+                    // Keep-alive: writing is how a gone client is noticed.
+                    return Some(Bytes::from_static(b"\n"));
+                }
+            }
+        }
+    }
+
+    fn lost(&mut self, skipped: u64) -> Bytes {
+        let total = self.tracer.stats().lost.max(self.ring_lost);
+        let ring = total - self.ring_lost;
+        self.ring_lost = total;
+        line(&TraceLine::Lost(TraceLost {
+            ring,
+            skipped,
+            ring_total: total,
+        }))
+    }
+}
+
+fn event_line(record: &Arc<TraceRecord>) -> Bytes {
+    line(&TraceLine::Event(TraceRecord::clone(record)))
+}
+
+fn line(line: &TraceLine) -> Bytes {
+    let mut bytes = serde_json::to_vec(line).unwrap_or_else(|_| b"{}".to_vec());
+    bytes.push(b'\n');
+    Bytes::from(bytes)
+}

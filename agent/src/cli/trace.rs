@@ -1,0 +1,265 @@
+//! `netctl trace`: the datapath's events, live, one line each (or one JSON
+//! object each), optionally also into a pcap file. Ctrl-C (or SIGTERM)
+//! stops it cleanly: the pcap file is complete.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{BufWriter, Write},
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use base64::Engine;
+use netagent_common::TRACE_CAPTURE_BYTES;
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::{CliError, Format};
+use crate::{
+    api::ApiClient,
+    trace::{
+        filter::{parse_duration, TraceFilter},
+        pcap::PcapWriter,
+        record::{TraceLine, TraceRecord, Tuple},
+    },
+};
+
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
+    /// Only events about this network.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Only events about this service's VIP.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Only events with this address, before or after translation.
+    #[arg(long)]
+    pub ip: Option<Ipv4Addr>,
+    /// Only events with this port, before or after translation.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Only this verdict: translate (translate-established too), reverse,
+    /// drop, arp-reply, pass, forward.
+    #[arg(long)]
+    pub verdict: Option<String>,
+    /// First replay the events the agent kept from this long ago (e.g. 30s, 5m).
+    #[arg(long, value_parser = since)]
+    pub since: Option<Duration>,
+    /// Also write the packets' headers to this pcap file (tcpdump -r, Wireshark).
+    #[arg(long)]
+    pub pcap: Option<PathBuf>,
+}
+
+fn since(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|error| error.to_string())
+}
+
+pub async fn run(
+    client: &ApiClient,
+    args: TraceArgs,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let filter = TraceFilter {
+        network: args.network,
+        service: args.service,
+        ip: args.ip,
+        port: args.port,
+        verdict: args.verdict,
+        since_ms: args.since.map(|d| d.as_millis() as u64),
+    };
+    filter.check()?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut lines = client
+        .get_lines(&format!("/v1/trace{}", filter.query()))
+        .await?;
+    let pcap_error = |source| CliError::Pcap {
+        path: args.pcap.clone().unwrap_or_default(),
+        source,
+    };
+    // Created once the agent has accepted: a refusal leaves no file behind.
+    let mut pcap = match &args.pcap {
+        Some(path) => {
+            let file = File::create(path).map_err(|source| CliError::Pcap {
+                path: path.clone(),
+                source,
+            })?;
+            Some(
+                PcapWriter::new(BufWriter::new(file), TRACE_CAPTURE_BYTES as u32)
+                    .map_err(pcap_error)?,
+            )
+        }
+        None => None,
+    };
+    let ended = loop {
+        let line = tokio::select! {
+            line = lines.next_line() => line?,
+            _ = sigint.recv() => break false,
+            _ = sigterm.recv() => break false,
+        };
+        let Some(line) = line else {
+            break true;
+        };
+        if line.trim().is_empty() {
+            continue; // keep-alive
+        }
+        let parsed: TraceLine = serde_json::from_str(&line)?;
+        if let (Some(pcap), TraceLine::Event(record)) = (&mut pcap, &parsed) {
+            let headers = base64::engine::general_purpose::STANDARD
+                .decode(&record.headers)
+                .unwrap_or_default();
+            if !headers.is_empty() {
+                pcap.packet(record.time_ns, record.packet_len, &headers)
+                    .and_then(|()| pcap.flush())
+                    .map_err(pcap_error)?;
+            }
+        }
+        match format {
+            Format::Json => writeln!(out, "{line}")?,
+            Format::Table => writeln!(out, "{}", describe(&parsed))?,
+        }
+        out.flush()?;
+    };
+    if let Some(pcap) = &mut pcap {
+        pcap.flush().map_err(pcap_error)?;
+    }
+    if ended {
+        return Err(CliError::TraceEnded);
+    }
+    Ok(())
+}
+
+/// One line for people.
+fn describe(line: &TraceLine) -> String {
+    match line {
+        TraceLine::Start(start) => format!(
+            "tracing on node {} ({} tracer{} connected, {} events lost so far{}); Ctrl-C to stop",
+            start.node,
+            start.tracers,
+            if start.tracers == 1 { "" } else { "s" },
+            start.lost,
+            if start.replayed > 0 {
+                format!(", {} replayed", start.replayed)
+            } else {
+                String::new()
+            }
+        ),
+        TraceLine::Lost(lost) => format!(
+            "!! events lost: {} (ring buffer full), {} (this tracer too slow); {} lost in all",
+            lost.ring, lost.skipped, lost.ring_total
+        ),
+        TraceLine::Event(record) => describe_event(record),
+    }
+}
+
+fn describe_event(r: &TraceRecord) -> String {
+    let who = match &r.endpoint {
+        Some(endpoint) => format!("{endpoint}/{}", r.interface),
+        None => r.interface.clone(),
+    };
+    let ports = r.protocol == "tcp" || r.protocol == "udp";
+    let tuple = |t: &Tuple| {
+        format!(
+            "{} -> {}",
+            addr(t.src, t.sport, ports, &r.names),
+            addr(t.dst, t.dport, ports, &r.names)
+        )
+    };
+    let mut text = format!(
+        "{} {} {} {} {}",
+        clock(r.time_ns),
+        r.node,
+        who,
+        r.protocol,
+        tuple(&r.before)
+    );
+    if r.after != r.before {
+        text.push_str(&format!(" => {}", tuple(&r.after)));
+    }
+    text.push(' ');
+    text.push_str(&r.verdict);
+    if let Some(reason) = &r.reason {
+        let answer = match (reason.as_str(), r.protocol.as_str()) {
+            ("no-backend", "tcp") => ": RST sent",
+            ("no-backend", "udp") => ": ICMP port unreachable sent",
+            _ => "",
+        };
+        text.push_str(&format!(" ({reason}{answer})"));
+    }
+    if let Some(service) = &r.service {
+        text.push_str(&format!(" service={service}"));
+    }
+    text
+}
+
+fn addr(ip: Ipv4Addr, port: u16, ports: bool, names: &BTreeMap<Ipv4Addr, String>) -> String {
+    let mut text = if ports {
+        format!("{ip}:{port}")
+    } else {
+        ip.to_string()
+    };
+    if let Some(name) = names.get(&ip) {
+        text.push_str(&format!("[{name}]"));
+    }
+    text
+}
+
+/// `HH:MM:SS.micros`, UTC.
+fn clock(time_ns: u64) -> String {
+    let secs = time_ns / 1_000_000_000;
+    let micros = time_ns % 1_000_000_000 / 1_000;
+    format!(
+        "{:02}:{:02}:{:02}.{micros:06}",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_reads_as_one_line() {
+        let tuple = |src: [u8; 4], sport, dst: [u8; 4], dport| Tuple {
+            src: src.into(),
+            sport,
+            dst: dst.into(),
+            dport,
+        };
+        let mut names = BTreeMap::new();
+        names.insert(Ipv4Addr::new(10, 0, 0, 250), "web (vip)".to_owned());
+        names.insert(Ipv4Addr::new(10, 0, 0, 3), "web.1".to_owned());
+        let record = TraceRecord {
+            time_ns: 3_723_000_456_000 + 86_400 * 1_000_000_000,
+            node: "n1".into(),
+            interface: "ve-c0ffee00".into(),
+            endpoint: Some("client.1".into()),
+            verdict: "translate".into(),
+            reason: None,
+            protocol: "tcp".into(),
+            before: tuple([10, 0, 0, 2], 40000, [10, 0, 0, 250], 80),
+            after: tuple([10, 0, 0, 2], 40000, [10, 0, 0, 3], 80),
+            service: Some("web".into()),
+            network: Some("appnet".into()),
+            names,
+            packet_len: 74,
+            headers: String::new(),
+        };
+        assert_eq!(
+            describe_event(&record),
+            "01:02:03.000456 n1 client.1/ve-c0ffee00 tcp 10.0.0.2:40000 -> 10.0.0.250:80[web (vip)] \
+             => 10.0.0.2:40000 -> 10.0.0.3:80[web.1] translate service=web"
+        );
+        let dropped = TraceRecord {
+            verdict: "drop".into(),
+            reason: Some("no-backend".into()),
+            after: record.before,
+            ..record
+        };
+        assert!(describe_event(&dropped).ends_with("drop (no-backend: RST sent) service=web"));
+    }
+}

@@ -1,0 +1,162 @@
+//! From the bytes of a ring buffer entry to a `TraceEvent`, and the words
+//! its codes stand for.
+
+use std::net::Ipv4Addr;
+
+use netagent_common::{
+    TraceEvent, TraceTuple, TRACE_CAPTURE_BYTES, TRACE_KIND_ARP_REPLY, TRACE_KIND_DROP,
+    TRACE_KIND_FORWARD, TRACE_KIND_PASS, TRACE_KIND_REVERSE, TRACE_KIND_TRANSLATE,
+    TRACE_KIND_TRANSLATE_ESTABLISHED, TRACE_REASON_MALFORMED, TRACE_REASON_NO_BACKEND,
+    TRACE_REASON_NO_CONNTRACK, TRACE_REASON_POLICY, TRACE_REASON_UNSUPPORTED,
+};
+
+use super::record::Tuple;
+
+/// The event in `bytes`, or `None` if they are too short to hold one (an
+/// object from another build).
+pub fn event(bytes: &[u8]) -> Option<TraceEvent> {
+    if bytes.len() < std::mem::size_of::<TraceEvent>() {
+        return None;
+    }
+    // SAFETY: the length is checked above; TraceEvent is plain #[repr(C)]
+    // data valid for any bit pattern, and read_unaligned has no alignment
+    // requirement.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<TraceEvent>()) })
+}
+
+/// The captured bytes of `event` (never more than the array holds).
+pub fn headers(event: &TraceEvent) -> &[u8] {
+    let len = (event.captured_len as usize).min(TRACE_CAPTURE_BYTES);
+    &event.headers[..len]
+}
+
+/// Every verdict `netctl trace --verdict` accepts.
+pub const VERDICTS: [&str; 7] = [
+    "translate",
+    "translate-established",
+    "reverse",
+    "drop",
+    "arp-reply",
+    "pass",
+    "forward",
+];
+
+pub fn verdict(kind: u8) -> String {
+    match kind {
+        TRACE_KIND_TRANSLATE => "translate".to_owned(),
+        TRACE_KIND_TRANSLATE_ESTABLISHED => "translate-established".to_owned(),
+        TRACE_KIND_REVERSE => "reverse".to_owned(),
+        TRACE_KIND_DROP => "drop".to_owned(),
+        TRACE_KIND_ARP_REPLY => "arp-reply".to_owned(),
+        TRACE_KIND_PASS => "pass".to_owned(),
+        TRACE_KIND_FORWARD => "forward".to_owned(),
+        other => format!("kind-{other}"),
+    }
+}
+
+pub fn reason(reason: u8) -> Option<String> {
+    Some(match reason {
+        0 => return None,
+        TRACE_REASON_NO_BACKEND => "no-backend".to_owned(),
+        TRACE_REASON_NO_CONNTRACK => "no-conntrack".to_owned(),
+        TRACE_REASON_MALFORMED => "malformed".to_owned(),
+        TRACE_REASON_UNSUPPORTED => "unsupported".to_owned(),
+        TRACE_REASON_POLICY => "policy".to_owned(),
+        other => format!("reason-{other}"),
+    })
+}
+
+pub fn protocol(event: &TraceEvent) -> String {
+    match (event.kind, event.proto) {
+        (TRACE_KIND_ARP_REPLY, _) => "arp".to_owned(),
+        (_, 6) => "tcp".to_owned(),
+        (_, 17) => "udp".to_owned(),
+        (_, 1) => "icmp".to_owned(),
+        (_, 0) => "-".to_owned(),
+        (_, other) => other.to_string(),
+    }
+}
+
+/// Addresses and ports come as they sat in the packet (network order).
+pub fn tuple(t: &TraceTuple) -> Tuple {
+    Tuple {
+        src: Ipv4Addr::from(t.saddr.to_ne_bytes()),
+        sport: u16::from_be_bytes(t.sport.to_ne_bytes()),
+        dst: Ipv4Addr::from(t.daddr.to_ne_bytes()),
+        dport: u16::from_be_bytes(t.dport.to_ne_bytes()),
+    }
+}
+
+/// Whether the packet came from the local container (else it goes to it).
+pub fn from_container(kind: u8) -> bool {
+    kind != TRACE_KIND_REVERSE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> TraceEvent {
+        TraceEvent {
+            timestamp_ns: 42,
+            ifindex: 7,
+            kind: TRACE_KIND_TRANSLATE,
+            reason: 0,
+            proto: 6,
+            pad: 0,
+            before: TraceTuple {
+                saddr: u32::from_ne_bytes([10, 0, 0, 2]),
+                daddr: u32::from_ne_bytes([10, 0, 0, 250]),
+                sport: u16::from_ne_bytes(40000u16.to_be_bytes()),
+                dport: u16::from_ne_bytes(80u16.to_be_bytes()),
+            },
+            after: TraceTuple::default(),
+            service_id: 3,
+            packet_len: 74,
+            captured_len: 500,
+            pad2: 0,
+            headers: [0xab; TRACE_CAPTURE_BYTES],
+        }
+    }
+
+    #[test]
+    fn an_entry_decodes_byte_for_byte() {
+        let event = sample();
+        // SAFETY: plain data, viewed as bytes for the test.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&event as *const TraceEvent).cast::<u8>(),
+                std::mem::size_of::<TraceEvent>(),
+            )
+        };
+        assert_eq!(super::event(bytes), Some(event));
+        assert_eq!(super::event(&bytes[..10]), None);
+    }
+
+    #[test]
+    fn tuples_come_out_in_host_order() {
+        let t = tuple(&sample().before);
+        assert_eq!(t.src, Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(t.dst, Ipv4Addr::new(10, 0, 0, 250));
+        assert_eq!((t.sport, t.dport), (40000, 80));
+    }
+
+    #[test]
+    fn a_bogus_captured_length_is_clamped() {
+        assert_eq!(headers(&sample()).len(), TRACE_CAPTURE_BYTES);
+    }
+
+    #[test]
+    fn codes_have_words() {
+        assert_eq!(verdict(TRACE_KIND_DROP), "drop");
+        assert_eq!(
+            reason(TRACE_REASON_NO_BACKEND).as_deref(),
+            Some("no-backend")
+        );
+        assert_eq!(reason(0), None);
+        assert_eq!(protocol(&sample()), "tcp");
+        for kind in 1..=7 {
+            assert!(VERDICTS.contains(&verdict(kind).as_str()));
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! `netctl trace`: what the datapath did with each packet, live.
+//!
+//! The programs write `TraceEvent`s into the TRACE_EVENTS ring buffer while
+//! the TRACE_ON flag is set (see `ebpf/programs/src/trace.rs`). `Tracer`
+//! owns the agent's side: it sets the flag while at least one tracer is
+//! connected (and clears it at start and when the last one leaves), reads
+//! the ring as it fills (`AsyncFd`), resolves addresses to task, service
+//! and node names, keeps the last `REPLAY_CAPACITY` records for `--since`,
+//! and broadcasts every record to the connected tracers, each of which
+//! filters its own copy (`filter`).
+
+pub mod decode;
+pub mod filter;
+pub mod names;
+pub mod pcap;
+pub mod record;
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, MapData, MapError, PerCpuArray, RingBuf};
+use futures::future::BoxFuture;
+use netagent_common::{
+    TRACE_EVENTS_MAP, TRACE_ON_MAP, TRACE_STATS_MAP, TRACE_STAT_EMITTED, TRACE_STAT_LOST,
+};
+use serde::{Deserialize, Serialize};
+use tokio::{io::unix::AsyncFd, sync::broadcast};
+use tracing::{debug, warn};
+
+use crate::dataplane::{Datapath, DatapathError};
+use names::AddressBook;
+use record::TraceRecord;
+
+/// Records kept for `--since`: a bounded window, the newest ones.
+pub const REPLAY_CAPACITY: usize = 4096;
+/// Records a slow tracer may fall behind before it skips some (and is told).
+const CHANNEL_CAPACITY: usize = 4096;
+/// How old the address book may get while events come in.
+const NAMES_MAX_AGE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error(transparent)]
+    Datapath(#[from] Box<DatapathError>),
+    #[error("trace map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: Box<MapError>,
+    },
+    #[error("cannot watch the trace ring buffer: {0}")]
+    Poll(std::io::Error),
+}
+
+fn map_error(name: &'static str) -> impl Fn(MapError) -> TraceError {
+    move |source| TraceError::Map {
+        name,
+        source: Box::new(source),
+    }
+}
+
+/// `netctl status`: how tracing goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceStats {
+    /// Tracers connected now (the datapath reports only while > 0).
+    pub tracers: usize,
+    /// Events the datapath wrote since its maps were created.
+    pub emitted: u64,
+    /// Events lost because the ring was full.
+    pub lost: u64,
+}
+
+/// Where the names of addresses come from (the agent's model).
+pub type NameSource = Box<dyn Fn() -> BoxFuture<'static, AddressBook> + Send + Sync>;
+
+pub struct Tracer {
+    node: String,
+    /// TRACE_ON, and how many tracers hold it on.
+    flag: Mutex<(Array<MapData, u32>, usize)>,
+    stats: PerCpuArray<MapData, u64>,
+    /// The ring, until `spawn` hands it to the reader task.
+    ring: Mutex<Option<RingBuf<MapData>>>,
+    /// Records for `--since`; sending happens under this lock, so that a new
+    /// tracer's replay and live stream neither overlap nor leave a gap.
+    replay: Mutex<VecDeque<Arc<TraceRecord>>>,
+    events: broadcast::Sender<Arc<TraceRecord>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Tracer {
+    /// Takes the trace maps out of `datapath` and switches tracing off
+    /// (a crashed agent may have left it on).
+    pub fn open(datapath: &mut Datapath, node: &str) -> Result<Arc<Self>, TraceError> {
+        let mut take = |name: &'static str| datapath.take_map(name).map_err(Box::new);
+        let ring =
+            RingBuf::try_from(take(TRACE_EVENTS_MAP)?).map_err(map_error(TRACE_EVENTS_MAP))?;
+        let mut flag: Array<MapData, u32> =
+            Array::try_from(take(TRACE_ON_MAP)?).map_err(map_error(TRACE_ON_MAP))?;
+        let stats =
+            PerCpuArray::try_from(take(TRACE_STATS_MAP)?).map_err(map_error(TRACE_STATS_MAP))?;
+        flag.set(0, 0, 0).map_err(map_error(TRACE_ON_MAP))?;
+        Ok(Arc::new(Self {
+            node: node.to_owned(),
+            flag: Mutex::new((flag, 0)),
+            stats,
+            ring: Mutex::new(Some(ring)),
+            replay: Mutex::new(VecDeque::with_capacity(REPLAY_CAPACITY)),
+            events: broadcast::channel(CHANNEL_CAPACITY).0,
+        }))
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Starts the task that reads the ring (once).
+    pub fn spawn(self: &Arc<Self>, names: NameSource) -> Result<(), TraceError> {
+        let Some(ring) = lock(&self.ring).take() else {
+            return Ok(());
+        };
+        // SAFETY: the ring owns its map's file descriptor and keeps it open
+        // while the AsyncFd holds it; nothing else closes or replaces it.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|error| TraceError::Poll(error.into_parts().1))?;
+        tokio::spawn(read_ring(Arc::downgrade(self), ring, names));
+        Ok(())
+    }
+
+    /// A new tracer: tracing is on until the returned guard drops. Also
+    /// returns the kept records of the last `since`, and the live stream.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        since: Option<Duration>,
+    ) -> Result<
+        (
+            Subscription,
+            Vec<Arc<TraceRecord>>,
+            broadcast::Receiver<Arc<TraceRecord>>,
+        ),
+        TraceError,
+    > {
+        {
+            let mut flag = lock(&self.flag);
+            if flag.1 == 0 {
+                flag.0.set(0, 1, 0).map_err(map_error(TRACE_ON_MAP))?;
+                debug!("tracing on");
+            }
+            flag.1 += 1;
+        }
+        let subscription = Subscription {
+            tracer: self.clone(),
+        };
+        let replay = lock(&self.replay);
+        let receiver = self.events.subscribe();
+        let recent = match since {
+            Some(since) => {
+                let from = wall_clock_ns().saturating_sub(since.as_nanos() as u64);
+                replay
+                    .iter()
+                    .filter(|r| r.time_ns >= from)
+                    .cloned()
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        Ok((subscription, recent, receiver))
+    }
+
+    pub fn stats(&self) -> TraceStats {
+        let sum = |index: u32| {
+            self.stats
+                .get(&index, 0)
+                .map(|values| values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+                .unwrap_or(0)
+        };
+        TraceStats {
+            tracers: lock(&self.flag).1,
+            emitted: sum(TRACE_STAT_EMITTED),
+            lost: sum(TRACE_STAT_LOST),
+        }
+    }
+
+    fn unsubscribe(&self) {
+        let mut flag = lock(&self.flag);
+        flag.1 = flag.1.saturating_sub(1);
+        if flag.1 == 0 {
+            match flag.0.set(0, 0, 0) {
+                Ok(()) => debug!("tracing off"),
+                Err(error) => warn!(%error, "cannot switch tracing off"),
+            }
+        }
+    }
+
+    fn publish(&self, record: TraceRecord) {
+        let record = Arc::new(record);
+        let mut replay = lock(&self.replay);
+        if replay.len() == REPLAY_CAPACITY {
+            replay.pop_front();
+        }
+        replay.push_back(record.clone());
+        // No receiver is fine: the record stays for `--since`.
+        let _ = self.events.send(record);
+    }
+}
+
+/// Keeps tracing on while it lives.
+pub struct Subscription {
+    tracer: Arc<Tracer>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.tracer.unsubscribe();
+    }
+}
+
+async fn read_ring(
+    tracer: std::sync::Weak<Tracer>,
+    mut ring: AsyncFd<RingBuf<MapData>>,
+    names: NameSource,
+) {
+    let mut book = AddressBook::default();
+    let mut book_at: Option<Instant> = None;
+    loop {
+        let events = {
+            let mut guard = match ring.readable_mut().await {
+                Ok(guard) => guard,
+                Err(error) => {
+                    warn!(%error, "trace ring buffer: polling failed; tracing stops");
+                    return;
+                }
+            };
+            let ring = guard.get_inner_mut();
+            let mut events = Vec::new();
+            while let Some(item) = ring.next() {
+                if let Some(event) = decode::event(&item) {
+                    events.push(event);
+                }
+            }
+            guard.clear_ready();
+            events
+        };
+        let Some(tracer) = tracer.upgrade() else {
+            return;
+        };
+        if events.is_empty() {
+            continue;
+        }
+        if book_at.is_none_or(|at| at.elapsed() > NAMES_MAX_AGE) {
+            book = names().await;
+            book_at = Some(Instant::now());
+        }
+        let offset = wall_offset_ns();
+        for event in &events {
+            tracer.publish(book.resolve(event, &tracer.node, offset));
+        }
+    }
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Wall clock minus CLOCK_MONOTONIC (what `bpf_ktime_get_ns` reads).
+fn wall_offset_ns() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let monotonic = i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec);
+    i128::from(wall_clock_ns()) - monotonic
+}

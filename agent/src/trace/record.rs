@@ -1,0 +1,114 @@
+//! The documents of the trace stream (`GET /v1/trace`): one JSON object per
+//! line, a public contract like `api::types` (`netctl trace --format json`
+//! prints them as they are).
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+/// One line of the stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum TraceLine {
+    /// First line: the agent is tracing for this client from now on.
+    Start(TraceStart),
+    /// What the datapath did with one packet.
+    Event(TraceRecord),
+    /// Events this client will never see.
+    Lost(TraceLost),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceStart {
+    pub node: String,
+    /// Tracers connected, this one included.
+    pub tracers: usize,
+    /// Events the ring buffer has lost since the agent's maps were created.
+    pub lost: u64,
+    /// Events replayed before the live ones (`since`).
+    pub replayed: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceLost {
+    /// Events dropped by the datapath because the ring was full, since the
+    /// last report (all tracers miss them).
+    pub ring: u64,
+    /// Events this client fell too far behind to receive.
+    pub skipped: u64,
+    /// Ring losses since the maps were created.
+    pub ring_total: u64,
+}
+
+/// An IPv4 5-tuple minus the protocol (kept in the record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tuple {
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+}
+
+/// One event, with its addresses resolved to names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceRecord {
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    /// The node whose datapath saw the packet.
+    pub node: String,
+    /// The interface the program runs on (`ve-<endpoint id>` for a local
+    /// endpoint), or `if<index>` when unknown.
+    pub interface: String,
+    /// The local endpoint concerned (its task name, else its id), if known.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// `translate`, `translate-established`, `reverse`, `drop`,
+    /// `arp-reply`, `pass` or `forward`.
+    pub verdict: String,
+    /// Why (`no-backend`, `no-conntrack`, `malformed`, `unsupported`,
+    /// `policy`), if there is more to say.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// `tcp`, `udp`, `arp` or the IP protocol number.
+    pub protocol: String,
+    /// The packet as it arrived.
+    pub before: Tuple,
+    /// The packet as the datapath passed it on.
+    pub after: Tuple,
+    /// The service of the VIP concerned.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// The network of the endpoint or VIP concerned.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Names of the addresses above: task, `service (vip)` or node.
+    #[serde(default)]
+    pub names: BTreeMap<Ipv4Addr, String>,
+    /// The packet's length on the wire.
+    pub packet_len: u32,
+    /// Its first bytes (Ethernet header on), base64: what `--pcap` writes.
+    #[serde(default)]
+    pub headers: String,
+}
+
+impl TraceRecord {
+    /// Every address of the event.
+    pub fn addrs(&self) -> [Ipv4Addr; 4] {
+        [
+            self.before.src,
+            self.before.dst,
+            self.after.src,
+            self.after.dst,
+        ]
+    }
+
+    /// Every port of the event.
+    pub fn ports(&self) -> [u16; 4] {
+        [
+            self.before.sport,
+            self.before.dport,
+            self.after.sport,
+            self.after.dport,
+        ]
+    }
+}

@@ -1,0 +1,124 @@
+//! Trace events: what a datapath program did with a packet, for `netctl
+//! trace`.
+//!
+//! A program calls `emit` where it acts on a packet. `emit` first reads the
+//! TRACE_ON flag (an array lookup the verifier inlines): while nobody traces
+//! that is all it costs. Otherwise it reserves an event in the ring buffer,
+//! fills it in place (no 184-byte copy on the 512-byte stack) with the
+//! packet's first bytes for pcap, and submits it. A full ring counts the
+//! event as lost in TRACE_STATS, so a loss is never silent.
+
+use aya_ebpf::{
+    helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use netagent_common::{
+    TraceEvent, TraceTuple, TRACE_CAPTURE_BYTES, TRACE_RING_BYTES, TRACE_STATS_LEN,
+    TRACE_STAT_EMITTED, TRACE_STAT_LOST,
+};
+
+/// Index 0: non-zero while at least one tracer is connected (set by the agent).
+#[map]
+static TRACE_ON: Array<u32> = Array::pinned(1, 0);
+#[map]
+static TRACE_EVENTS: RingBuf = RingBuf::pinned(TRACE_RING_BYTES, 0);
+#[map]
+static TRACE_STATS: PerCpuArray<u64> = PerCpuArray::pinned(TRACE_STATS_LEN, 0);
+
+/// Whether anyone is tracing: the one check every call site pays.
+#[inline(always)]
+pub fn on() -> bool {
+    TRACE_ON.get(0).is_some_and(|flag| *flag != 0)
+}
+
+/// Reports one event when someone is tracing. `before` is the packet as it
+/// arrived, `after` as the program passes it on (the headers are captured
+/// now, so call it after rewriting).
+#[inline(always)]
+pub fn emit(
+    ctx: &TcContext,
+    kind: u8,
+    reason: u8,
+    proto: u8,
+    before: TraceTuple,
+    after: TraceTuple,
+    service_id: u32,
+) {
+    if !on() {
+        return;
+    }
+    record(ctx, kind, reason, proto, before, after, service_id);
+}
+
+#[inline(always)]
+fn record(
+    ctx: &TcContext,
+    kind: u8,
+    reason: u8,
+    proto: u8,
+    before: TraceTuple,
+    after: TraceTuple,
+    service_id: u32,
+) {
+    let Some(mut entry) = TRACE_EVENTS.reserve::<TraceEvent>(0) else {
+        count(TRACE_STAT_LOST);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    let packet_len = ctx.len();
+    // SAFETY: `event` points at a reserved, exclusively ours, 8-aligned
+    // TraceEvent in the ring; every field is written before submit (the
+    // header bytes past `captured_len` are never read).
+    unsafe {
+        (*event).timestamp_ns = bpf_ktime_get_ns();
+        (*event).ifindex = (*ctx.skb.skb).ifindex;
+        (*event).kind = kind;
+        (*event).reason = reason;
+        (*event).proto = proto;
+        (*event).pad = 0;
+        (*event).before = before;
+        (*event).after = after;
+        (*event).service_id = service_id;
+        (*event).packet_len = packet_len;
+        (*event).pad2 = 0;
+        // A bounded, non-zero length the verifier can follow.
+        let mut captured = packet_len;
+        if captured > TRACE_CAPTURE_BYTES as u32 {
+            captured = TRACE_CAPTURE_BYTES as u32;
+        }
+        if captured == 0
+            || bpf_skb_load_bytes(
+                ctx.skb.skb.cast(),
+                0,
+                (*event).headers.as_mut_ptr().cast(),
+                captured,
+            ) != 0
+        {
+            captured = 0;
+        }
+        (*event).captured_len = captured;
+    }
+    entry.submit(0);
+    count(TRACE_STAT_EMITTED);
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(counter) = TRACE_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU value: no other CPU writes it.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// The tuple of a packet, from fields already read.
+#[inline(always)]
+pub fn tuple(saddr: u32, daddr: u32, sport: u16, dport: u16) -> TraceTuple {
+    TraceTuple {
+        saddr,
+        daddr,
+        sport,
+        dport,
+    }
+}

@@ -1,0 +1,517 @@
+//! `netctl trace`: the datapath reports what it did with each packet of a
+//! VIP flow (translation, reverse translation, refusal when there is no
+//! backend) to every connected tracer, with names resolved, filtered per
+//! tracer, into a pcap file tcpdump reads, replayed with `--since`; and
+//! while nobody traces, the datapath writes no event at all.
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use netlab::{require_root, wait_until, Container, Lab};
+
+/// Answers on TCP 8080 with "<name>".
+const SERVER: &str = r#"
+import socket, sys
+t = socket.socket()
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", 8080))
+t.listen(64)
+while True:
+    c, addr = t.accept()
+    c.sendall(sys.argv[1].encode())
+    c.close()
+"#;
+
+/// One request (tcp: a connection; udp: a connected datagram) to
+/// host:port; prints the answer, or "ERR <why>".
+const CLIENT: &str = r#"
+import socket, sys
+proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+try:
+    if proto == "tcp":
+        s = socket.create_connection((host, port), timeout=2)
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        s.connect((host, port))
+        s.send(b"x")
+    print(s.recv(200).decode())
+except Exception as e:
+    print("ERR", e)
+"#;
+
+/// A process that dies with the test (SIGTERM when the test process goes).
+fn spawn_dying_with_us(command: &mut Command) -> Child {
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    command.spawn().expect("spawn")
+}
+
+struct Server(Child);
+
+impl Server {
+    fn start(container: &Container, name: &str) -> Self {
+        Server(spawn_dying_with_us(
+            Command::new("nsenter")
+                .arg(format!("--net={}", container.netns_path().display()))
+                .args(["--", "python3", "-c", SERVER, name])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        ))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `netctl trace`; its output lines arrive on a channel.
+struct Tracer {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Every line read so far.
+    seen: Vec<String>,
+    what: String,
+}
+
+impl Tracer {
+    /// Starts `netctl trace args` on `node` and waits for its first line
+    /// (the agent has switched tracing on by then).
+    fn start(lab: &Lab, node: &str, args: &[&str]) -> Self {
+        let host = lab.node(node).expect("node").agent().expect("agent").host();
+        let mut child = spawn_dying_with_us(
+            Command::new(lab.netctl_bin())
+                .args(["--host", &host])
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut tracer = Tracer {
+            child,
+            lines,
+            seen: Vec::new(),
+            what: format!("netctl {}", args.join(" ")),
+        };
+        tracer.wait_for("its first line", |_| true);
+        tracer
+    }
+
+    /// Reads lines until one satisfies `check` (10 s at most); returns it.
+    fn wait_for(&mut self, what: &str, check: impl Fn(&str) -> bool) -> String {
+        if let Some(line) = self.seen.iter().find(|l| check(l)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if check(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("{}: no {what} in:\n{}", self.what, self.seen.join("\n"));
+    }
+
+    /// The JSON events read so far.
+    fn events(&self) -> Vec<serde_json::Value> {
+        self.seen
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["type"] == "event")
+            .collect()
+    }
+
+    /// Waits for a JSON event satisfying `check`.
+    fn wait_event(
+        &mut self,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let line = self.wait_for(what, |line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .is_ok_and(|v| v["type"] == "event" && check(&v))
+        });
+        serde_json::from_str(&line).expect("json")
+    }
+
+    /// Ctrl-C; its exit status and stderr.
+    fn stop(mut self) -> (ExitStatus, String) {
+        // SAFETY: a plain signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let output =
+            std::mem::replace(&mut self.child, Command::new("true").spawn().expect("true"))
+                .wait_with_output()
+                .expect("wait");
+        let _ = self.child.wait();
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two nodes: a client on n1, task web.1 of `web` on n2 (serving TCP
+/// 8080), and a service `empty` with no task.
+struct Scene {
+    lab: Lab,
+    client: Container,
+    client_ip: String,
+    web_ip: String,
+    vip: String,
+    empty_vip: String,
+    _server: Server,
+}
+
+impl Scene {
+    fn up() -> Self {
+        let mut lab = Lab::cluster_with_web(2).expect("cluster");
+        lab.netctl_json("n1", &["service", "create", "empty", "--network", "appnet"])
+            .expect("service empty");
+        let (client, endpoint) = lab
+            .attach_container_with("n1", "client", "appnet", &["--name", "client.1"])
+            .expect("client");
+        let (web, web_endpoint) = lab
+            .attach_container_with(
+                "n2",
+                "web1",
+                "appnet",
+                &["--service", "web", "--name", "web.1"],
+            )
+            .expect("task");
+        let server = Server::start(&web, "web1");
+        let vip_of = |lab: &Lab, service: &str| {
+            lab.netctl_json("n1", &["service", "inspect", service])
+                .expect("inspect")["vips"][0]["addr"]
+                .as_str()
+                .expect("vip")
+                .to_owned()
+        };
+        let scene = Scene {
+            vip: vip_of(&lab, "web"),
+            empty_vip: vip_of(&lab, "empty"),
+            client_ip: endpoint["ip"].as_str().expect("ip").to_owned(),
+            web_ip: web_endpoint["ip"].as_str().expect("ip").to_owned(),
+            lab,
+            client,
+            _server: server,
+        };
+        // The VIP works before anything is traced.
+        let mut last = String::new();
+        wait_until(Duration::from_secs(20), || {
+            last = scene.ask("tcp", &scene.vip);
+            (last == "web1").then_some(())
+        })
+        .unwrap_or_else(|_| panic!("VIP never answered: {last}\n{}", scene.lab.agent_logs(30)));
+        scene
+    }
+
+    /// One request from the client to vip:8080.
+    fn ask(&self, proto: &str, vip: &str) -> String {
+        let out = self
+            .lab
+            .exec(
+                &self.client.netns,
+                &["python3", "-c", CLIENT, proto, vip, "8080"],
+            )
+            .expect("client");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// n1's trace figures from `netctl status`: (tracers, emitted, lost).
+    fn trace_status(&self) -> (u64, u64, u64) {
+        let status = self.lab.netctl_json("n1", &["status"]).expect("status");
+        let field = |k: &str| status["trace"][k].as_u64().expect(k);
+        (field("tracers"), field("emitted"), field("lost"))
+    }
+
+    /// TRACE_ON[0] of n1's datapath, read straight from the pinned map.
+    fn flag(&self) -> u32 {
+        let agent = self.lab.node("n1").expect("n1").agent().expect("agent");
+        let pin = agent.bpffs.join("maps/TRACE_ON");
+        let out = Command::new("bpftool")
+            .args(["--json", "map", "lookup", "pinned"])
+            .arg(&pin)
+            .args(["key", "0", "0", "0", "0"])
+            .output()
+            .expect("bpftool");
+        let value: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("bpftool: {out:?}"));
+        value["value"]
+            .as_array()
+            .expect("value bytes")
+            .iter()
+            .map(|b| match b {
+                serde_json::Value::String(hex) => {
+                    u32::from_str_radix(hex.trim_start_matches("0x"), 16).expect("hex")
+                }
+                other => other.as_u64().expect("byte") as u32,
+            })
+            .rev()
+            .fold(0, |acc, byte| acc << 8 | byte)
+    }
+}
+
+#[test]
+fn a_vip_flow_is_traced_with_names_filters_pcap_and_replay() {
+    require_root!();
+    let mut scene = Scene::up();
+    let pcap: PathBuf = scene.lab.state_dir().join("trace.pcap");
+    let pcap_arg = pcap.display().to_string();
+
+    // Three tracers at once, each with its own filter; all get the stream.
+    let mut all = Tracer::start(&scene.lab, "n1", &["trace", "--pcap", &pcap_arg]);
+    assert!(all.seen[0].starts_with("tracing on node"), "{:?}", all.seen);
+    let mut web = Tracer::start(
+        &scene.lab,
+        "n1",
+        &["--format", "json", "trace", "--service", "web"],
+    );
+    let mut drops = Tracer::start(
+        &scene.lab,
+        "n1",
+        &["--format", "json", "trace", "--verdict", "drop"],
+    );
+    assert_eq!(scene.trace_status().0, 3);
+    assert_eq!(scene.flag(), 1);
+
+    assert_eq!(scene.ask("tcp", &scene.vip), "web1");
+    let refused_tcp = scene.ask("tcp", &scene.empty_vip);
+    let refused_udp = scene.ask("udp", &scene.empty_vip);
+    assert!(
+        refused_tcp.contains("refused") && refused_udp.contains("refused"),
+        "{refused_tcp} / {refused_udp}"
+    );
+
+    // The new flow: translated to web.1, named; then its replies reversed.
+    let (client_ip, vip, web_ip) = (&scene.client_ip, &scene.vip, &scene.web_ip);
+    let translate = web.wait_event("translation of the flow", |e| {
+        e["verdict"] == "translate"
+            && e["protocol"] == "tcp"
+            && e["before"]["src"] == client_ip.as_str()
+            && e["before"]["dst"] == vip.as_str()
+            && e["after"]["dst"] == web_ip.as_str()
+            && e["before"]["dport"] == 8080
+    });
+    assert_eq!(translate["service"], "web");
+    assert_eq!(translate["network"], "appnet");
+    assert_eq!(translate["node"], "n1");
+    assert_eq!(translate["endpoint"], "client.1");
+    assert_eq!(translate["names"][web_ip.as_str()], "web.1");
+    assert_eq!(translate["names"][vip.as_str()], "web (vip)");
+    assert_eq!(translate["names"][client_ip.as_str()], "client.1");
+    let sport = translate["before"]["sport"].clone();
+    let reverse = web.wait_event("reverse translation of the flow", |e| {
+        e["verdict"] == "reverse"
+            && e["before"]["src"] == web_ip.as_str()
+            && e["after"]["src"] == vip.as_str()
+            && e["after"]["dst"] == client_ip.as_str()
+            && e["after"]["dport"] == sport
+    });
+    assert_eq!(reverse["service"], "web");
+    assert_eq!(reverse["endpoint"], "client.1");
+
+    // No backend: refused, with its reason, for TCP and UDP.
+    let empty_vip = &scene.empty_vip;
+    for proto in ["tcp", "udp"] {
+        let drop = drops.wait_event("a refusal", |e| {
+            e["protocol"] == proto && e["before"]["dst"] == empty_vip.as_str()
+        });
+        assert_eq!(drop["verdict"], "drop");
+        assert_eq!(drop["reason"], "no-backend");
+        assert_eq!(drop["service"], "empty");
+    }
+
+    // Filters: after one more web flow reached the `web` tracer, it has
+    // seen nothing of `empty`, and the drop tracer nothing but drops.
+    assert_eq!(scene.ask("tcp", &scene.vip), "web1");
+    web.wait_event("a second flow", |e| {
+        e["verdict"] == "translate" && e["before"]["sport"] != sport
+    });
+    let events = web.events();
+    assert!(
+        events.iter().all(|e| e["service"] == "web"),
+        "the web tracer got other services' events: {events:?}"
+    );
+    let events = drops.events();
+    assert!(
+        events.iter().all(|e| e["verdict"] == "drop"),
+        "the drop tracer got other verdicts: {events:?}"
+    );
+
+    // The people's format says the same in one line each.
+    let line = all.wait_for("a translate line", |l| {
+        l.contains(" translate ") && l.contains("[web.1]") && l.contains("client.1/ve-")
+    });
+    assert!(line.contains(" n1 "), "{line}");
+    all.wait_for("a refusal line", |l| {
+        l.contains("drop (no-backend: RST sent) service=empty")
+    });
+
+    // Ctrl-C: a clean exit and a pcap file tcpdump reads, showing the flow
+    // as translated (client -> task) and the SYN refused by the empty VIP.
+    let (status, stderr) = all.stop();
+    assert!(
+        status.success(),
+        "netctl trace after Ctrl-C: {status} {stderr}"
+    );
+    let out = Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(&pcap)
+        .output()
+        .expect("tcpdump");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tcpdump -r: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = sport.as_u64().expect("port");
+    assert!(
+        text.contains(&format!("{client_ip}.{port} > {web_ip}.8080: Flags [S]")),
+        "no translated SYN in:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("{vip}.8080 > {client_ip}.{port}: Flags [S.]")),
+        "no reverse-translated SYN-ACK in:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("> {empty_vip}.8080: Flags [S]")),
+        "no refused SYN in:\n{text}"
+    );
+
+    // --since replays the drop that already happened.
+    let mut late = Tracer::start(
+        &scene.lab,
+        "n1",
+        &[
+            "--format",
+            "json",
+            "trace",
+            "--verdict",
+            "drop",
+            "--since",
+            "5m",
+        ],
+    );
+    let start: serde_json::Value = serde_json::from_str(&late.seen[0]).expect("start line");
+    assert_eq!(start["type"], "start");
+    assert!(start["replayed"].as_u64() >= Some(2), "{start}");
+    late.wait_event("the replayed refusal", |e| {
+        e["before"]["dst"] == empty_vip.as_str() && e["reason"] == "no-backend"
+    });
+
+    for tracer in [web, drops, late] {
+        let (status, stderr) = tracer.stop();
+        assert!(status.success(), "{status} {stderr}");
+    }
+    scene.lab.teardown().expect("teardown");
+}
+
+#[test]
+fn nobody_tracing_means_no_events_and_bad_filters_are_refused() {
+    require_root!();
+    let mut scene = Scene::up();
+    // At start, and after the last tracer goes, the flag is off and the
+    // datapath writes nothing, whatever the traffic.
+    assert_eq!(scene.flag(), 0);
+    let (tracers, before, _) = scene.trace_status();
+    assert_eq!(tracers, 0);
+    assert_eq!(scene.ask("tcp", &scene.vip), "web1");
+    assert!(scene.ask("tcp", &scene.empty_vip).contains("refused"));
+    assert_eq!(
+        scene.trace_status().1,
+        before,
+        "events written while nobody traced"
+    );
+
+    let mut tracer = Tracer::start(&scene.lab, "n1", &["--format", "json", "trace"]);
+    assert_eq!(scene.flag(), 1);
+    assert_eq!(scene.ask("tcp", &scene.vip), "web1");
+    tracer.wait_event("an event", |e| e["verdict"] == "translate");
+    let (status, stderr) = tracer.stop();
+    assert!(status.success(), "{status} {stderr}");
+    wait_until(Duration::from_secs(10), || {
+        (scene.trace_status().0 == 0 && scene.flag() == 0).then_some(())
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "tracing still on: {:?} flag {}",
+            scene.trace_status(),
+            scene.flag()
+        )
+    });
+    let (_, after_tracing, lost) = scene.trace_status();
+    assert!(after_tracing > before);
+    assert_eq!(lost, 0);
+    assert_eq!(scene.ask("tcp", &scene.vip), "web1");
+    assert!(scene.ask("udp", &scene.empty_vip).contains("refused"));
+    assert_eq!(
+        scene.trace_status().1,
+        after_tracing,
+        "events written after the last tracer left"
+    );
+
+    // A bad filter: one line, non-zero exit, no pcap file made.
+    let pcap = scene.lab.state_dir().join("never.pcap");
+    let out = scene
+        .lab
+        .netctl(
+            "n1",
+            &[
+                "trace",
+                "--verdict",
+                "dropped",
+                "--pcap",
+                &pcap.display().to_string(),
+            ],
+        )
+        .expect("netctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("unknown verdict"), "{stderr}");
+    assert!(!pcap.exists());
+    let out = scene
+        .lab
+        .netctl("n1", &["trace", "--since", "soon"])
+        .expect("netctl");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad duration"));
+    scene.lab.teardown().expect("teardown");
+}

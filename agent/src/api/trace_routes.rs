@@ -22,7 +22,7 @@ use crate::{
     trace::{
         filter::TraceFilter,
         record::{TraceLine, TraceLost, TraceRecord, TraceStart},
-        Subscription, Tracer,
+        Subscribed, Subscription, Tracer,
     },
 };
 
@@ -47,7 +47,11 @@ async fn trace(
         )
     })?;
     let since = filter.since_ms.map(Duration::from_millis);
-    let (subscription, recent, receiver) = tracer.subscribe(since).map_err(ApiError::internal)?;
+    let Subscribed {
+        subscription,
+        recent,
+        receiver,
+    } = tracer.subscribe(since).map_err(ApiError::internal)?;
     let stats = tracer.stats();
     let mut pending: VecDeque<Bytes> = VecDeque::new();
     let recent: Vec<_> = recent.into_iter().filter(|r| filter.matches(r)).collect();
@@ -57,7 +61,7 @@ async fn trace(
         lost: stats.lost,
         replayed: recent.len(),
     })));
-    pending.extend(recent.iter().map(|r| event_line(r)));
+    pending.extend(recent.iter().map(event_line));
     let stream = Stream {
         _subscription: subscription,
         tracer,
@@ -128,7 +132,7 @@ impl Stream {
 }
 
 fn event_line(record: &Arc<TraceRecord>) -> Bytes {
-    line(&TraceLine::Event(TraceRecord::clone(record)))
+    line(&TraceLine::Event(Box::new(TraceRecord::clone(record))))
 }
 
 fn line(line: &TraceLine) -> Bytes {

@@ -135,17 +135,7 @@ impl Tracer {
 
     /// A new tracer: tracing is on until the returned guard drops. Also
     /// returns the kept records of the last `since`, and the live stream.
-    pub fn subscribe(
-        self: &Arc<Self>,
-        since: Option<Duration>,
-    ) -> Result<
-        (
-            Subscription,
-            Vec<Arc<TraceRecord>>,
-            broadcast::Receiver<Arc<TraceRecord>>,
-        ),
-        TraceError,
-    > {
+    pub fn subscribe(self: &Arc<Self>, since: Option<Duration>) -> Result<Subscribed, TraceError> {
         {
             let mut flag = lock(&self.flag);
             if flag.1 == 0 {
@@ -170,7 +160,11 @@ impl Tracer {
             }
             None => Vec::new(),
         };
-        Ok((subscription, recent, receiver))
+        Ok(Subscribed {
+            subscription,
+            recent,
+            receiver,
+        })
     }
 
     pub fn stats(&self) -> TraceStats {
@@ -208,6 +202,15 @@ impl Tracer {
         // No receiver is fine: the record stays for `--since`.
         let _ = self.events.send(record);
     }
+}
+
+/// A new tracer's share: tracing stays on while `subscription` lives.
+pub struct Subscribed {
+    pub subscription: Subscription,
+    /// The kept records of the window asked for, oldest first.
+    pub recent: Vec<Arc<TraceRecord>>,
+    /// Every record from now on.
+    pub receiver: broadcast::Receiver<Arc<TraceRecord>>,
 }
 
 /// Keeps tracing on while it lives.

@@ -13,7 +13,7 @@ pub enum TraceLine {
     /// First line: the agent is tracing for this client from now on.
     Start(TraceStart),
     /// What the datapath did with one packet.
-    Event(TraceRecord),
+    Event(Box<TraceRecord>),
     /// Events this client will never see.
     Lost(TraceLost),
 }

@@ -165,6 +165,8 @@ impl Tracer {
 
     /// Ctrl-C; its exit status and stderr.
     fn stop(mut self) -> (ExitStatus, String) {
+        // Shown when the test fails (and with --nocapture).
+        eprintln!("{}:\n{}", self.what, self.seen.join("\n"));
         // SAFETY: a plain signal to our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let output =

@@ -5,7 +5,7 @@
 //! while nobody traces, the datapath writes no event at all.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
     os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
@@ -169,15 +169,11 @@ impl Tracer {
         eprintln!("{}:\n{}", self.what, self.seen.join("\n"));
         // SAFETY: a plain signal to our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let output =
-            std::mem::replace(&mut self.child, Command::new("true").spawn().expect("true"))
-                .wait_with_output()
-                .expect("wait");
-        let _ = self.child.wait();
-        (
-            output.status,
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        (self.child.wait().expect("wait"), stderr)
     }
 }
 
@@ -381,6 +377,10 @@ fn a_vip_flow_is_traced_with_names_filters_pcap_and_replay() {
         l.contains(" translate ") && l.contains("[web.1]") && l.contains("client.1/ve-")
     });
     assert!(line.contains(" n1 "), "{line}");
+    // The client asked who the empty VIP is: the datapath answered.
+    all.wait_for("an ARP reply line", |l| {
+        l.contains(" arp-reply ") && l.contains(&format!("{empty_vip}[empty (vip)]"))
+    });
     all.wait_for("a refusal line", |l| {
         l.contains("drop (no-backend: RST sent) service=empty")
     });
@@ -415,6 +415,10 @@ fn a_vip_flow_is_traced_with_names_filters_pcap_and_replay() {
     assert!(
         text.contains(&format!("> {empty_vip}.8080: Flags [S]")),
         "no refused SYN in:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("ARP, Reply {empty_vip} is-at 02:42:")),
+        "no ARP reply in:\n{text}"
     );
 
     // --since replays the drop that already happened.

@@ -25,6 +25,10 @@ pub struct Lines {
 }
 
 impl Lines {
+    /// Whether a whole line is already here (`next_line` will not wait).
+    pub fn has_line(&self) -> bool {
+        self.buffer.contains(&b'\n')
+    }
     /// The next line (without its newline), or `None` when the agent ends
     /// the response.
     pub async fn next_line(&mut self) -> Result<Option<String>, ClientError> {

@@ -14,7 +14,10 @@ use axum::{
     routing::get,
     Router,
 };
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::{
+    self,
+    error::{RecvError, TryRecvError},
+};
 
 use super::server::ApiError;
 use crate::{
@@ -28,6 +31,8 @@ use crate::{
 
 /// How often an idle stream checks the loss counter and probes the client.
 const TICK: Duration = Duration::from_secs(1);
+/// Records sent in one write at most, when several are waiting.
+const BATCH: usize = 256;
 
 pub fn router() -> Router<Arc<AgentState>> {
     Router::new().route("/v1/trace", get(trace))
@@ -102,12 +107,25 @@ impl Stream {
                 return Some(chunk);
             }
             tokio::select! {
-                received = self.receiver.recv() => match received {
-                    Ok(record) if self.filter.matches(&record) => return Some(event_line(&record)),
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(skipped)) => return Some(self.lost(skipped)),
-                    Err(RecvError::Closed) => return None,
-                },
+                received = self.receiver.recv() => {
+                    let mut chunk = Vec::new();
+                    match received {
+                        Ok(record) => self.add(&mut chunk, &record),
+                        Err(RecvError::Lagged(skipped)) => chunk.extend(self.lost(skipped)),
+                        Err(RecvError::Closed) => return None,
+                    }
+                    // What is already waiting goes in the same write.
+                    for _ in 0..BATCH {
+                        match self.receiver.try_recv() {
+                            Ok(record) => self.add(&mut chunk, &record),
+                            Err(TryRecvError::Lagged(skipped)) => chunk.extend(self.lost(skipped)),
+                            Err(_) => break,
+                        }
+                    }
+                    if !chunk.is_empty() {
+                        return Some(Bytes::from(chunk));
+                    }
+                }
                 _ = self.tick.tick() => {
                     if self.tracer.stats().lost > self.ring_lost {
                         return Some(self.lost(0));
@@ -116,6 +134,12 @@ impl Stream {
                     return Some(Bytes::from_static(b"\n"));
                 }
             }
+        }
+    }
+
+    fn add(&self, chunk: &mut Vec<u8>, record: &Arc<TraceRecord>) {
+        if self.filter.matches(record) {
+            chunk.extend(event_line(record));
         }
     }
 

@@ -93,6 +93,7 @@ pub async fn run(
         }
         None => None,
     };
+    let mut out = BufWriter::new(out);
     let ended = loop {
         let line = tokio::select! {
             line = lines.next_line() => line?,
@@ -112,7 +113,6 @@ pub async fn run(
                 .unwrap_or_default();
             if !headers.is_empty() {
                 pcap.packet(record.time_ns, record.packet_len, &headers)
-                    .and_then(|()| pcap.flush())
                     .map_err(pcap_error)?;
             }
         }
@@ -120,8 +120,16 @@ pub async fn run(
             Format::Json => writeln!(out, "{line}")?,
             Format::Table => writeln!(out, "{}", describe(&parsed))?,
         }
-        out.flush()?;
+        // Written out whenever the agent has sent nothing more yet: a
+        // batch costs one write, and what was shown is always on disk.
+        if !lines.has_line() {
+            out.flush()?;
+            if let Some(pcap) = &mut pcap {
+                pcap.flush().map_err(pcap_error)?;
+            }
+        }
     };
+    out.flush()?;
     if let Some(pcap) = &mut pcap {
         pcap.flush().map_err(pcap_error)?;
     }

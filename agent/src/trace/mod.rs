@@ -24,10 +24,14 @@ use std::{
 use aya::maps::{Array, MapData, MapError, PerCpuArray, RingBuf};
 use futures::future::BoxFuture;
 use netagent_common::{
-    TRACE_EVENTS_MAP, TRACE_ON_MAP, TRACE_STATS_MAP, TRACE_STAT_EMITTED, TRACE_STAT_LOST,
+    TraceEvent, TRACE_EVENTS_MAP, TRACE_ON_MAP, TRACE_STATS_MAP, TRACE_STAT_EMITTED,
+    TRACE_STAT_LOST,
 };
 use serde::{Deserialize, Serialize};
-use tokio::{io::unix::AsyncFd, sync::broadcast};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{broadcast, Notify},
+};
 use tracing::{debug, warn};
 
 use crate::dataplane::{Datapath, DatapathError};
@@ -40,6 +44,10 @@ pub const REPLAY_CAPACITY: usize = 4096;
 const CHANNEL_CAPACITY: usize = 4096;
 /// How old the address book may get while events come in.
 const NAMES_MAX_AGE: Duration = Duration::from_secs(1);
+/// How often the ring is drained while someone traces: the programs only
+/// wake the agent when an eighth of the ring is waiting, so this bounds how
+/// late an event shows.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
@@ -86,6 +94,8 @@ pub struct Tracer {
     /// tracer's replay and live stream neither overlap nor leave a gap.
     replay: Mutex<VecDeque<Arc<TraceRecord>>>,
     events: broadcast::Sender<Arc<TraceRecord>>,
+    /// Tells the reader that a tracer arrived (start the drain timer).
+    arrived: Arc<Notify>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,6 +123,7 @@ impl Tracer {
             ring: Mutex::new(Some(ring)),
             replay: Mutex::new(VecDeque::with_capacity(REPLAY_CAPACITY)),
             events: broadcast::channel(CHANNEL_CAPACITY).0,
+            arrived: Arc::new(Notify::new()),
         }))
     }
 
@@ -129,7 +140,12 @@ impl Tracer {
         // while the AsyncFd holds it; nothing else closes or replaces it.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|error| TraceError::Poll(error.into_parts().1))?;
-        tokio::spawn(read_ring(Arc::downgrade(self), ring, names));
+        tokio::spawn(read_ring(
+            Arc::downgrade(self),
+            self.arrived.clone(),
+            ring,
+            names,
+        ));
         Ok(())
     }
 
@@ -144,6 +160,7 @@ impl Tracer {
             }
             flag.1 += 1;
         }
+        self.arrived.notify_one();
         let subscription = Subscription {
             tracer: self.clone(),
         };
@@ -226,29 +243,38 @@ impl Drop for Subscription {
 
 async fn read_ring(
     tracer: std::sync::Weak<Tracer>,
+    arrived: Arc<Notify>,
     mut ring: AsyncFd<RingBuf<MapData>>,
     names: NameSource,
 ) {
     let mut book = AddressBook::default();
     let mut book_at: Option<Instant> = None;
+    let mut drain = tokio::time::interval(DRAIN_EVERY);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One more drain after the last tracer leaves picks up the remainder.
+    let mut was_tracing = false;
     loop {
-        let events = {
-            let mut guard = match ring.readable_mut().await {
-                Ok(guard) => guard,
-                Err(error) => {
-                    warn!(%error, "trace ring buffer: polling failed; tracing stops");
-                    return;
-                }
-            };
-            let ring = guard.get_inner_mut();
-            let mut events = Vec::new();
-            while let Some(item) = ring.next() {
-                if let Some(event) = decode::event(&item) {
-                    events.push(event);
-                }
+        let tracing = match tracer.upgrade() {
+            Some(tracer) => lock(&tracer.flag).1 > 0,
+            None => return,
+        };
+        let timer = tracing || was_tracing;
+        was_tracing = tracing;
+        let events = tokio::select! {
+            ready = ring.readable_mut() => {
+                let mut guard = match ready {
+                    Ok(guard) => guard,
+                    Err(error) => {
+                        warn!(%error, "trace ring buffer: polling failed; tracing stops");
+                        return;
+                    }
+                };
+                let events = take_events(guard.get_inner_mut());
+                guard.clear_ready();
+                events
             }
-            guard.clear_ready();
-            events
+            _ = drain.tick(), if timer => take_events(ring.get_mut()),
+            () = arrived.notified(), if !timer => continue,
         };
         let Some(tracer) = tracer.upgrade() else {
             return;
@@ -265,6 +291,17 @@ async fn read_ring(
             tracer.publish(book.resolve(event, &tracer.node, offset));
         }
     }
+}
+
+/// Everything waiting in the ring.
+fn take_events(ring: &mut RingBuf<MapData>) -> Vec<TraceEvent> {
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        if let Some(event) = decode::event(&item) {
+            events.push(event);
+        }
+    }
+    events
 }
 
 /// Nanoseconds since the Unix epoch.

@@ -227,8 +227,10 @@ pub const TRACE_EVENTS_MAP: &str = "TRACE_EVENTS";
 /// Name of the per-CPU counters (index TRACE_STAT_*).
 pub const TRACE_STATS_MAP: &str = "TRACE_STATS";
 /// Size of the ring buffer in bytes (a power of two, a multiple of the page
-/// size): about 5,000 events.
-pub const TRACE_RING_BYTES: u32 = 1 << 20;
+/// size): about 22,000 events, close to a second of a busy node's
+/// connections. The programs wake the agent once an eighth of it is
+/// waiting; the agent also drains it every `trace::DRAIN_EVERY`.
+pub const TRACE_RING_BYTES: u32 = 1 << 22;
 /// TRACE_STATS index: events written to the ring.
 pub const TRACE_STAT_EMITTED: u32 = 0;
 /// TRACE_STATS index: events lost because the ring was full.

@@ -7,8 +7,13 @@
 //! fills it in place (no 184-byte copy on the 512-byte stack) with the
 //! packet's first bytes for pcap, and submits it. A full ring counts the
 //! event as lost in TRACE_STATS, so a loss is never silent.
+//!
+//! Submitting does not wake the agent until an eighth of the ring is
+//! waiting: the agent drains it on a short timer while someone traces, so
+//! a busy flow costs one wake-up per batch, not one per packet.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
@@ -26,6 +31,9 @@ static TRACE_ON: Array<u32> = Array::pinned(1, 0);
 static TRACE_EVENTS: RingBuf = RingBuf::pinned(TRACE_RING_BYTES, 0);
 #[map]
 static TRACE_STATS: PerCpuArray<u64> = PerCpuArray::pinned(TRACE_STATS_LEN, 0);
+
+/// Waiting bytes that make a submit wake the agent at once.
+const WAKEUP_BYTES: u64 = TRACE_RING_BYTES as u64 / 8;
 
 /// Whether anyone is tracing: the one check every call site pays.
 #[inline(always)]
@@ -100,7 +108,12 @@ fn record(
         }
         (*event).captured_len = captured;
     }
-    entry.submit(0);
+    let wakeup = if TRACE_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(u64::from(wakeup));
     count(TRACE_STAT_EMITTED);
 }
 

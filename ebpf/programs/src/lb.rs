@@ -33,12 +33,6 @@ use netagent_common::{
 };
 
 use crate::trace::{self, tuple};
-use netagent_common::{
-    TraceTuple, TRACE_KIND_ARP_REPLY, TRACE_KIND_DROP, TRACE_KIND_PASS, TRACE_KIND_REVERSE,
-    TRACE_KIND_TRANSLATE, TRACE_KIND_TRANSLATE_ESTABLISHED, TRACE_REASON_MALFORMED,
-    TRACE_REASON_NONE, TRACE_REASON_NO_BACKEND, TRACE_REASON_NO_CONNTRACK,
-    TRACE_REASON_UNSUPPORTED,
-};
 
 #[map]
 static LB_SERVICES: HashMap<LbServiceKey, LbService> = HashMap::pinned(LB_SERVICES_CAPACITY, 0);
@@ -72,16 +66,7 @@ pub fn lb_ingress(ctx: TcContext) -> i32 {
         Ok(verdict) => verdict,
         // A packet we cannot parse is none of our business.
         Err(()) => {
-            let none = TraceTuple::default();
-            trace::emit(
-                &ctx,
-                TRACE_KIND_PASS,
-                TRACE_REASON_MALFORMED,
-                0,
-                none,
-                none,
-                0,
-            );
+            trace::malformed(&ctx);
             TC_ACT_UNSPEC
         }
     }
@@ -193,16 +178,7 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
         return Ok(TC_ACT_UNSPEC);
     }
     let Some(flow) = parse_flow(ctx)? else {
-        let to_vip = tuple(0, daddr, 0, 0);
-        trace::emit(
-            ctx,
-            TRACE_KIND_PASS,
-            TRACE_REASON_UNSUPPORTED,
-            0,
-            to_vip,
-            to_vip,
-            0,
-        );
+        trace::unsupported(ctx, daddr);
         return Ok(TC_ACT_UNSPEC);
     };
     // SAFETY: the value is copied out at once; the agent only replaces whole
@@ -238,8 +214,7 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
                 // No backend: refuse at once rather than leave the client
                 // waiting. TCP gets a RST, UDP an ICMP port unreachable.
                 let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
-                let (kind, reason) = (TRACE_KIND_DROP, TRACE_REASON_NO_BACKEND);
-                trace::emit(ctx, kind, reason, flow.proto, sent, sent, service.id);
+                trace::refused(ctx, flow.proto, sent, service.id);
                 if flow.proto == IPPROTO_TCP {
                     return reset(ctx, &flow);
                 }
@@ -277,16 +252,18 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
     let mac = [0x02, 0x42, octets[0], octets[1], octets[2], octets[3]];
     ctx.store(0, &mac, 0).map_err(|_| ())?;
     if trace::on() {
-        let (kind, reason) = match pinned {
-            Some(_) => (TRACE_KIND_TRANSLATE_ESTABLISHED, TRACE_REASON_NONE),
-            None if flow.proto == IPPROTO_TCP && !new_connection => {
-                (TRACE_KIND_TRANSLATE, TRACE_REASON_NO_CONNTRACK)
-            }
-            None => (TRACE_KIND_TRANSLATE, TRACE_REASON_NONE),
-        };
+        let rebalanced = pinned.is_none() && flow.proto == IPPROTO_TCP && !new_connection;
         let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
         let now = tuple(flow.saddr, backend, flow.sport, flow.dport);
-        trace::emit(ctx, kind, reason, flow.proto, sent, now, service.id);
+        trace::translated(
+            ctx,
+            pinned.is_some(),
+            rebalanced,
+            flow.proto,
+            sent,
+            now,
+            service.id,
+        );
     }
     Ok(TC_ACT_OK as i32)
 }
@@ -397,15 +374,7 @@ fn to_container(ctx: &TcContext) -> Result<i32, ()> {
     rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, vip)?;
     let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
     let now = tuple(vip, flow.daddr, flow.sport, flow.dport);
-    trace::emit(
-        ctx,
-        TRACE_KIND_REVERSE,
-        TRACE_REASON_NONE,
-        flow.proto,
-        sent,
-        now,
-        0,
-    );
+    trace::reversed(ctx, flow.proto, sent, now);
     Ok(TC_ACT_OK as i32)
 }
 
@@ -576,15 +545,6 @@ fn answer_arp(ctx: &TcContext) -> Result<i32, ()> {
     ctx.store(ARP + 18, &sha, 0).map_err(|_| ())?;
     ctx.store(ARP + 24, &spa, 0).map_err(|_| ())?;
     let verdict = bounce(ctx);
-    let asked = tuple(spa, tpa, 0, 0);
-    trace::emit(
-        ctx,
-        TRACE_KIND_ARP_REPLY,
-        TRACE_REASON_NONE,
-        0,
-        asked,
-        asked,
-        0,
-    );
+    trace::arp_reply(ctx, tuple(spa, tpa, 0, 0));
     verdict
 }

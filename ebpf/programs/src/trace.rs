@@ -20,8 +20,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netagent_common::{
-    TraceEvent, TraceTuple, TRACE_CAPTURE_BYTES, TRACE_RING_BYTES, TRACE_STATS_LEN,
-    TRACE_STAT_EMITTED, TRACE_STAT_LOST,
+    TraceEvent, TraceTuple, TRACE_CAPTURE_BYTES, TRACE_KIND_ARP_REPLY, TRACE_KIND_DROP,
+    TRACE_KIND_PASS, TRACE_KIND_REVERSE, TRACE_KIND_TRANSLATE, TRACE_KIND_TRANSLATE_ESTABLISHED,
+    TRACE_REASON_MALFORMED, TRACE_REASON_NONE, TRACE_REASON_NO_BACKEND, TRACE_REASON_NO_CONNTRACK,
+    TRACE_REASON_UNSUPPORTED, TRACE_RING_BYTES, TRACE_STATS_LEN, TRACE_STAT_EMITTED,
+    TRACE_STAT_LOST,
 };
 
 /// Index 0: non-zero while at least one tracer is connected (set by the agent).
@@ -123,6 +126,94 @@ fn count(index: u32) {
         // SAFETY: per-CPU value: no other CPU writes it.
         unsafe { *counter += 1 };
     }
+}
+
+// What the load balancer reports (`lb.rs`), one call each.
+
+/// A packet to a VIP translated to its backend: a new flow (`rebalanced`
+/// when a mid-flow TCP packet had no usable conntrack entry), or one of an
+/// `established` flow.
+#[inline(always)]
+pub fn translated(
+    ctx: &TcContext,
+    established: bool,
+    rebalanced: bool,
+    proto: u8,
+    sent: TraceTuple,
+    now: TraceTuple,
+    service_id: u32,
+) {
+    let (kind, reason) = match (established, rebalanced) {
+        (true, _) => (TRACE_KIND_TRANSLATE_ESTABLISHED, TRACE_REASON_NONE),
+        (false, true) => (TRACE_KIND_TRANSLATE, TRACE_REASON_NO_CONNTRACK),
+        (false, false) => (TRACE_KIND_TRANSLATE, TRACE_REASON_NONE),
+    };
+    emit(ctx, kind, reason, proto, sent, now, service_id);
+}
+
+/// A backend's reply given the VIP back as its source.
+#[inline(always)]
+pub fn reversed(ctx: &TcContext, proto: u8, sent: TraceTuple, now: TraceTuple) {
+    emit(
+        ctx,
+        TRACE_KIND_REVERSE,
+        TRACE_REASON_NONE,
+        proto,
+        sent,
+        now,
+        0,
+    );
+}
+
+/// A new flow to a VIP without backend, refused (RST or ICMP unreachable).
+#[inline(always)]
+pub fn refused(ctx: &TcContext, proto: u8, sent: TraceTuple, service_id: u32) {
+    let (kind, reason) = (TRACE_KIND_DROP, TRACE_REASON_NO_BACKEND);
+    emit(ctx, kind, reason, proto, sent, sent, service_id);
+}
+
+/// An ARP request for a VIP (`asked`: asker -> VIP), answered.
+#[inline(always)]
+pub fn arp_reply(ctx: &TcContext, asked: TraceTuple) {
+    emit(
+        ctx,
+        TRACE_KIND_ARP_REPLY,
+        TRACE_REASON_NONE,
+        0,
+        asked,
+        asked,
+        0,
+    );
+}
+
+/// A packet to VIP `daddr` that is not TCP/UDP, or a fragment: passed on.
+#[inline(always)]
+pub fn unsupported(ctx: &TcContext, daddr: u32) {
+    let to_vip = tuple(0, daddr, 0, 0);
+    emit(
+        ctx,
+        TRACE_KIND_PASS,
+        TRACE_REASON_UNSUPPORTED,
+        0,
+        to_vip,
+        to_vip,
+        0,
+    );
+}
+
+/// A packet whose headers could not be read: passed on.
+#[inline(always)]
+pub fn malformed(ctx: &TcContext) {
+    let none = TraceTuple::default();
+    emit(
+        ctx,
+        TRACE_KIND_PASS,
+        TRACE_REASON_MALFORMED,
+        0,
+        none,
+        none,
+        0,
+    );
 }
 
 /// The tuple of a packet, from fields already read.

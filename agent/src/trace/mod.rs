@@ -24,8 +24,8 @@ use std::{
 use aya::maps::{Array, MapData, MapError, PerCpuArray, RingBuf};
 use futures::future::BoxFuture;
 use netagent_common::{
-    TraceEvent, TRACE_EVENTS_MAP, TRACE_ON_MAP, TRACE_STATS_MAP, TRACE_STAT_EMITTED,
-    TRACE_STAT_LOST,
+    TraceEvent, TRACE_EVENTS_MAP, TRACE_ON_MAP, TRACE_RING_BYTES, TRACE_STATS_MAP,
+    TRACE_STAT_EMITTED, TRACE_STAT_LOST,
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -58,6 +58,12 @@ pub enum TraceError {
         name: &'static str,
         source: Box<MapError>,
     },
+    #[error(
+        "the pinned trace ring buffer holds {pinned} bytes, this build uses {}: \
+         remove <bpffs>/maps/TRACE_EVENTS and restart the agent",
+        TRACE_RING_BYTES
+    )]
+    RingSize { pinned: u32 },
     #[error("cannot watch the trace ring buffer: {0}")]
     Poll(std::io::Error),
 }
@@ -109,8 +115,19 @@ impl Tracer {
     /// (a crashed agent may have left it on).
     pub fn open(datapath: &mut Datapath, node: &str) -> Result<Arc<Self>, TraceError> {
         let mut take = |name: &'static str| datapath.take_map(name).map_err(Box::new);
-        let ring =
-            RingBuf::try_from(take(TRACE_EVENTS_MAP)?).map_err(map_error(TRACE_EVENTS_MAP))?;
+        let ring = take(TRACE_EVENTS_MAP)?;
+        // A pin left by a build with another ring size is reused as it is;
+        // reading it with this build's size would misread it.
+        if let aya::maps::Map::RingBuf(data) = &ring {
+            let pinned = data
+                .info()
+                .map_err(map_error(TRACE_EVENTS_MAP))?
+                .max_entries();
+            if pinned != TRACE_RING_BYTES {
+                return Err(TraceError::RingSize { pinned });
+            }
+        }
+        let ring = RingBuf::try_from(ring).map_err(map_error(TRACE_EVENTS_MAP))?;
         let mut flag: Array<MapData, u32> =
             Array::try_from(take(TRACE_ON_MAP)?).map_err(map_error(TRACE_ON_MAP))?;
         let stats =

@@ -521,3 +521,59 @@ fn nobody_tracing_means_no_events_and_bad_filters_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad duration"));
     scene.lab.teardown().expect("teardown");
 }
+
+/// Sends `n` datagrams of one UDP flow to host:9, as fast as it can.
+const FLOOD: &str = r#"
+import socket, sys
+host, n = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(n):
+    try:
+        s.sendto(b"x", (host, 9))
+    except OSError:
+        pass
+"#;
+
+#[test]
+fn events_the_full_ring_could_not_hold_are_counted_and_reported() {
+    require_root!();
+    let mut scene = Scene::up();
+    let mut tracer = Tracer::start(
+        &scene.lab,
+        "n1",
+        &["--format", "json", "trace", "--port", "9"],
+    );
+    // With the agent stopped nothing drains the ring: 40,000 events of one
+    // flow cannot fit in its ~21,800 places.
+    let agent = scene.lab.node("n1").expect("n1").agent().expect("agent");
+    agent.id.signal(nix::sys::signal::Signal::SIGSTOP);
+    let flood = scene.lab.exec(
+        &scene.client.netns,
+        &["python3", "-c", FLOOD, &scene.vip, "40000"],
+    );
+    agent.id.signal(nix::sys::signal::Signal::SIGCONT);
+    assert!(flood.expect("flood").status.success());
+
+    let lost = tracer.wait_for("a lost line", |l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .is_ok_and(|v| v["type"] == "lost" && v["ring"].as_u64() > Some(0))
+    });
+    let lost: serde_json::Value = serde_json::from_str(&lost).expect("json");
+    let (_, emitted, lost_total) = scene.trace_status();
+    assert!(lost_total >= lost["ring"].as_u64().expect("ring"), "{lost}");
+    assert!(
+        emitted + lost_total >= 40_000,
+        "emitted {emitted}, lost {lost_total}"
+    );
+    // The events that fitted still came through, filtered.
+    tracer.wait_event("a flood event", |e| e["before"]["dport"] == 9);
+    let (status, stderr) = tracer.stop();
+    assert!(status.success(), "{status} {stderr}");
+    let table = scene.lab.netctl("n1", &["status"]).expect("status");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains(&format!("{lost_total} lost (ring full)")),
+        "{table}"
+    );
+    scene.lab.teardown().expect("teardown");
+}

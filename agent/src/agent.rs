@@ -1,9 +1,9 @@
 //! The daemon: start-up, the state the API reads, and shutdown.
 //!
 //! Start-up order: data and run directories, the datapath (adopting what an
-//! earlier run left), then the API. Shutdown stops the API and leaves the
-//! datapath in the kernel, so that traffic keeps flowing while the agent is
-//! down or being upgraded.
+//! earlier run left; tracing switched off), then the API. Shutdown stops the
+//! API and leaves the datapath in the kernel, so that traffic keeps flowing
+//! while the agent is down or being upgraded.
 
 use std::{
     sync::{Arc, Mutex},
@@ -21,7 +21,7 @@ use crate::{
     cluster::ClusterRuntime,
     config::AgentConfig,
     dataplane::{counters, interfaces, Datapath, DatapathError},
-    trace::{names::AddressBook, Tracer},
+    trace::{names::AddressBook, NameSource, Tracer},
     VERSION,
 };
 
@@ -171,6 +171,20 @@ fn already_in(rt: &ClusterRuntime) -> crate::api::server::ApiError {
     )
 }
 
+/// The trace reader's names: the agent's model, as long as the agent lives.
+fn name_source(state: &Arc<AgentState>) -> NameSource {
+    let weak = Arc::downgrade(state);
+    Box::new(move || {
+        let weak = weak.clone();
+        Box::pin(async move {
+            match weak.upgrade() {
+                Some(state) => state.address_book().await,
+                None => AddressBook::default(),
+            }
+        })
+    })
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
@@ -202,17 +216,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         cluster: tokio::sync::RwLock::new(cluster),
     });
     if let Some(tracer) = &state.tracer {
-        let weak = Arc::downgrade(&state);
-        let names: crate::trace::NameSource = Box::new(move || {
-            let weak = weak.clone();
-            Box::pin(async move {
-                match weak.upgrade() {
-                    Some(state) => state.address_book().await,
-                    None => AddressBook::default(),
-                }
-            })
-        });
-        if let Err(error) = tracer.spawn(names) {
+        if let Err(error) = tracer.spawn(name_source(&state)) {
             warn!(%error, "tracing unavailable");
         }
     }

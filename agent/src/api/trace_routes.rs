@@ -24,7 +24,7 @@ use crate::{
     agent::AgentState,
     trace::{
         filter::TraceFilter,
-        record::{TraceLine, TraceLost, TraceRecord, TraceStart},
+        record::{TraceLine, TraceLost, TraceStart, Traced},
         Subscribed, Subscription, Tracer,
     },
 };
@@ -59,14 +59,17 @@ async fn trace(
     } = tracer.subscribe(since).map_err(ApiError::internal)?;
     let stats = tracer.stats();
     let mut pending: VecDeque<Bytes> = VecDeque::new();
-    let recent: Vec<_> = recent.into_iter().filter(|r| filter.matches(r)).collect();
+    let recent: Vec<_> = recent
+        .into_iter()
+        .filter(|r| filter.matches(&r.record))
+        .collect();
     pending.push_back(line(&TraceLine::Start(TraceStart {
         node: tracer.node().to_owned(),
         tracers: stats.tracers,
         lost: stats.lost,
         replayed: recent.len(),
     })));
-    pending.extend(recent.iter().map(event_line));
+    pending.extend(recent.iter().map(|r| Bytes::copy_from_slice(&r.line)));
     let stream = Stream {
         _subscription: subscription,
         tracer,
@@ -92,7 +95,7 @@ struct Stream {
     _subscription: Subscription,
     tracer: Arc<Tracer>,
     filter: TraceFilter,
-    receiver: broadcast::Receiver<Arc<TraceRecord>>,
+    receiver: broadcast::Receiver<Arc<Traced>>,
     pending: VecDeque<Bytes>,
     /// The ring's loss counter as last reported.
     ring_lost: u64,
@@ -137,9 +140,9 @@ impl Stream {
         }
     }
 
-    fn add(&self, chunk: &mut Vec<u8>, record: &Arc<TraceRecord>) {
-        if self.filter.matches(record) {
-            chunk.extend(event_line(record));
+    fn add(&self, chunk: &mut Vec<u8>, traced: &Traced) {
+        if self.filter.matches(&traced.record) {
+            chunk.extend_from_slice(&traced.line);
         }
     }
 
@@ -153,10 +156,6 @@ impl Stream {
             ring_total: total,
         }))
     }
-}
-
-fn event_line(record: &Arc<TraceRecord>) -> Bytes {
-    line(&TraceLine::Event(Box::new(TraceRecord::clone(record))))
 }
 
 fn line(line: &TraceLine) -> Bytes {

@@ -36,7 +36,7 @@ use tracing::{debug, warn};
 
 use crate::dataplane::{Datapath, DatapathError};
 use names::AddressBook;
-use record::TraceRecord;
+use record::{TraceRecord, Traced};
 
 /// Records kept for `--since`: a bounded window, the newest ones.
 pub const REPLAY_CAPACITY: usize = 4096;
@@ -98,8 +98,8 @@ pub struct Tracer {
     ring: Mutex<Option<RingBuf<MapData>>>,
     /// Records for `--since`; sending happens under this lock, so that a new
     /// tracer's replay and live stream neither overlap nor leave a gap.
-    replay: Mutex<VecDeque<Arc<TraceRecord>>>,
-    events: broadcast::Sender<Arc<TraceRecord>>,
+    replay: Mutex<VecDeque<Arc<Traced>>>,
+    events: broadcast::Sender<Arc<Traced>>,
     /// Tells the reader that a tracer arrived (start the drain timer).
     arrived: Arc<Notify>,
 }
@@ -188,7 +188,7 @@ impl Tracer {
                 let from = wall_clock_ns().saturating_sub(since.as_nanos() as u64);
                 replay
                     .iter()
-                    .filter(|r| r.time_ns >= from)
+                    .filter(|r| r.record.time_ns >= from)
                     .cloned()
                     .collect()
             }
@@ -227,7 +227,7 @@ impl Tracer {
     }
 
     fn publish(&self, record: TraceRecord) {
-        let record = Arc::new(record);
+        let record = Arc::new(Traced::new(record));
         let mut replay = lock(&self.replay);
         if replay.len() == REPLAY_CAPACITY {
             replay.pop_front();
@@ -242,9 +242,9 @@ impl Tracer {
 pub struct Subscribed {
     pub subscription: Subscription,
     /// The kept records of the window asked for, oldest first.
-    pub recent: Vec<Arc<TraceRecord>>,
+    pub recent: Vec<Arc<Traced>>,
     /// Every record from now on.
-    pub receiver: broadcast::Receiver<Arc<TraceRecord>>,
+    pub receiver: broadcast::Receiver<Arc<Traced>>,
 }
 
 /// Keeps tracing on while it lives.

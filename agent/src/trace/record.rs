@@ -91,6 +91,28 @@ pub struct TraceRecord {
     pub headers: String,
 }
 
+/// A record and its stream line, encoded once for every tracer.
+#[derive(Debug)]
+pub struct Traced {
+    pub record: TraceRecord,
+    /// `{"type":"event",...}` and a newline.
+    pub line: Vec<u8>,
+}
+
+impl Traced {
+    pub fn new(record: TraceRecord) -> Self {
+        /// `TraceLine::Event` without a copy of the record.
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename_all = "lowercase")]
+        enum EventLine<'a> {
+            Event(&'a TraceRecord),
+        }
+        let mut line = serde_json::to_vec(&EventLine::Event(&record)).unwrap_or_default();
+        line.push(b'\n');
+        Self { record, line }
+    }
+}
+
 impl TraceRecord {
     /// Every address of the event.
     pub fn addrs(&self) -> [Ipv4Addr; 4] {
@@ -110,5 +132,44 @@ impl TraceRecord {
             self.after.sport,
             self.after.dport,
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_line_reads_back_as_the_record() {
+        let record = TraceRecord {
+            time_ns: 1,
+            node: "n1".into(),
+            interface: "if3".into(),
+            endpoint: None,
+            verdict: "drop".into(),
+            reason: Some("no-backend".into()),
+            protocol: "udp".into(),
+            before: Tuple {
+                src: [10, 0, 0, 2].into(),
+                sport: 5,
+                dst: [10, 0, 0, 9].into(),
+                dport: 53,
+            },
+            after: Tuple {
+                src: [10, 0, 0, 2].into(),
+                sport: 5,
+                dst: [10, 0, 0, 9].into(),
+                dport: 53,
+            },
+            service: Some("dns".into()),
+            network: None,
+            names: BTreeMap::new(),
+            packet_len: 42,
+            headers: "AAE=".into(),
+        };
+        let traced = Traced::new(record.clone());
+        assert_eq!(traced.line.last(), Some(&b'\n'));
+        let line: TraceLine = serde_json::from_slice(&traced.line).unwrap();
+        assert_eq!(line, TraceLine::Event(Box::new(record)));
     }
 }

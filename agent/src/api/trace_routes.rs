@@ -1,7 +1,7 @@
 //! `GET /v1/trace`: the trace stream, one JSON document per line
 //! (`trace::record::TraceLine`) over a chunked response that lasts as long
 //! as the client reads it. Tracing stays on while at least one such
-//! response is open; a blank line every second finds out soon when a
+//! response is open; a blank line every 250 ms finds out soon when a
 //! client has gone, so that the flag goes off.
 
 use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// How often an idle stream checks the loss counter and probes the client.
-const TICK: Duration = Duration::from_secs(1);
+const TICK: Duration = Duration::from_millis(250);
 /// Records sent in one write at most, when several are waiting.
 const BATCH: usize = 256;
 

@@ -3,7 +3,8 @@
 //! hosts file in the same container (127.0.0.53), same run, same query
 //! file: 90% cluster names, 10% names only the lab's upstream knows (both
 //! forward those to it). For each: the highest rate with under 0.1% loss,
-//! then p50/p99 latency at half that rate. Both get the same dnsperf
+//! then p50/p99 latency at half that rate (and p99 of the cluster names
+//! and of the forwarded names apart). Both get the same dnsperf
 //! parameters (clients, outstanding queries, timeout). Alongside, from
 //! `/proc`: the server's CPU time per answered query (which a busy machine
 //! disturbs much less than the rates) and dnsperf's own CPU use at the
@@ -77,8 +78,9 @@ struct Run {
     server_cpu: f64,
     /// Seconds of CPU dnsperf used.
     client_cpu: f64,
-    /// Per-query latencies in seconds (verbose runs only).
-    latencies: Vec<f64>,
+    /// Per-query latencies in seconds, each with whether the name was a
+    /// forwarded one (verbose runs only).
+    latencies: Vec<(bool, f64)>,
 }
 
 /// User + system CPU seconds of process `pid` (all its threads).
@@ -175,10 +177,16 @@ fn dnsperf(
         .context("dnsperf printed no completed queries")?;
     let client_cpu = children_cpu(&String::from_utf8_lossy(&out.stderr))
         .context("no CPU times after dnsperf")?;
+    // "> NOERROR n3x7 A 0.000150"
     let latencies = text
         .lines()
         .filter(|line| line.starts_with("> "))
-        .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let name = fields.get(2)?.trim_end_matches('.');
+            let latency = fields.last()?.parse::<f64>().ok()?;
+            Some((FORWARDED.contains(&name), latency))
+        })
         .collect();
     Ok(Run {
         qps,
@@ -203,6 +211,9 @@ struct Profile {
     /// Latency at half that rate, seconds.
     p50: f64,
     p99: f64,
+    /// p99 of the cluster names only, and of the forwarded names only.
+    p99_cluster: f64,
+    p99_forwarded: f64,
     /// Server CPU seconds per answered query at the highest rate.
     cpu_per_query: f64,
     /// dnsperf's CPU use at the highest rate, in cores.
@@ -230,11 +241,21 @@ fn profile(lab: &Lab, netns: &str, server: (&str, u32), data: &str) -> Result<Pr
     let seconds: f64 = RUN_SECONDS.parse()?;
     let mut latencies =
         dnsperf(lab, netns, server, data, Some((run.qps / 2.0) as u64), true)?.latencies;
-    latencies.sort_by(|a, b| a.total_cmp(b));
+    latencies.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let of = |forwarded: Option<bool>| -> Vec<f64> {
+        latencies
+            .iter()
+            .filter(|(f, _)| forwarded.is_none_or(|want| *f == want))
+            .map(|(_, latency)| *latency)
+            .collect()
+    };
+    let all = of(None);
     Ok(Profile {
         qps: run.qps,
-        p50: percentile(&latencies, 0.5),
-        p99: percentile(&latencies, 0.99),
+        p50: percentile(&all, 0.5),
+        p99: percentile(&all, 0.99),
+        p99_cluster: percentile(&of(Some(false)), 0.99),
+        p99_forwarded: percentile(&of(Some(true)), 0.99),
         cpu_per_query: run.server_cpu / run.completed.max(1.0),
         client_cores: run.client_cpu / seconds,
     })
@@ -246,6 +267,8 @@ impl Profile {
             "qps": self.qps,
             "p50_s": self.p50,
             "p99_s": self.p99,
+            "p99_cluster_names_s": self.p99_cluster,
+            "p99_forwarded_names_s": self.p99_forwarded,
             "cpu_per_query_s": self.cpu_per_query,
             "dnsperf_cores": self.client_cores,
         })
@@ -394,6 +417,14 @@ fn measure(lab: &mut Lab) -> Result<()> {
             format!("{} / {}", ms(t.p50), ms(t.p99)),
         ),
         TableRow::new("netagent p99 (target <= 1 ms)", ms(o.p99)),
+        TableRow::new(
+            "p99 cluster / forwarded names, netagent",
+            format!("{} / {}", ms(o.p99_cluster), ms(o.p99_forwarded)),
+        ),
+        TableRow::new(
+            "p99 cluster / forwarded names, dnsmasq",
+            format!("{} / {}", ms(t.p99_cluster), ms(t.p99_forwarded)),
+        ),
         TableRow::new(
             "server CPU per query netagent / dnsmasq",
             format!(

@@ -5,25 +5,30 @@
 //!   table, the rest handed to the forwarder);
 //! * [`forward`]: the node's upstream resolvers, one time budget per query;
 //! * [`cache`]: forwarded answers, shared by the node's resolvers;
-//! * [`server`]: the UDP and TCP loops of one container.
+//! * [`udp`]: one thread answering the UDP queries of every container of the
+//!   node, by batches ([`batch`]); cache misses go to tokio tasks;
+//! * [`server`]: what one container's resolver shares, and its TCP loop
+//!   (tokio).
 //!
-//! Lookups take no lock: each query loads the current table (`ArcSwap`) and
-//! the container's network scope.
+//! Lookups take no lock: each UDP batch (each TCP query) loads the current
+//! table (`ArcSwap`) and the container's network scope.
 
 use std::{
     net::SocketAddr,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
 use arc_swap::{ArcSwap, Guard};
 use tokio::{sync::Semaphore, task::AbortHandle};
 
+mod batch;
 pub mod cache;
 pub mod forward;
 pub mod handler;
 pub mod server;
 pub mod table;
+mod udp;
 
 pub use table::DnsTable;
 
@@ -33,6 +38,7 @@ mod tests;
 use cache::ForwardCache;
 use forward::Forwarder;
 use handler::Forward;
+use udp::{Registration, UdpLoop};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -49,6 +55,8 @@ pub struct DnsShared {
     table: ArcSwap<DnsTable>,
     forwarder: Forwarder,
     cache: ForwardCache,
+    /// The UDP resolver thread, started with the first container resolver.
+    udp: Mutex<Option<UdpLoop>>,
 }
 
 impl DnsShared {
@@ -59,6 +67,7 @@ impl DnsShared {
             table: ArcSwap::from_pointee(DnsTable::default()),
             forwarder: Forwarder::new(upstreams, budget),
             cache: ForwardCache::default(),
+            udp: Mutex::new(None),
         })
     }
 
@@ -88,14 +97,30 @@ impl DnsShared {
         self.cache.insert(request, query, &answer, Instant::now());
         answer
     }
+
+    /// Hands `socket` to the UDP resolver thread (started on first use).
+    fn register_udp(
+        &self,
+        socket: std::net::UdpSocket,
+        ctx: Arc<server::Context>,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Registration, DnsError> {
+        let mut running = self.udp.lock().unwrap_or_else(PoisonError::into_inner);
+        let udp = match &mut *running {
+            Some(udp) => udp,
+            None => running.insert(UdpLoop::start()?),
+        };
+        Ok(udp.register(socket, ctx, runtime)?)
+    }
 }
 
 /// One container's resolver, answering on sockets opened in the container's
 /// namespace, with the names of the networks in `networks` (network ids) only.
-/// Stops when dropped (forwarded queries in flight still finish within the
-/// budget).
+/// Stops when dropped: its UDP socket leaves the resolver thread, its TCP
+/// task ends (forwarded queries in flight still finish within the budget).
 pub struct ContainerResolver {
-    tasks: [AbortHandle; 2],
+    tcp: AbortHandle,
+    _udp: Registration,
 }
 
 impl ContainerResolver {
@@ -108,27 +133,24 @@ impl ContainerResolver {
     ) -> Result<Self, DnsError> {
         let runtime = tokio::runtime::Handle::try_current()?;
         let _context = runtime.enter();
-        udp.set_nonblocking(true)?;
         tcp.set_nonblocking(true)?;
-        let udp = Arc::new(tokio::net::UdpSocket::from_std(udp)?);
         let tcp = tokio::net::TcpListener::from_std(tcp)?;
         let ctx = Arc::new(server::Context {
-            shared,
+            shared: shared.clone(),
             scope: networks,
             forwards: Arc::new(Semaphore::new(server::MAX_FORWARDS)),
         });
-        let udp = runtime.spawn(server::serve_udp(udp, ctx.clone()));
+        let udp = shared.register_udp(udp, ctx.clone(), runtime.clone())?;
         let tcp = runtime.spawn(server::serve_tcp(tcp, ctx));
         Ok(ContainerResolver {
-            tasks: [udp.abort_handle(), tcp.abort_handle()],
+            tcp: tcp.abort_handle(),
+            _udp: udp,
         })
     }
 }
 
 impl Drop for ContainerResolver {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.tcp.abort();
     }
 }

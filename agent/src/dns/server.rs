@@ -1,20 +1,20 @@
-//! The UDP and TCP loops of one container's resolver, on sockets opened in
-//! the container's namespace.
+//! What the resolver of one container shares between its loops, and its
+//! TCP loop, on sockets opened in the container's namespace. (UDP: the
+//! node's resolver thread, [`super::udp`].)
 //!
-//! UDP: one loop answers cluster names and cached forwarded names inline (no
-//! await between receive and send but the send itself) and hands every other
-//! forwarded query to its own task, at most [`MAX_FORWARDS`] at a time
-//! (beyond, SERVFAIL at once). TCP: one
-//! task per connection, at most [`MAX_CONNECTIONS`]; a connection is closed
-//! when idle for [`IDLE`], when a read or write takes longer than
+//! TCP: one task per connection, at most [`MAX_CONNECTIONS`]; a connection
+//! is closed when idle for [`IDLE`], when a read or write takes longer than
 //! [`IO_TIMEOUT`], or when a query is larger than [`MAX_TCP_QUERY`].
+//! Forwarded queries (UDP and TCP alike) are answered from the cache when
+//! it can, else by the forwarder; on UDP at most [`MAX_FORWARDS`] per
+//! container are in flight (beyond, SERVFAIL at once).
 
 use std::{sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream, UdpSocket},
+    net::{TcpListener, TcpStream},
     sync::Semaphore,
     task::JoinSet,
     time::timeout,
@@ -30,8 +30,6 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const IDLE: Duration = Duration::from_secs(10);
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_TCP_QUERY: usize = 4096;
-/// A datagram longer than this is cut, and then answered FORMERR.
-const MAX_DATAGRAM: usize = 4096;
 /// Pause after a failed accept (out of descriptors), not to spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -54,48 +52,6 @@ impl Context {
     ) -> Action {
         let (table, scope) = (self.shared.table(), self.scope.load());
         handler::answer(request, &table, &scope, transport, out, scratch)
-    }
-}
-
-pub async fn serve_udp(socket: Arc<UdpSocket>, ctx: Arc<Context>) {
-    let mut request = vec![0u8; MAX_DATAGRAM];
-    let mut out = Vec::with_capacity(MAX_DATAGRAM);
-    let mut scratch = Scratch::default();
-    loop {
-        let (len, peer) = match socket.recv_from(&mut request).await {
-            Ok(received) => received,
-            Err(error) => {
-                tracing::debug!(%error, "dns: UDP receive failed");
-                continue;
-            }
-        };
-        let request = &request[..len];
-        out.clear();
-        match ctx.answer(request, Transport::Udp, &mut out, &mut scratch) {
-            Action::Reply => {}
-            Action::Drop => continue,
-            Action::Forward(query) if ctx.shared.cached(request, query, &mut out) => {}
-            Action::Forward(query) => match ctx.forwards.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let (socket, ctx, request) = (socket.clone(), ctx.clone(), request.to_vec());
-                    tokio::spawn(async move {
-                        let answer = ctx.shared.forward(&request, query).await;
-                        if let Err(error) = socket.send_to(&answer, peer).await {
-                            tracing::debug!(%peer, %error, "dns: UDP send failed");
-                        }
-                        drop(permit);
-                    });
-                    continue;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "dns: too many queries in flight, SERVFAIL");
-                    handler::server_failure(request, query, &mut out);
-                }
-            },
-        }
-        if let Err(error) = socket.send_to(&out, peer).await {
-            tracing::debug!(%peer, %error, "dns: UDP send failed");
-        }
     }
 }
 

@@ -23,6 +23,7 @@ use tokio::{
 
 use super::{
     handler::tests::{addresses, query_message},
+    server::MAX_FORWARDS,
     table::tests::sample,
     ContainerResolver, DnsShared, DnsTable,
 };
@@ -133,6 +134,12 @@ fn resolver(upstreams: Vec<SocketAddr>, budget: Duration) -> Resolver {
     let shared = DnsShared::new(upstreams, budget);
     let (services, endpoints, networks) = sample();
     shared.update(DnsTable::build(&services, &endpoints, &networks));
+    resolver_on(shared)
+}
+
+/// Another container's resolver on the same shared state (the same UDP
+/// resolver thread).
+fn resolver_on(shared: Arc<DnsShared>) -> Resolver {
     let scope = Arc::new(ArcSwap::from_pointee(vec!["id-front".to_string()]));
     let (udp, tcp) = bind_pair();
     let addr = udp.local_addr().unwrap();
@@ -336,4 +343,108 @@ async fn junk_and_idle_connections_do_not_block_anyone() {
     let reverse = query_message("9.0.1.10.in-addr.arpa", RecordType::PTR);
     let response = over_tcp(dns.addr, &reverse).await;
     assert_eq!(response.answers[0].data.to_string(), "tool.front.");
+}
+
+/// Sends every request from one socket before reading any answer; returns
+/// the answers in the order they came.
+async fn burst(server: SocketAddr, requests: &[Message], answers: usize) -> Vec<Message> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for request in requests {
+        socket
+            .send_to(&request.to_vec().unwrap(), server)
+            .await
+            .unwrap();
+    }
+    let mut buf = vec![0u8; 4096];
+    let mut received = Vec::new();
+    while received.len() < answers {
+        let len = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+            .await
+            .expect("answers missing")
+            .unwrap();
+        received.push(Message::from_vec(&buf[..len]).unwrap());
+    }
+    received
+}
+
+fn with_id(mut message: Message, id: usize) -> Message {
+    message.metadata.id = id as u16;
+    message
+}
+
+#[tokio::test]
+async fn a_burst_of_queries_is_answered_in_full() {
+    let stub = upstream_stub().await;
+    let dns = resolver(vec![stub.addr], Duration::from_secs(2));
+    // Warm the cache, so that the burst is answered inline.
+    over_udp(dns.addr, &query_message("example.com", RecordType::A)).await;
+    let requests: Vec<Message> = (0..200)
+        .map(|id| {
+            let name = ["tool", "web", "example.com", "tasks.web"][id % 4];
+            with_id(query_message(name, RecordType::A), id)
+        })
+        .collect();
+    let mut answers = burst(dns.addr, &requests, requests.len()).await;
+    answers.sort_by_key(|answer| answer.metadata.id);
+    for (id, answer) in answers.iter().enumerate() {
+        assert_eq!(usize::from(answer.metadata.id), id);
+        let expected = match id % 4 {
+            0 => vec![ip("10.1.0.9")],
+            1 => vec![ip("10.1.0.100")],
+            2 => vec![ip("192.0.2.1")],
+            _ => {
+                assert_eq!(addresses(answer).len(), 2);
+                continue;
+            }
+        };
+        assert_eq!(addresses(answer), expected, "query {id}");
+    }
+    assert_eq!(stub.udp_queries.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn forwards_beyond_the_bound_get_servfail_at_once() {
+    let stub = upstream_stub().await;
+    let dns = resolver(vec![stub.addr], Duration::from_millis(500));
+    let extra = 8;
+    let requests: Vec<Message> = (0..MAX_FORWARDS + extra)
+        .map(|id| with_id(query_message("slow.example", RecordType::A), id))
+        .collect();
+    // The queries in flight wait for their silent upstream: the first
+    // answers are the SERVFAILs of the queries over the bound.
+    for answer in burst(dns.addr, &requests, extra).await {
+        assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
+        assert!(
+            usize::from(answer.metadata.id) >= MAX_FORWARDS,
+            "{answer:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_resolver_closes_its_socket_and_the_others_go_on() {
+    let first = resolver(Vec::new(), Duration::from_millis(200));
+    let second = resolver_on(first.shared.clone());
+    let request = query_message("tool", RecordType::A);
+    for dns in [&first, &second] {
+        assert_eq!(
+            addresses(&over_udp(dns.addr, &request).await),
+            [ip("10.1.0.9")]
+        );
+    }
+    let gone = second.addr;
+    drop(second);
+    // Its port is free again once the socket has left the loop and closed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while std::net::UdpSocket::bind(gone).is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped resolver's socket is still open"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        addresses(&over_udp(first.addr, &request).await),
+        [ip("10.1.0.9")]
+    );
 }

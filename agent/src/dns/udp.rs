@@ -1,0 +1,342 @@
+//! The UDP side of every container resolver of the node, on one dedicated
+//! thread (not a tokio worker): one level-triggered epoll over the UDP
+//! sockets of all containers (opened in each container's namespace, handed
+//! over as std sockets). For each ready socket it takes a batch of queries
+//! ([`Batch`]: one `recvmmsg`), answers cluster names and cached forwarded
+//! names inline against one load of the table and of the scope, and sends
+//! the batch's replies with one `sendmmsg`. Only cache misses leave the
+//! thread: each becomes a tokio task (at most [`MAX_FORWARDS`] per
+//! container, SERVFAIL at once beyond) that sends its reply on the same
+//! socket.
+//!
+//! Why: per query the cost was the receive and send system calls and the
+//! runtime's wake-ups; a batch costs one `epoll_wait`, one `recvmmsg` and
+//! one `sendmmsg` whatever its size, and the thread never shares a core's
+//! run queue with the runtime's tasks.
+//!
+//! Membership: a socket joins with [`UdpLoop::register`] and leaves when its
+//! [`Registration`] is dropped. The members are held by `Arc`; the loop
+//! looks a ready socket up by its token (never by fd number) and holds its
+//! own `Arc` while serving it, and forward tasks hold one until they have
+//! replied, so a descriptor is closed only when nobody can use it any more,
+//! and a reused fd number is never mistaken for a member.
+//!
+//! [`MAX_FORWARDS`]: super::server::MAX_FORWARDS
+
+use std::{
+    collections::HashMap,
+    io,
+    net::UdpSocket,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use tokio::{runtime::Handle, sync::OwnedSemaphorePermit};
+
+use super::{
+    batch::{Batch, Peer},
+    handler::{self, Action, Forward, Scratch, Transport},
+    server::Context,
+};
+
+/// The receive buffer asked for each socket: room for a burst of some
+/// thousands of queries (the default, about 200 KiB, holds a few hundred).
+pub const RECEIVE_BUFFER: usize = 4 << 20;
+/// Ready sockets taken per `epoll_wait`.
+const MAX_EVENTS: usize = 64;
+/// The token of the wake-up eventfd; members get 1 and up.
+const WAKE: u64 = 0;
+/// Pause after an unexpected `epoll_wait` failure, not to spin.
+const FAILURE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// One container's UDP socket and what answering on it needs.
+struct Member {
+    socket: UdpSocket,
+    ctx: Arc<Context>,
+    runtime: Handle,
+}
+
+/// What the loop thread and the registrations share.
+struct Poller {
+    epoll: OwnedFd,
+    /// An eventfd in the epoll set: written to wake the thread up to stop.
+    wake: OwnedFd,
+    stop: AtomicBool,
+    members: Mutex<HashMap<u64, Arc<Member>>>,
+    next_token: AtomicU64,
+}
+
+impl Poller {
+    fn members(&self) -> MutexGuard<'_, HashMap<u64, Arc<Member>>> {
+        self.members.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn control(&self, op: libc::c_int, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: both descriptors are open (the caller holds them); the
+        // event is read during the call only.
+        let result = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) };
+        if result < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// The resolver thread; stopped (and joined) when dropped.
+pub struct UdpLoop {
+    poller: Arc<Poller>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A socket's membership in the loop: dropping it takes the socket out.
+pub struct Registration {
+    poller: Arc<Poller>,
+    token: u64,
+}
+
+fn check(result: libc::c_int) -> io::Result<RawFd> {
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
+}
+
+impl UdpLoop {
+    pub fn start() -> io::Result<Self> {
+        // SAFETY: plain system calls; each new descriptor is owned at once.
+        let epoll =
+            unsafe { OwnedFd::from_raw_fd(check(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
+        // SAFETY: as above.
+        let wake = unsafe {
+            OwnedFd::from_raw_fd(check(libc::eventfd(
+                0,
+                libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
+            ))?)
+        };
+        let poller = Arc::new(Poller {
+            epoll,
+            wake,
+            stop: AtomicBool::new(false),
+            members: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(WAKE + 1),
+        });
+        poller.control(libc::EPOLL_CTL_ADD, poller.wake.as_raw_fd(), WAKE)?;
+        let thread = std::thread::Builder::new().name("dns-udp".into()).spawn({
+            let poller = poller.clone();
+            move || run(&poller)
+        })?;
+        Ok(UdpLoop {
+            poller,
+            thread: Some(thread),
+        })
+    }
+
+    /// Adds `socket` to the loop: from now on its queries are answered with
+    /// `ctx`, forwards run on `runtime`.
+    pub fn register(
+        &self,
+        socket: UdpSocket,
+        ctx: Arc<Context>,
+        runtime: Handle,
+    ) -> io::Result<Registration> {
+        socket.set_nonblocking(true)?;
+        size_receive_buffer(&socket);
+        let fd = socket.as_raw_fd();
+        let token = self.poller.next_token.fetch_add(1, Ordering::Relaxed);
+        let mut members = self.poller.members();
+        members.insert(
+            token,
+            Arc::new(Member {
+                socket,
+                ctx,
+                runtime,
+            }),
+        );
+        if let Err(error) = self.poller.control(libc::EPOLL_CTL_ADD, fd, token) {
+            let member = members.remove(&token);
+            drop(members);
+            drop(member);
+            return Err(error);
+        }
+        Ok(Registration {
+            poller: self.poller.clone(),
+            token,
+        })
+    }
+}
+
+impl Drop for UdpLoop {
+    fn drop(&mut self) {
+        self.poller.stop.store(true, Ordering::SeqCst);
+        wake(&self.poller.wake);
+        if let Some(thread) = self.thread.take() {
+            // The last owner may be the loop thread itself (through a
+            // member it is serving): it stops on its own then.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut members = self.poller.members();
+        let member = members.remove(&self.token);
+        if let Some(member) = &member {
+            // The descriptor is still open: `member` holds it.
+            if let Err(error) =
+                self.poller
+                    .control(libc::EPOLL_CTL_DEL, member.socket.as_raw_fd(), self.token)
+            {
+                tracing::debug!(%error, "dns: removing a socket from the UDP loop");
+            }
+        }
+        // Unlocked first: the member may be the last owner of what owns the
+        // loop, whose drop waits for the thread, which may wait for the lock.
+        drop(members);
+        drop(member);
+    }
+}
+
+fn wake(eventfd: &OwnedFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer to an open eventfd.
+    unsafe { libc::write(eventfd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+}
+
+/// Asks for [`RECEIVE_BUFFER`]: `SO_RCVBUFFORCE` (the agent has
+/// CAP_NET_ADMIN) passes the system's `rmem_max`; without it, `SO_RCVBUF`
+/// gets what the system allows.
+fn size_receive_buffer(socket: &UdpSocket) {
+    let size = RECEIVE_BUFFER as libc::c_int;
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: an int option on an open socket.
+        let result = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                std::ptr::from_ref(&size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if result == 0 {
+            return;
+        }
+    }
+    tracing::debug!(error = %io::Error::last_os_error(), "dns: cannot size the UDP receive buffer");
+}
+
+/// The thread: wait for ready sockets, serve a batch of each, until stopped.
+fn run(poller: &Poller) {
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+    let mut ready: Vec<Arc<Member>> = Vec::with_capacity(MAX_EVENTS);
+    let mut batch = Batch::default();
+    let mut scratch = Scratch::default();
+    while !poller.stop.load(Ordering::SeqCst) {
+        // SAFETY: the buffer holds MAX_EVENTS events and lives across the call.
+        let count = unsafe {
+            libc::epoll_wait(
+                poller.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                MAX_EVENTS as libc::c_int,
+                -1,
+            )
+        };
+        let Ok(count) = usize::try_from(count) else {
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                tracing::error!(%error, "dns: the UDP loop cannot wait for queries");
+                std::thread::sleep(FAILURE_BACKOFF);
+            }
+            continue;
+        };
+        {
+            let members = poller.members();
+            for event in &events[..count] {
+                match event.u64 {
+                    WAKE => drain(&poller.wake),
+                    token => ready.extend(members.get(&token).cloned()),
+                }
+            }
+        }
+        for member in ready.drain(..) {
+            member.serve(&mut batch, &mut scratch);
+        }
+    }
+}
+
+fn drain(eventfd: &OwnedFd) {
+    let mut value = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into a live buffer from an open eventfd.
+    unsafe { libc::read(eventfd.as_raw_fd(), value.as_mut_ptr().cast(), value.len()) };
+}
+
+impl Member {
+    /// One batch: receive, answer what can be answered here, send.
+    fn serve(self: &Arc<Self>, batch: &mut Batch, scratch: &mut Scratch) {
+        let fd = self.socket.as_raw_fd();
+        let received = match batch.receive(fd) {
+            Ok(received) => received,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+            Err(error) => {
+                tracing::debug!(%error, "dns: UDP receive failed");
+                return;
+            }
+        };
+        let ctx = &self.ctx;
+        // One load for the whole batch: a table swapped meanwhile shows on
+        // the next one.
+        let (table, scope) = (ctx.shared.table(), ctx.scope.load());
+        for index in 0..received {
+            let (request, peer, out) = batch.slot(index);
+            match handler::answer(request, &table, &scope, Transport::Udp, out, scratch) {
+                Action::Reply | Action::Drop => {}
+                Action::Forward(query) if ctx.shared.cached(request, query, out) => {}
+                Action::Forward(query) => match ctx.forwards.clone().try_acquire_owned() {
+                    Ok(permit) => self.forward(request.to_vec(), query, peer, permit),
+                    Err(_) => {
+                        tracing::debug!(peer = ?peer.socket_addr(), "dns: too many queries in flight, SERVFAIL");
+                        handler::server_failure(request, query, out);
+                    }
+                },
+            }
+        }
+        drop((table, scope));
+        batch.send(fd);
+    }
+
+    /// A cache miss: the upstream's answer, sent from a task on the runtime.
+    fn forward(
+        self: &Arc<Self>,
+        request: Vec<u8>,
+        query: Forward,
+        peer: Peer,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let member = self.clone();
+        self.runtime.spawn(async move {
+            let answer = member.ctx.shared.forward(&request, query).await;
+            match peer.socket_addr() {
+                Some(addr) => {
+                    if let Err(error) = member.socket.send_to(&answer, addr) {
+                        tracing::debug!(%addr, %error, "dns: UDP send failed");
+                    }
+                }
+                None => tracing::debug!("dns: a query came from an address that is not IP"),
+            }
+            drop(permit);
+        });
+    }
+}

@@ -322,6 +322,8 @@ impl Lab {
 
     /// dnsmasq in `<prefix>-dns`: the lab's stand-in for the internet's
     /// resolvers. It knows a few names and nothing else; it never forwards.
+    /// Its answers carry a TTL of 60 s, as real ones do (dnsmasq's default
+    /// for its own names is 0, which no resolver may cache).
     fn start_upstream_dns(&mut self) -> Result<(), LabError> {
         let hosts = self.state_dir.join("upstream.hosts");
         // many.lab has 40 addresses: its answer does not fit 512 bytes, so
@@ -340,7 +342,7 @@ impl Lab {
             &conf,
             &format!(
                 "no-resolv\nno-hosts\nno-poll\nbind-interfaces\nlisten-address={UPSTREAM_DNS_ADDR}\n\
-                 port=53\nuser=root\npid-file=\nlog-facility=-\naddn-hosts={}\n",
+                 port=53\nlocal-ttl=60\nuser=root\npid-file=\nlog-facility=-\naddn-hosts={}\n",
                 hosts.display()
             ),
         )?;

@@ -344,5 +344,26 @@ fn host_mode_answers_only_on_task_nodes_and_bad_ports_are_refused() {
         ],
         "dnsrr services cannot publish in ingress mode",
     );
+
+    // `service update` moves the port: the old one closes, the new one opens.
+    lab.netctl_json(
+        "n1",
+        &[
+            "service",
+            "update",
+            "api",
+            "--publish-rm",
+            "28080",
+            "--publish-add",
+            "published=28081,target=8080,mode=host",
+        ],
+    )
+    .expect("update");
+    wait_until(Duration::from_secs(10), || {
+        let old = ask(&lab, "tcp", &addr("n2"), "28080", 1);
+        let new = ask(&lab, "tcp", &addr("n2"), "28081", 1);
+        (old[0].contains("refused") && new[0] == format!("api1 {EXT}")).then_some(())
+    })
+    .unwrap_or_else(|_| panic!("after the update\n{}", lab.agent_logs(20)));
     lab.teardown().expect("teardown");
 }

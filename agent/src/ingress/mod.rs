@@ -96,9 +96,19 @@ pub struct Ingress {
     published: tokio::sync::Mutex<BTreeMap<String, Endpoint>>,
 }
 
+/// Ids of the nodes' ingress pseudo-endpoints start with this (a real
+/// endpoint id is 64 hex digits).
+const PSEUDO_ENDPOINT_PREFIX: &str = "ingress-";
+
 /// The gossip id of node `node`'s ingress address on network `vni`.
 pub fn pseudo_endpoint_id(node: &str, vni: u32) -> String {
-    format!("ingress-{vni}-{node}")
+    format!("{PSEUDO_ENDPOINT_PREFIX}{vni}-{node}")
+}
+
+/// Whether `endpoint` is a node's ingress address rather than a container
+/// (`netctl endpoint ls` leaves those out).
+pub fn is_pseudo_endpoint(endpoint: &Endpoint) -> bool {
+    endpoint.id.starts_with(PSEUDO_ENDPOINT_PREFIX)
 }
 
 impl Ingress {

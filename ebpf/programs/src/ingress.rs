@@ -30,7 +30,7 @@ use netagent_common::{
 };
 
 use crate::lb::{
-    self, Flow, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IP_DST_OFF, IP_SRC_OFF, LB_BACKENDS, LB_CT,
+    self, Flow, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IP_DST_OFF, IP_SRC_OFF, LB_BACKENDS, LB_CT,
     LB_SERVICES, TCP_FLAG_ACK, TCP_FLAG_SYN, TC_ACT_UNSPEC,
 };
 
@@ -55,22 +55,25 @@ pub fn ingress_out(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
-    let (eth_proto, _) = lb::eth_proto_and_daddr(ctx)?;
-    if eth_proto != ETH_P_IP {
-        return Ok(TC_ACT_UNSPEC);
-    }
-    let Some(flow) = lb::parse_flow(ctx)? else {
+    // Every packet the node receives comes here (the overlay's VXLAN too):
+    // one direct read of the 5-tuple (`reply_key` reads any packet's) and
+    // one lookup before any parsing.
+    let Some(tuple) = lb::reply_key(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
     let port_key = IngressPortKey {
-        addr: flow.daddr,
-        port: flow.dport,
-        proto: flow.proto,
+        addr: tuple.client,
+        port: tuple.client_port,
+        proto: tuple.proto,
         pad: 0,
     };
     // SAFETY (every map lookup here): the value is copied out at once; the
     // agent only replaces whole entries.
     let Some(port) = (unsafe { INGRESS_PORTS.get(&port_key) }).copied() else {
+        forget_on_syn(ctx, &tuple);
+        return Ok(TC_ACT_UNSPEC);
+    };
+    let Some(flow) = lb::parse_flow(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
     let Some(service) = (unsafe { LB_SERVICES.get(&LbServiceKey { vip: port.service }) }).copied()
@@ -138,6 +141,37 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
         ctx.set_mark(INGRESS_SNAT_MARK);
     }
     Ok(TC_ACT_OK as i32)
+}
+
+/// A TCP SYN straight to a task (not through a published port) whose
+/// reply tuple is still in INGRESS_REV_CT: that entry belongs to an earlier
+/// published-port flow that used the same client port (the task's stack
+/// could not hold both at once), so it is stale and would rewrite the new
+/// flow's replies. A mesh packet never matches: its destination is the
+/// node, not the task. (UDP has no such start signal: see the docs.)
+#[inline(always)]
+fn forget_on_syn(ctx: &TcContext, tuple: &LbRevKey) {
+    if tuple.proto != IPPROTO_TCP {
+        return;
+    }
+    // The flags byte of a TCP header after an option-less IPv4 header; with
+    // IP options this reads another byte, which at worst skips the cleanup
+    // or clears an entry of a direct flow.
+    let Ok(flags) = ctx.load::<u8>(ETH_HLEN + 20 + 13) else {
+        return;
+    };
+    if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
+        return;
+    }
+    let stale = LbRevKey {
+        backend: tuple.client,
+        client: tuple.backend,
+        backend_port: tuple.client_port,
+        client_port: tuple.backend_port,
+        proto: tuple.proto,
+        pad: [0; 3],
+    };
+    let _ = INGRESS_REV_CT.remove(&stale);
 }
 
 #[inline(always)]

@@ -47,7 +47,7 @@ static LB_REV_CT: LruHashMap<LbRevKey, LbRevValue> = LruHashMap::pinned(LB_CT_CA
 pub(crate) const TC_ACT_UNSPEC: i32 = -1;
 
 pub(crate) const ETH_HLEN: usize = 14;
-pub(crate) const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
 pub(crate) const IPPROTO_TCP: u8 = 6;
 pub(crate) const IPPROTO_UDP: u8 = 17;
@@ -107,7 +107,7 @@ fn bytes_at<const N: usize>(ctx: &TcContext, offset: usize) -> Option<[u8; N]> {
 /// The Ethernet type and, for IPv4, the destination address, read in one
 /// direct access: all the miss path (not a VIP, not a reply) needs.
 #[inline(always)]
-pub(crate) fn eth_proto_and_daddr(ctx: &TcContext) -> Result<(u16, u32), ()> {
+fn eth_proto_and_daddr(ctx: &TcContext) -> Result<(u16, u32), ()> {
     match bytes_at::<{ ETH_HLEN + 20 }>(ctx, 0) {
         Some(head) => Ok((
             u16::from_be_bytes([head[12], head[13]]),

@@ -5,6 +5,10 @@
 //! (b) n2's published port (the mesh carries it over the overlay to n1),
 //! (c) the task's own overlay address, routed by the client via n1: the same
 //!     kernel path as (a) minus the published-port translation (the anchor).
+//!     The same server answers it on a second port: were it the target port,
+//!     (a) and (c) would give the task identical 4-tuples (same client
+//!     address, ports reused), and each would run into the other's
+//!     TIME_WAIT states (measured: whichever runs second drops to a fifth).
 //! Rounds alternate between the three so that noise hits them alike; the
 //! table reports medians of requests/s and of p99 latency, and ratios to (c).
 //!
@@ -37,6 +41,8 @@ const SECONDS: u64 = 3;
 const CONCURRENCY: usize = 8;
 const SERVER_THREADS: usize = 4;
 const TARGET_PORT: u16 = 8080;
+/// The same server's port for (c).
+const DIRECT_PORT: u16 = 8081;
 const PUBLISHED_PORT: u16 = 18080;
 const ANSWER: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
 
@@ -65,18 +71,23 @@ struct Server {
 impl Server {
     fn start(netns: &str) -> Result<Self> {
         let inside = netns.to_owned();
-        let listener = std::thread::spawn(move || -> Result<TcpListener> {
+        let listeners = std::thread::spawn(move || -> Result<Vec<TcpListener>> {
             enter(&inside)?;
-            Ok(TcpListener::bind((Ipv4Addr::UNSPECIFIED, TARGET_PORT))?)
+            [TARGET_PORT, DIRECT_PORT]
+                .into_iter()
+                .map(|port| Ok(TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?))
+                .collect()
         })
         .join()
         .map_err(|_| anyhow!("server thread panicked"))??;
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        for _ in 0..SERVER_THREADS {
-            let listener = listener.try_clone()?;
-            let stop = stop.clone();
-            threads.push(std::thread::spawn(move || serve(&listener, &stop)));
+        for listener in &listeners {
+            for _ in 0..SERVER_THREADS {
+                let listener = listener.try_clone()?;
+                let stop = stop.clone();
+                threads.push(std::thread::spawn(move || serve(&listener, &stop)));
+            }
         }
         Ok(Server {
             stop,
@@ -108,8 +119,10 @@ impl Drop for Server {
         let threads = self.threads.len();
         let _ = std::thread::spawn(move || {
             if enter(&netns).is_ok() {
-                for _ in 0..threads {
-                    let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, TARGET_PORT));
+                for port in [TARGET_PORT, DIRECT_PORT] {
+                    for _ in 0..threads / 2 {
+                        let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, port));
+                    }
                 }
             }
         })
@@ -238,7 +251,7 @@ fn measure(lab: &mut Lab) -> Result<()> {
         ),
         (
             "(c) task address, direct",
-            SocketAddr::from((task_ip, TARGET_PORT)),
+            SocketAddr::from((task_ip, DIRECT_PORT)),
         ),
     ];
     // Every path answers before measuring.

@@ -24,11 +24,7 @@ pub fn run(name: &str, args: &[String]) -> Result<()> {
     workspace::require_root("cargo xtask bench")?;
     // Benchmarks measure the release build.
     workspace::cargo(&["build", "--release", "-p", "netagent", "--bins"])?;
-    // Where that build went: CARGO_TARGET_DIR when set, else target/.
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| workspace::root().join("target"));
-    std::env::set_var("NETAGENT_BIN_DIR", target_dir.join("release"));
+    std::env::set_var("NETAGENT_BIN_DIR", workspace::target_dir().join("release"));
     match name {
         "overlay" => overlay::run(args),
         "dns" => dns::run(args),

@@ -360,11 +360,22 @@ impl ClusterRuntime {
             }
         };
         let settled = self.started.elapsed() >= VIEW_SETTLE_TIME;
+        // Until the services have been read once, a sandbox kept for a
+        // published port cannot be told from a stale one: keep them all.
+        let keep = if services_loaded {
+            published.networks.clone()
+        } else {
+            networks
+                .iter()
+                .filter(|n| observed.sandboxes.contains_key(&n.vni))
+                .map(|n| n.id.clone())
+                .collect()
+        };
         let actions = reconcile::plan_with(
             &self.identity.node_name,
             &networks,
             &local,
-            &published.networks,
+            &keep,
             &view,
             &observed,
             settled,

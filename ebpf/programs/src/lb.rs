@@ -87,7 +87,7 @@ pub(crate) struct Flow {
     /// Offset of the L4 header.
     pub(crate) l4: usize,
     /// IPv4 header length.
-    pub(crate) ihl: usize,
+    ihl: usize,
 }
 
 /// The first `N` bytes at `offset` of the packet's linear part, read

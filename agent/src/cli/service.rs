@@ -268,6 +268,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn publish_rm_takes_a_port_and_an_optional_protocol() {
+        let port = |published, protocol| PortRef {
+            published,
+            protocol,
+        };
+        assert_eq!(parse_port_ref("8080"), Ok(port(8080, Protocol::Tcp)));
+        assert_eq!(parse_port_ref("53/UDP"), Ok(port(53, Protocol::Udp)));
+        assert!(parse_port_ref("0").is_err());
+        assert!(parse_port_ref("80/sctp").is_err());
+    }
+
+    #[test]
     fn publish_long_syntax() {
         assert_eq!(
             parse_publish("published=8080,target=80").unwrap(),

@@ -25,6 +25,7 @@ use crate::{
     dataplane::overlay::{Overlay, OverlayConfig, OverlayError},
     endpoint_store::{EndpointStore, StoreError},
     gossip::{Gossip, GossipConfig, GossipError, GossipView},
+    ingress::Ingress,
     lb::{LoadBalancer, Seen},
     model::{Endpoint, Network, Role, Service},
     reconcile,
@@ -69,6 +70,9 @@ pub struct ClusterRuntime {
     /// The VIP load balancer; `None` when its maps cannot be opened (no
     /// bpffs): services then resolve but their VIPs carry no traffic.
     pub lb: Option<LoadBalancer>,
+    /// Published ports; `None` without the load balancer (they use its
+    /// tables).
+    pub ingress: Option<Ingress>,
     kick: Arc<Notify>,
     last_refresh: Mutex<Option<Instant>>,
     started: Instant,
@@ -160,10 +164,11 @@ impl ClusterRuntime {
             endpoints.endpoints(),
         )
         .await?;
+        let underlay = crate::dataplane::interfaces::interface_with_addr(config.advertise_addr)
+            .unwrap_or_default();
         let overlay = Overlay::new(OverlayConfig {
             netns_prefix: config.netns_prefix.clone(),
-            underlay: crate::dataplane::interfaces::interface_with_addr(config.advertise_addr)
-                .unwrap_or_default(),
+            underlay: underlay.clone(),
             vtep,
             node_netns: None,
         })?;
@@ -173,6 +178,16 @@ impl ClusterRuntime {
                 warn!(%error, "VIP load balancing is off");
                 None
             }
+        };
+        let ingress = match &lb {
+            Some(_) => match Ingress::load(&config.bpffs, &config.lb_maps, vtep, &underlay) {
+                Ok(ingress) => Some(ingress),
+                Err(error) => {
+                    warn!(%error, "published ports are off");
+                    None
+                }
+            },
+            None => None,
         };
         info!(
             cluster = %identity.cluster_id,
@@ -193,6 +208,7 @@ impl ClusterRuntime {
             blocks: Mutex::new(BTreeMap::new()),
             endpoints: Mutex::new(endpoints),
             lb,
+            ingress,
             kick: Arc::new(Notify::new()),
             last_refresh: Mutex::new(None),
             started: Instant::now(),
@@ -296,25 +312,45 @@ impl ClusterRuntime {
         self.resolvers
             .update_table(&self.services().await, &view, &local, &networks);
         self.resolvers.sync(&local_entries).await;
+        let mut all = local.clone();
+        all.extend(
+            view.nodes
+                .values()
+                .flat_map(|n| n.endpoints.values().cloned()),
+        );
+        // Never from an empty copy the managers have not confirmed.
+        let services_loaded = self.services_loaded.load(Ordering::Relaxed);
+        let services = self.services().await;
+        let published = if services_loaded {
+            crate::ingress::plan::plan(&self.identity.node_name, &services, &all)
+        } else {
+            Default::default()
+        };
         if let Some(lb) = &self.lb {
-            let mut all = local.clone();
-            all.extend(
-                view.nodes
-                    .values()
-                    .flat_map(|n| n.endpoints.values().cloned()),
-            );
-            // Never from an empty copy the managers have not confirmed.
-            if self.services_loaded.load(Ordering::Relaxed) {
+            if services_loaded {
                 let live_nodes = view.nodes.keys().cloned().collect();
                 let seen = Seen {
                     settled: self.started.elapsed() >= VIEW_SETTLE_TIME,
                     live_nodes: &live_nodes,
                 };
-                if let Err(error) = lb.sync(&self.services().await, &all, &seen) {
-                    crate::lb::log_sync_error(&error);
+                let tables = published.host_tables.clone();
+                match lb.sync_with(&services, &all, tables, &seen) {
+                    Ok(()) => {
+                        if let Some(ingress) = &self.ingress {
+                            if let Err(error) = ingress.sync_maps(&published, &local) {
+                                crate::ingress::log_sync_error(&error);
+                            }
+                        }
+                    }
+                    Err(error) => crate::lb::log_sync_error(&error),
                 }
             }
             self.attach_lb(lb, &local, &networks).await;
+        }
+        if let Some(ingress) = &self.ingress {
+            if let Err(error) = ingress.ensure_attached() {
+                crate::ingress::log_sync_error(&error);
+            }
         }
         let observed = match reconcile::observe(&self.overlay, &networks).await {
             Ok(observed) => observed,
@@ -324,16 +360,35 @@ impl ClusterRuntime {
             }
         };
         let settled = self.started.elapsed() >= VIEW_SETTLE_TIME;
-        let actions = reconcile::plan(
+        // Until the services have been read once, a sandbox kept for a
+        // published port cannot be told from a stale one: keep them all.
+        let keep = if services_loaded {
+            published.networks.clone()
+        } else {
+            networks
+                .iter()
+                .filter(|n| observed.sandboxes.contains_key(&n.vni))
+                .map(|n| n.id.clone())
+                .collect()
+        };
+        let actions = reconcile::plan_with(
             &self.identity.node_name,
             &networks,
             &local,
+            &keep,
             &view,
             &observed,
             settled,
         );
         if !actions.is_empty() {
             reconcile::execute(&self.overlay, &actions).await;
+        }
+        if let Some(ingress) = &self.ingress {
+            if services_loaded {
+                ingress
+                    .sync_return_paths(self, &networks, &published.networks, &local)
+                    .await;
+            }
         }
     }
 }

@@ -16,10 +16,25 @@ pub fn next_free(
     blocks: &[Ipv4Net],
     used: &BTreeSet<Ipv4Addr>,
 ) -> Option<Ipv4Addr> {
+    let ingress = ingress_address(network, blocks);
     blocks
         .iter()
         .flat_map(|block| block.hosts().chain([block.network(), block.broadcast()]))
-        .find(|ip| is_assignable(network, *ip) && !used.contains(ip))
+        .find(|ip| is_assignable(network, *ip) && !used.contains(ip) && Some(*ip) != ingress)
+}
+
+/// The node's own address on `network`, kept out of `next_free`: the
+/// highest assignable address of its lowest block (blocks are handed out
+/// from the bottom up, so it does not move as the node gets more blocks).
+/// Published-port flows to tasks on other nodes leave the node from it, so
+/// that replies come back (see `ingress`).
+pub fn ingress_address(network: &Network, blocks: &[Ipv4Net]) -> Option<Ipv4Addr> {
+    let lowest = blocks.iter().min_by_key(|block| block.network())?;
+    lowest
+        .hosts()
+        .chain([lowest.network(), lowest.broadcast()])
+        .filter(|ip| is_assignable(network, *ip))
+        .max()
 }
 
 /// Whether `ip` may be given to an endpoint of `network`.
@@ -70,6 +85,26 @@ mod tests {
         let blocks = ["10.10.0.240/28".parse().unwrap()];
         let used: BTreeSet<Ipv4Addr> = (240..=254).map(|h| Ipv4Addr::new(10, 10, 0, h)).collect();
         assert_eq!(next_free(&network(), &blocks, &used), None);
+    }
+
+    #[test]
+    fn the_ingress_address_is_the_top_of_the_lowest_block_and_never_handed_out() {
+        let blocks = [
+            "10.10.0.32/28".parse().unwrap(),
+            "10.10.0.16/28".parse().unwrap(),
+        ];
+        assert_eq!(
+            ingress_address(&network(), &blocks),
+            Some(Ipv4Addr::new(10, 10, 0, 31))
+        );
+        let used: BTreeSet<Ipv4Addr> = (17..=30).map(|h| Ipv4Addr::new(10, 10, 0, h)).collect();
+        let mut used = used;
+        used.insert(Ipv4Addr::new(10, 10, 0, 16));
+        assert_eq!(
+            next_free(&network(), &blocks, &used),
+            Some(Ipv4Addr::new(10, 10, 0, 33))
+        );
+        assert_eq!(ingress_address(&network(), &[]), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod dataplane;
 pub mod dns;
 pub mod endpoint_store;
 pub mod gossip;
+pub mod ingress;
 pub mod ipam;
 pub mod lb;
 pub mod model;

@@ -48,9 +48,34 @@ pub fn plan(
     observed: &Observed,
     view_settled: bool,
 ) -> Vec<Action> {
+    plan_with(
+        self_name,
+        networks,
+        local,
+        &BTreeSet::new(),
+        view,
+        observed,
+        view_settled,
+    )
+}
+
+/// `plan`, where the networks (ids) of `also_wanted` need a sandbox even
+/// without a local endpoint (they carry an ingress-mode published port,
+/// which every node answers).
+pub fn plan_with(
+    self_name: &str,
+    networks: &[Network],
+    local: &[Endpoint],
+    also_wanted: &BTreeSet<String>,
+    view: &GossipView,
+    observed: &Observed,
+    view_settled: bool,
+) -> Vec<Action> {
     let wanted_networks: Vec<&Network> = networks
         .iter()
-        .filter(|network| local.iter().any(|ep| ep.network_id == network.id))
+        .filter(|network| {
+            also_wanted.contains(&network.id) || local.iter().any(|ep| ep.network_id == network.id)
+        })
         .collect();
 
     let live_vteps: BTreeSet<_> = view
@@ -226,6 +251,30 @@ mod tests {
             "n1",
             std::slice::from_ref(&net),
             &[mine],
+            &v,
+            &Observed::default(),
+            true,
+        );
+        assert_eq!(
+            actions,
+            vec![
+                Action::EnsureSandbox(net.clone()),
+                Action::AddPeer(net, peer(&theirs, 12))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_network_with_a_published_port_gets_a_sandbox_without_local_endpoints() {
+        let net = network("app", 4096);
+        let theirs = endpoint(&net, "n2", 3);
+        let v = view(&[("n1", 11, vec![]), ("n2", 12, vec![theirs.clone()])]);
+        let wanted = BTreeSet::from([net.id.clone()]);
+        let actions = plan_with(
+            "n1",
+            std::slice::from_ref(&net),
+            &[],
+            &wanted,
             &v,
             &Observed::default(),
             true,

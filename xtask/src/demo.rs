@@ -59,12 +59,23 @@ fn show(lab: &mut Lab) -> Result<()> {
     .map_err(|_| anyhow::anyhow!("not every node became ready"))?;
     print_output(&lab.netctl("n1", &["node", "ls"])?);
 
-    step("creating overlay network appnet (VXLAN), service web (a VIP), and a web task on every node");
+    step("creating overlay network appnet (VXLAN), service web (a VIP, port 8080 published on every node), and a web task on every node");
     print_output(&lab.netctl(
         "n1",
         &["overlay", "create", "appnet", "--subnet", "10.10.0.0/24"],
     )?);
-    print_output(&lab.netctl("n1", &["service", "create", "web", "--network", "appnet"])?);
+    print_output(&lab.netctl(
+        "n1",
+        &[
+            "service",
+            "create",
+            "web",
+            "--network",
+            "appnet",
+            "--publish",
+            "published=8080,target=80",
+        ],
+    )?);
     let mut containers = Vec::new();
     for (i, node) in names.iter().enumerate() {
         let name = format!("web{}", i + 1);
@@ -165,11 +176,30 @@ fn show(lab: &mut Lab) -> Result<()> {
     }
     print_output(&lab.netctl("n1", &["service", "inspect", "web"])?);
 
+    step("the routing mesh: the external client curls port 8080 of every node");
+    let ext = lab.external_netns();
+    for name in &names {
+        let addr = lab.node(name)?.addr.to_string();
+        let url = format!("http://{addr}:8080/");
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            let answer = netlab::wait_until(Duration::from_secs(5), || {
+                let out = lab
+                    .exec(&ext, &["curl", "-s", "--max-time", "2", &url])
+                    .ok()?;
+                let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                (!text.is_empty()).then_some(text)
+            })
+            .map_err(|_| anyhow::anyhow!("curl {url} from the external client got no answer"))?;
+            answers.push(answer);
+        }
+        println!("$ curl {url}  (4 times): {}", answers.join(", "));
+    }
+
     let target = lab.node("n1")?.addr.to_string();
     step(&format!(
         "the external client pings n1 ({target}); n1's eBPF counters see every packet"
     ));
-    let ext = lab.external_netns();
     let before = rx_packets(lab, "n1")?;
     let ping = lab.exec(&ext, &["ping", "-c", "5", "-i", "0.2", &target])?;
     print_output(&ping);

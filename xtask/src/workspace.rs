@@ -87,7 +87,16 @@ pub fn cargo_tests(args: &[&str]) -> Result<Tally> {
 /// Builds netagent and netctl (debug profile) and returns their directory.
 pub fn build_binaries() -> Result<PathBuf> {
     cargo(&["build", "-p", "netagent", "--bins"])?;
-    Ok(root().join("target").join("debug"))
+    Ok(target_dir().join("debug"))
+}
+
+/// Where cargo builds: `CARGO_TARGET_DIR` when set, else `target/`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        Some(dir) => root().join(dir),
+        None => root().join("target"),
+    }
 }
 
 /// Fails unless running as root.

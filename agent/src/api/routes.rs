@@ -271,6 +271,8 @@ async fn endpoints(
 ) -> Result<Json<Vec<Endpoint>>, ApiError> {
     let rt = runtime(&state).await?;
     let mut endpoints = all_endpoints(&rt).await;
+    // Nodes' ingress addresses are plumbing, not containers.
+    endpoints.retain(|ep| !crate::ingress::is_pseudo_endpoint(ep));
     if let Some(network) = filter.network {
         endpoints.retain(|ep| ep.network == network);
     }

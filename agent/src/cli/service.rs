@@ -7,7 +7,7 @@ use clap::Subcommand;
 use super::{path_segment, print_json, print_list, print_one, short_id, CliError, Format};
 use crate::{
     api::ApiClient,
-    control::{CreateService, UpdateService},
+    control::{CreateService, PortRef, UpdateService},
     model::{Endpoint, EndpointMode, Protocol, PublishMode, PublishedPort, Service},
 };
 
@@ -41,6 +41,12 @@ pub enum ServiceCommand {
         add: Vec<String>,
         #[arg(long = "network-rm")]
         remove: Vec<String>,
+        /// Publish a port: published=P,target=T[,protocol=tcp|udp][,mode=ingress|host].
+        #[arg(long = "publish-add", value_parser = parse_publish)]
+        add_ports: Vec<PublishedPort>,
+        /// Stop publishing a port: PORT or PORT/udp.
+        #[arg(long = "publish-rm", value_parser = parse_port_ref)]
+        remove_ports: Vec<PortRef>,
     },
 }
 
@@ -135,6 +141,23 @@ pub fn parse_publish(text: &str) -> Result<PublishedPort, PublishError> {
     })
 }
 
+/// Parses `--publish-rm PORT[/tcp|/udp]`.
+pub fn parse_port_ref(text: &str) -> Result<PortRef, PublishError> {
+    let (port, protocol) = match text.split_once('/') {
+        Some((port, protocol)) => (port, protocol),
+        None => (text, "tcp"),
+    };
+    let protocol = match protocol.to_ascii_lowercase().as_str() {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        _ => return Err(PublishError::BadProtocol(protocol.to_owned())),
+    };
+    Ok(PortRef {
+        published: port_value("published", port)?,
+        protocol,
+    })
+}
+
 /// `*:8080->80/tcp` (ingress: every node) or `8080->80/tcp (host)`.
 fn port_cell(port: &PublishedPort) -> String {
     match port.mode {
@@ -221,10 +244,18 @@ pub async fn run(
             let service: Service = client.delete(&path(&name, "")).await?;
             print_one(out, format, &service, &service.name)
         }
-        ServiceCommand::Update { name, add, remove } => {
+        ServiceCommand::Update {
+            name,
+            add,
+            remove,
+            add_ports,
+            remove_ports,
+        } => {
             let request = UpdateService {
                 add_networks: add,
                 remove_networks: remove,
+                add_ports,
+                remove_ports,
             };
             let service: Service = client.post(&path(&name, "/update"), &request).await?;
             print_one(out, format, &service, &service.name)
@@ -235,6 +266,18 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_rm_takes_a_port_and_an_optional_protocol() {
+        let port = |published, protocol| PortRef {
+            published,
+            protocol,
+        };
+        assert_eq!(parse_port_ref("8080"), Ok(port(8080, Protocol::Tcp)));
+        assert_eq!(parse_port_ref("53/UDP"), Ok(port(53, Protocol::Udp)));
+        assert!(parse_port_ref("0").is_err());
+        assert!(parse_port_ref("80/sctp").is_err());
+    }
 
     #[test]
     fn publish_long_syntax() {

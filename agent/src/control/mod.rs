@@ -183,6 +183,18 @@ pub struct UpdateService {
     pub add_networks: Vec<String>,
     #[serde(default)]
     pub remove_networks: Vec<String>,
+    #[serde(default)]
+    pub add_ports: Vec<PublishedPort>,
+    #[serde(default)]
+    pub remove_ports: Vec<PortRef>,
+}
+
+/// A published port named by its number and protocol (`--publish-rm 8080/udp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRef {
+    pub published: u16,
+    #[serde(default)]
+    pub protocol: crate::model::Protocol,
 }
 
 /// The manager role, running in this agent.

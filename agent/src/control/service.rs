@@ -9,7 +9,7 @@
 //!   `dnsrr` service cannot publish in ingress mode (it has no VIP for the
 //!   routing mesh to balance on), as Docker refuses it.
 
-use super::{ControlError, CreateService, UpdateService};
+use super::{ControlError, CreateService, PortRef, UpdateService};
 use crate::model::{EndpointMode, PublishMode, PublishedPort, Service};
 
 /// The longest DNS label.
@@ -139,9 +139,15 @@ pub fn plan_update(
     let mut both = request.add_networks.clone();
     both.extend(request.remove_networks.iter().cloned());
     if both.is_empty() {
-        return Err(ControlError::Invalid(
-            "nothing to update: give --network-add NET or --network-rm NET".into(),
-        ));
+        if request.add_ports.is_empty() && request.remove_ports.is_empty() {
+            return Err(ControlError::Invalid(
+                "nothing to update: give --network-add/--network-rm NET or --publish-add/--publish-rm PORT".into(),
+            ));
+        }
+        return Ok(NetworkChange {
+            add: Vec::new(),
+            remove: Vec::new(),
+        });
     }
     check_networks_listed(&both).map_err(|_| {
         ControlError::Invalid(
@@ -176,6 +182,52 @@ pub fn plan_update(
         add: request.add_networks.clone(),
         remove: request.remove_networks.clone(),
     })
+}
+
+/// The ports `service` has after `request`: removed ones must be there,
+/// added ones follow the create rules, and none may be taken by another of
+/// the `existing` services.
+pub fn plan_ports(
+    service: &Service,
+    request: &UpdateService,
+    existing: &[Service],
+) -> Result<Vec<PublishedPort>, ControlError> {
+    let same =
+        |p: &PublishedPort, r: &PortRef| p.published == r.published && p.protocol == r.protocol;
+    if let Some(missing) = request
+        .remove_ports
+        .iter()
+        .find(|r| !service.ports.iter().any(|p| same(p, r)))
+    {
+        return Err(ControlError::NotFound(format!(
+            "service {} does not publish {}/{}: see `netctl service inspect {}`",
+            service.name, missing.published, missing.protocol, service.name
+        )));
+    }
+    let mut ports: Vec<PublishedPort> = service
+        .ports
+        .iter()
+        .filter(|p| !request.remove_ports.iter().any(|r| same(p, r)))
+        .cloned()
+        .collect();
+    ports.extend(request.add_ports.iter().cloned());
+    check_ports(service.endpoint_mode, &ports)?;
+    for port in &request.add_ports {
+        let owner = existing.iter().find(|s| {
+            s.id != service.id
+                && s.ports
+                    .iter()
+                    .any(|p| p.published == port.published && p.protocol == port.protocol)
+        });
+        if let Some(owner) = owner {
+            return Err(ControlError::Conflict(format!(
+                "published port {} is already used by service {}: choose another published port",
+                port_label(port),
+                owner.name
+            )));
+        }
+    }
+    Ok(ports)
 }
 
 /// Request builders shared by the control-plane tests.
@@ -213,6 +265,7 @@ pub(super) mod tests {
         UpdateService {
             add_networks: names(add),
             remove_networks: names(remove),
+            ..UpdateService::default()
         }
     }
 
@@ -325,6 +378,63 @@ pub(super) mod tests {
         ];
         for (request, expected) in refused {
             let error = plan_update(&web, &request).unwrap_err().to_string();
+            assert!(error.contains(expected), "{expected}: {error}");
+        }
+    }
+
+    #[test]
+    fn updates_add_and_remove_published_ports() {
+        let web = service(
+            "web",
+            &["a"],
+            vec![port(8080, Protocol::Tcp, PublishMode::Ingress)],
+        );
+        let api = service(
+            "api",
+            &["a"],
+            vec![port(9090, Protocol::Tcp, PublishMode::Host)],
+        );
+        let existing = [web.clone(), api];
+        let request = UpdateService {
+            add_ports: vec![port(8443, Protocol::Tcp, PublishMode::Ingress)],
+            remove_ports: vec![PortRef {
+                published: 8080,
+                protocol: Protocol::Tcp,
+            }],
+            ..UpdateService::default()
+        };
+        assert!(plan_update(&web, &request).unwrap().add.is_empty());
+        let ports = plan_ports(&web, &request, &existing).unwrap();
+        assert_eq!(ports, vec![port(8443, Protocol::Tcp, PublishMode::Ingress)]);
+        let refused = [
+            (
+                vec![port(9090, Protocol::Tcp, PublishMode::Ingress)],
+                vec![],
+                "already used by service api",
+            ),
+            (
+                vec![port(8080, Protocol::Tcp, PublishMode::Ingress)],
+                vec![],
+                "given twice",
+            ),
+            (
+                vec![],
+                vec![PortRef {
+                    published: 8080,
+                    protocol: Protocol::Udp,
+                }],
+                "does not publish 8080/udp",
+            ),
+        ];
+        for (add_ports, remove_ports, expected) in refused {
+            let request = UpdateService {
+                add_ports,
+                remove_ports,
+                ..UpdateService::default()
+            };
+            let error = plan_ports(&web, &request, &existing)
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(expected), "{expected}: {error}");
         }
     }

@@ -28,7 +28,7 @@ use super::{
 };
 use crate::model::Network;
 
-const POSTROUTING: Chain = Chain {
+pub(super) const POSTROUTING: Chain = Chain {
     name: "postrouting",
     kind: "nat",
     hook: Hook::PostRouting,
@@ -170,13 +170,13 @@ fn plan_remove(vni: u32, rules: &[Rule]) -> Vec<Change> {
         .collect()
 }
 
-fn error(what: String) -> impl FnOnce(NftError) -> OverlayError {
+pub(super) fn error(what: String) -> impl FnOnce(NftError) -> OverlayError {
     OverlayError::nftables(what, NODE, HINT)
 }
 
 /// Runs `work` with an nf_tables socket of the agent's table, on a thread
 /// inside the node namespace.
-async fn in_node<T, F>(config: &OverlayConfig, work: F) -> Result<T, OverlayError>
+pub(super) async fn in_node<T, F>(config: &OverlayConfig, work: F) -> Result<T, OverlayError>
 where
     T: Send + 'static,
     F: FnOnce(&mut Nft) -> Result<T, OverlayError> + Send + 'static,

@@ -14,6 +14,7 @@ pub mod bpf;
 pub mod counters;
 pub mod dns_redirect;
 pub mod endpoint;
+pub mod ingress_path;
 pub mod interfaces;
 pub mod masquerade;
 pub mod netlink;

@@ -228,6 +228,23 @@ impl Overlay {
         result
     }
 
+    /// Sets up the return path of published-port flows of `network`
+    /// through this node's ingress address `addr` (see `ingress_path`).
+    pub async fn ensure_ingress_path(
+        &self,
+        network: &Network,
+        addr: std::net::Ipv4Addr,
+    ) -> Result<(), OverlayError> {
+        let _guard = self.sandbox_lock.lock().await;
+        super::ingress_path::ensure(&self.config, network, addr).await
+    }
+
+    /// Removes what `ensure_ingress_path` set up in the node namespace.
+    pub async fn remove_ingress_path(&self, network: &Network) -> Result<(), OverlayError> {
+        let _guard = self.sandbox_lock.lock().await;
+        super::ingress_path::remove(&self.config, network).await
+    }
+
     /// Removes the sandbox of `network`, in the reverse order of setup: its
     /// masquerade rule (the table with the last one), its uplink, then
     /// vxlan, bridge and namespace. Carries on past errors and reports them
@@ -245,6 +262,9 @@ impl Overlay {
     /// Removes the uplink and masquerade rule of `network`, if any.
     async fn remove_egress(&self, network: &Network) -> Result<(), OverlayError> {
         let mut errors = Vec::new();
+        if let Err(error) = super::ingress_path::remove(&self.config, network).await {
+            errors.push(error.to_string());
+        }
         self.remove_egress_into(network, &mut errors).await;
         if errors.is_empty() {
             Ok(())

@@ -211,7 +211,20 @@ impl LoadBalancer {
         endpoints: &[Endpoint],
         seen: &Seen<'_>,
     ) -> Result<(), LbError> {
-        let desired = plan::desired(services, endpoints);
+        self.sync_with(services, endpoints, BTreeMap::new(), seen)
+    }
+
+    /// `sync`, with `extra` entries programmed alongside the VIPs (the
+    /// published ports' own tables, see `ingress`).
+    pub fn sync_with(
+        &self,
+        services: &[Service],
+        endpoints: &[Endpoint],
+        extra: BTreeMap<Ipv4Addr, plan::Vip>,
+        seen: &Seen<'_>,
+    ) -> Result<(), LbError> {
+        let mut desired = plan::desired(services, endpoints);
+        desired.extend(extra);
         self.lock().sync(&desired, seen)
     }
 

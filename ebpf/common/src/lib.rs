@@ -197,6 +197,68 @@ pub fn lb_flow_hash(key: &LbCtKey) -> u32 {
     h ^ (h >> 16)
 }
 
+// ---------------------------------------------------------------------------
+// Published ports (`ebpf/programs/src/ingress.rs`, `agent/src/ingress`).
+//
+// INGRESS_PORTS[node address, published port, protocol] names the
+// LB_SERVICES entry whose Maglev table and backends serve the port (the
+// service's VIP in ingress mode; a per-port key holding only the node's own
+// tasks in host mode). New flows are pinned in LB_CT (keyed with the node
+// address as `vip`), replies are translated back through INGRESS_REV_CT.
+
+/// Name of the map (node address, published port, protocol) -> port.
+pub const INGRESS_PORTS_MAP: &str = "INGRESS_PORTS";
+/// Name of the map of this node's endpoint addresses (backends reached
+/// without leaving the node).
+pub const INGRESS_LOCAL_MAP: &str = "INGRESS_LOCAL";
+/// Name of the reverse conntrack map of published-port flows.
+pub const INGRESS_REV_CT_MAP: &str = "INGRESS_REV_CT";
+/// Name of the tc program on the underlay interface, packets received.
+pub const INGRESS_IN_PROG: &str = "ingress_in";
+/// Name of the tc program on the underlay interface, packets sent.
+pub const INGRESS_OUT_PROG: &str = "ingress_out";
+/// How many published ports a node holds.
+pub const INGRESS_PORTS_CAPACITY: u32 = 4096;
+/// How many local endpoints INGRESS_LOCAL holds.
+pub const INGRESS_LOCAL_CAPACITY: u32 = 65_536;
+/// The skb mark `ingress_in` puts on a flow whose backend is on another
+/// node: the agent's nf_tables rule SNATs such flows, as they leave for the
+/// sandbox, to the node's ingress address on that network so that replies
+/// come back through this node.
+pub const INGRESS_SNAT_MARK: u32 = 0x4e41_0001;
+
+/// Key of INGRESS_PORTS (address and port in network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IngressPortKey {
+    pub addr: u32,
+    pub port: u16,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub proto: u8,
+    pub pad: u8,
+}
+
+/// Value of INGRESS_PORTS.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngressPort {
+    /// The LB_SERVICES key (`vip`) whose table serves this port.
+    pub service: u32,
+    /// The tasks' port (network byte order).
+    pub target: u16,
+    pub pad: u16,
+}
+
+/// Value of INGRESS_REV_CT (keyed by LbRevKey: the reply as the backend
+/// sends it): what the client sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngressRev {
+    pub addr: u32,
+    pub port: u16,
+    pub pad: u16,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -209,6 +271,9 @@ mod pod {
     unsafe impl aya::Pod for LbCtValue {}
     unsafe impl aya::Pod for LbRevKey {}
     unsafe impl aya::Pod for LbRevValue {}
+    unsafe impl aya::Pod for IngressPortKey {}
+    unsafe impl aya::Pod for IngressPort {}
+    unsafe impl aya::Pod for IngressRev {}
 }
 
 // ---------------------------------------------------------------------------

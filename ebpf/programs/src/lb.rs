@@ -35,30 +35,31 @@ use netagent_common::{
 use crate::trace::{self, tuple};
 
 #[map]
-static LB_SERVICES: HashMap<LbServiceKey, LbService> = HashMap::pinned(LB_SERVICES_CAPACITY, 0);
+pub(crate) static LB_SERVICES: HashMap<LbServiceKey, LbService> =
+    HashMap::pinned(LB_SERVICES_CAPACITY, 0);
 #[map]
-static LB_BACKENDS: HashMap<u32, LbBackend> = HashMap::pinned(LB_BACKENDS_CAPACITY, 0);
+pub(crate) static LB_BACKENDS: HashMap<u32, LbBackend> = HashMap::pinned(LB_BACKENDS_CAPACITY, 0);
 #[map]
 static LB_MAGLEV: Array<u32> = Array::pinned(LB_TABLE_SLOTS * LB_TABLE_SIZE, 0);
 #[map]
-static LB_CT: LruHashMap<LbCtKey, LbCtValue> = LruHashMap::pinned(LB_CT_CAPACITY, 0);
+pub(crate) static LB_CT: LruHashMap<LbCtKey, LbCtValue> = LruHashMap::pinned(LB_CT_CAPACITY, 0);
 #[map]
 static LB_REV_CT: LruHashMap<LbRevKey, LbRevValue> = LruHashMap::pinned(LB_CT_CAPACITY, 0);
 
-const TC_ACT_UNSPEC: i32 = -1;
+pub(crate) const TC_ACT_UNSPEC: i32 = -1;
 
-const ETH_HLEN: usize = 14;
+pub(crate) const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+pub(crate) const IPPROTO_TCP: u8 = 6;
+pub(crate) const IPPROTO_UDP: u8 = 17;
 const IP_CSUM_OFF: usize = ETH_HLEN + 10;
-const IP_SRC_OFF: usize = ETH_HLEN + 12;
-const IP_DST_OFF: usize = ETH_HLEN + 16;
+pub(crate) const IP_SRC_OFF: usize = ETH_HLEN + 12;
+pub(crate) const IP_DST_OFF: usize = ETH_HLEN + 16;
 const TCP_FLAG_FIN: u8 = 0x01;
-const TCP_FLAG_SYN: u8 = 0x02;
+pub(crate) const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_RST: u8 = 0x04;
-const TCP_FLAG_ACK: u8 = 0x10;
+pub(crate) const TCP_FLAG_ACK: u8 = 0x10;
 
 #[classifier]
 pub fn lb_ingress(ctx: TcContext) -> i32 {
@@ -78,18 +79,18 @@ pub fn lb_egress(ctx: TcContext) -> i32 {
 }
 
 /// The IPv4 TCP/UDP headers we need, as they sit in the packet.
-struct Flow {
-    saddr: u32,
-    daddr: u32,
-    sport: u16,
-    dport: u16,
-    proto: u8,
+pub(crate) struct Flow {
+    pub(crate) saddr: u32,
+    pub(crate) daddr: u32,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) proto: u8,
     /// Offset of the L4 checksum.
-    csum_off: usize,
+    pub(crate) csum_off: usize,
     /// TCP flags (0 for UDP).
-    tcp_flags: u8,
+    pub(crate) tcp_flags: u8,
     /// Offset of the L4 header.
-    l4: usize,
+    pub(crate) l4: usize,
     /// IPv4 header length.
     ihl: usize,
 }
@@ -130,7 +131,7 @@ fn eth_proto_and_daddr(ctx: &TcContext) -> Result<(u16, u32), ()> {
 }
 
 #[inline(always)]
-fn parse_flow(ctx: &TcContext) -> Result<Option<Flow>, ()> {
+pub(crate) fn parse_flow(ctx: &TcContext) -> Result<Option<Flow>, ()> {
     let ver_ihl: u8 = ctx.load(ETH_HLEN).map_err(|_| ())?;
     if ver_ihl >> 4 != 4 {
         return Ok(None);
@@ -290,7 +291,7 @@ fn remix(mut h: u32) -> u32 {
 /// slots are not independent draws), and is refused when it is the only
 /// backend.
 #[inline(always)]
-fn pick(service: &LbService, key: &LbCtKey) -> Option<(u32, u32)> {
+pub(crate) fn pick(service: &LbService, key: &LbCtKey) -> Option<(u32, u32)> {
     if service.backends == 0 || service.flags & LB_SERVICE_NO_BACKENDS != 0 {
         return None;
     }
@@ -326,7 +327,7 @@ fn pick(service: &LbService, key: &LbCtKey) -> Option<(u32, u32)> {
 /// for anything that is not unfragmented IPv4 TCP/UDP. Packets the fast read
 /// cannot cover go through `parse_flow`.
 #[inline(always)]
-fn reply_key(ctx: &TcContext) -> Result<Option<LbRevKey>, ()> {
+pub(crate) fn reply_key(ctx: &TcContext) -> Result<Option<LbRevKey>, ()> {
     let key = |saddr, daddr, sport, dport, proto| LbRevKey {
         backend: saddr,
         client: daddr,
@@ -505,7 +506,13 @@ fn bounce(ctx: &TcContext) -> Result<i32, ()> {
 
 /// Replaces the IPv4 address at `offset` and fixes both checksums.
 #[inline(always)]
-fn rewrite_addr(ctx: &TcContext, flow: &Flow, offset: usize, from: u32, to: u32) -> Result<(), ()> {
+pub(crate) fn rewrite_addr(
+    ctx: &TcContext,
+    flow: &Flow,
+    offset: usize,
+    from: u32,
+    to: u32,
+) -> Result<(), ()> {
     let mut flags = u64::from(BPF_F_PSEUDO_HDR) | 4;
     if flow.proto == IPPROTO_UDP {
         // A UDP checksum of 0 means "none": keep it so.

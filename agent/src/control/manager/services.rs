@@ -191,6 +191,7 @@ impl Core {
             let mut change = Change::new(self)?;
             let mut service = self.service(name_or_id)?;
             let NetworkChange { add, remove } = service::plan_update(&service, &request)?;
+            service.ports = service::plan_ports(&service, &request, &self.services()?)?;
             let added = self.networks_named(&add)?;
             change.remove_vips(service.vips.iter().filter(|v| remove.contains(&v.network)));
             service.vips.retain(|v| !remove.contains(&v.network));
@@ -202,7 +203,7 @@ impl Core {
             service.networks.extend(added.into_iter().map(|n| n.name));
             let committed = change.commit(self, &service, false)?;
             if committed.is_some() {
-                info!(name = %service.name, added = ?add, removed = ?remove, "service updated");
+                info!(name = %service.name, added = ?add, removed = ?remove, ports = ?service.ports, "service updated");
             }
             Ok(committed.map(|_| service))
         })

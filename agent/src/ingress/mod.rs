@@ -1,0 +1,334 @@
+//! Published ports: the agent side of `ebpf/programs/src/ingress.rs`.
+//!
+//! `Ingress` owns its own instance of the datapath object (the maps are
+//! pinned by name, so they are the very maps the programs and the VIP load
+//! balancer use) and puts `ingress_in`/`ingress_out` on the node's underlay
+//! interface. Each reconcile pass:
+//!
+//! 1. `plan::plan` says which ports this node opens and which table serves
+//!    each (ingress mode: the service VIP's; host mode: a table of the
+//!    node's own tasks, programmed by the load balancer with the VIPs);
+//! 2. the return path of every network with an ingress-mode port: this
+//!    node's ingress address there (`ipam::ingress_address`), published in
+//!    gossip as a node-owned pseudo-endpoint so that other nodes route it
+//!    back here, and the SNAT towards remote tasks (`dataplane::ingress_path`);
+//! 3. `sync_maps`: INGRESS_LOCAL (this node's endpoint addresses), then
+//!    INGRESS_PORTS (ports that went first, then new and changed ones).
+
+pub mod plan;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::Path,
+    sync::{Mutex, MutexGuard},
+};
+
+use aya::maps::{HashMap, MapError};
+use netagent_common::{
+    IngressPort, IngressPortKey, INGRESS_IN_PROG, INGRESS_LOCAL_MAP, INGRESS_OUT_PROG,
+    INGRESS_PORTS_MAP,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    cluster::ClusterRuntime,
+    control::ControlPlane,
+    dataplane::{
+        bpf::{Direction, TcSlot},
+        Datapath, DatapathError,
+    },
+    ipam,
+    lb::maps::MapSizes,
+    model::{Endpoint, Network},
+};
+
+/// After the counters (priority 1) on the underlay interface.
+const INGRESS_SLOT: TcSlot = TcSlot {
+    priority: 20,
+    handle: 20,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error(transparent)]
+    Datapath(Box<DatapathError>),
+    #[error("published-port map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: Box<MapError>,
+    },
+}
+
+impl From<DatapathError> for IngressError {
+    fn from(error: DatapathError) -> Self {
+        IngressError::Datapath(Box::new(error))
+    }
+}
+
+fn map_error(name: &'static str) -> impl Fn(MapError) -> IngressError {
+    move |source| IngressError::Map {
+        name,
+        source: Box::new(source),
+    }
+}
+
+fn be(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+struct State {
+    datapath: Datapath,
+    /// The programs are on the underlay (once per run: a restart replaces
+    /// the older ones in place).
+    attached: bool,
+    /// What INGRESS_PORTS holds.
+    ports: BTreeMap<IngressPortKey, IngressPort>,
+    /// What INGRESS_LOCAL holds.
+    local: BTreeSet<u32>,
+}
+
+pub struct Ingress {
+    node_addr: Ipv4Addr,
+    underlay: String,
+    state: Mutex<State>,
+    /// The pseudo-endpoints this run published, by network id.
+    published: tokio::sync::Mutex<BTreeMap<String, Endpoint>>,
+}
+
+/// Ids of the nodes' ingress pseudo-endpoints start with this (a real
+/// endpoint id is 64 hex digits).
+const PSEUDO_ENDPOINT_PREFIX: &str = "ingress-";
+
+/// The gossip id of node `node`'s ingress address on network `vni`.
+pub fn pseudo_endpoint_id(node: &str, vni: u32) -> String {
+    format!("{PSEUDO_ENDPOINT_PREFIX}{vni}-{node}")
+}
+
+/// Whether `endpoint` is a node's ingress address rather than a container
+/// (`netctl endpoint ls` leaves those out).
+pub fn is_pseudo_endpoint(endpoint: &Endpoint) -> bool {
+    endpoint.id.starts_with(PSEUDO_ENDPOINT_PREFIX)
+}
+
+impl Ingress {
+    /// Opens the maps under `bpffs` and reads back what an earlier run
+    /// programmed.
+    pub fn load(
+        bpffs: &Path,
+        sizes: &MapSizes,
+        node_addr: Ipv4Addr,
+        underlay: &str,
+    ) -> Result<Self, IngressError> {
+        let mut datapath = Datapath::load(bpffs, sizes)?;
+        let ports: HashMap<_, IngressPortKey, IngressPort> =
+            HashMap::try_from(datapath.map_mut(INGRESS_PORTS_MAP)?)
+                .map_err(map_error(INGRESS_PORTS_MAP))?;
+        let ports = ports.iter().filter_map(Result::ok).collect();
+        let local: HashMap<_, u32, u32> = HashMap::try_from(datapath.map_mut(INGRESS_LOCAL_MAP)?)
+            .map_err(map_error(INGRESS_LOCAL_MAP))?;
+        let local = local.keys().filter_map(Result::ok).collect();
+        Ok(Self {
+            node_addr,
+            underlay: underlay.to_owned(),
+            state: Mutex::new(State {
+                datapath,
+                attached: false,
+                ports,
+                local,
+            }),
+            published: tokio::sync::Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic mid-update leaves maps the datapath can still use.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Puts the programs on the underlay interface unless this run did.
+    pub fn ensure_attached(&self) -> Result<(), IngressError> {
+        let mut state = self.lock();
+        if state.attached {
+            return Ok(());
+        }
+        let ifname = self.underlay.as_str();
+        state
+            .datapath
+            .attach_tc(INGRESS_IN_PROG, ifname, Direction::Ingress, INGRESS_SLOT)?;
+        state
+            .datapath
+            .attach_tc(INGRESS_OUT_PROG, ifname, Direction::Egress, INGRESS_SLOT)?;
+        state.attached = true;
+        Ok(())
+    }
+
+    /// Writes INGRESS_LOCAL from `local` (this node's endpoints) and
+    /// INGRESS_PORTS from `plan`. The tables the ports name must have been
+    /// programmed first.
+    pub fn sync_maps(&self, plan: &plan::Plan, local: &[Endpoint]) -> Result<(), IngressError> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        // Local addresses first: a port never sends a local task's flow
+        // through the SNAT meant for remote ones.
+        let wanted_local: BTreeSet<u32> = local.iter().map(|e| be(e.ip)).collect();
+        let mut map: HashMap<_, u32, u32> =
+            HashMap::try_from(state.datapath.map_mut(INGRESS_LOCAL_MAP)?)
+                .map_err(map_error(INGRESS_LOCAL_MAP))?;
+        for ip in wanted_local.difference(&state.local) {
+            map.insert(ip, 1, 0).map_err(map_error(INGRESS_LOCAL_MAP))?;
+        }
+        for ip in state.local.difference(&wanted_local) {
+            match map.remove(ip) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(INGRESS_LOCAL_MAP)(error)),
+            }
+        }
+        state.local = wanted_local;
+
+        let wanted: BTreeMap<IngressPortKey, IngressPort> = plan
+            .ports
+            .iter()
+            .map(|p| {
+                (
+                    IngressPortKey {
+                        addr: be(self.node_addr),
+                        port: p.published.to_be(),
+                        proto: plan::proto_number(p.protocol),
+                        pad: 0,
+                    },
+                    IngressPort {
+                        service: be(p.table),
+                        target: p.target.to_be(),
+                        pad: 0,
+                    },
+                )
+            })
+            .collect();
+        let mut map: HashMap<_, IngressPortKey, IngressPort> =
+            HashMap::try_from(state.datapath.map_mut(INGRESS_PORTS_MAP)?)
+                .map_err(map_error(INGRESS_PORTS_MAP))?;
+        for key in state.ports.keys().filter(|k| !wanted.contains_key(k)) {
+            match map.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(INGRESS_PORTS_MAP)(error)),
+            }
+            info!(
+                port = u16::from_be(key.port),
+                proto = key.proto,
+                "published port closed"
+            );
+        }
+        for (key, value) in &wanted {
+            if state.ports.get(key) == Some(value) {
+                continue;
+            }
+            map.insert(key, value, 0)
+                .map_err(map_error(INGRESS_PORTS_MAP))?;
+            info!(
+                port = u16::from_be(key.port),
+                proto = key.proto,
+                target = u16::from_be(value.target),
+                table = %Ipv4Addr::from(value.service.to_ne_bytes()),
+                "published port opened"
+            );
+        }
+        state.ports = wanted;
+        Ok(())
+    }
+
+    /// Gives every network of `wanted` (ids) this node's return path
+    /// (ingress address, pseudo-endpoint in gossip, SNAT) and takes it away
+    /// from networks that no longer need it. Failures are logged; the next
+    /// pass retries.
+    pub async fn sync_return_paths(
+        &self,
+        rt: &ClusterRuntime,
+        networks: &[Network],
+        wanted: &BTreeSet<String>,
+        local: &[Endpoint],
+    ) {
+        let mut published = self.published.lock().await;
+        for network in networks.iter().filter(|n| wanted.contains(&n.id)) {
+            if network.internal {
+                debug!(network = %network.name, "internal network: no published-port path");
+                continue;
+            }
+            match self.ensure_return_path(rt, network, local).await {
+                Ok(endpoint) => {
+                    if published.get(&network.id) != Some(&endpoint) {
+                        rt.gossip.publish(&endpoint).await;
+                        published.insert(network.id.clone(), endpoint);
+                    }
+                }
+                Err(error) => {
+                    debug!(network = %network.name, %error, "published-port return path not ready yet")
+                }
+            }
+        }
+        let gone: Vec<String> = published
+            .keys()
+            .filter(|id| !wanted.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(endpoint) = published.remove(&id) {
+                rt.gossip.withdraw(&endpoint.id).await;
+                if let Some(network) = networks.iter().find(|n| n.id == id) {
+                    if let Err(error) = rt.overlay.remove_ingress_path(network).await {
+                        warn!(network = %network.name, %error, "cannot remove the published-port SNAT");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn ensure_return_path(
+        &self,
+        rt: &ClusterRuntime,
+        network: &Network,
+        local: &[Endpoint],
+    ) -> Result<Endpoint, String> {
+        let addr = {
+            let mut blocks = rt.blocks.lock().await;
+            crate::attach::learn_blocks(rt, &mut blocks, network)
+                .await
+                .map_err(|e| e.to_string())?;
+            let held = blocks.entry(network.id.clone()).or_default();
+            if held.is_empty() {
+                let block = rt
+                    .control
+                    .allocate_block(&network.id, &rt.identity().node_id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                held.push(block);
+            }
+            ipam::ingress_address(network, held)
+                .ok_or_else(|| format!("no ingress address in the blocks of {}", network.name))?
+        };
+        if let Some(other) = local.iter().find(|e| e.ip == addr) {
+            return Err(format!(
+                "the ingress address {addr} is taken by endpoint {}: detach it to enable published ports to remote tasks",
+                other.id
+            ));
+        }
+        rt.overlay
+            .ensure_ingress_path(network, addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Endpoint::new(
+            pseudo_endpoint_id(&rt.identity().node_name, network.vni),
+            &network.name,
+            &network.id,
+            &rt.identity().node_name,
+            addr,
+        ))
+    }
+}
+
+/// Logs a failed sync; the next reconcile pass tries again.
+pub fn log_sync_error(error: &IngressError) {
+    warn!(%error, "cannot program the published ports; retrying on the next pass");
+}

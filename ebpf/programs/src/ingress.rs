@@ -1,0 +1,208 @@
+//! Published ports on the node's underlay interface (in the node namespace).
+//!
+//! `ingress_in` sees what the node receives: TCP/UDP to
+//! <node address>:<published port> found in INGRESS_PORTS is DNATed to a
+//! task (<overlay address>:<target port>) picked with the Maglev table and
+//! backend states of the LB_SERVICES entry the port names, exactly as the
+//! VIP load balancer picks (`lb::pick`), and pinned in LB_CT. The kernel then
+//! routes the packet to the network's uplink (`nagw<vni>`) and through the
+//! sandbox to the task, on this node or over VXLAN. The client address is
+//! kept. A flow whose task is on another node gets INGRESS_SNAT_MARK: the
+//! agent's nf_tables rule SNATs it to this node's ingress address on that
+//! network, so that the task's replies come back through this node.
+//!
+//! `ingress_out` sees what the node sends, after netfilter (so the kernel's
+//! conntrack has undone that SNAT): replies found in INGRESS_REV_CT get the
+//! node address and published port back as their source.
+//!
+//! Ports nobody published, and ports without an active task, are left alone:
+//! the node answers them as it would without us (RST, port unreachable).
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, TC_ACT_OK},
+    macros::{classifier, map},
+    maps::{HashMap, LruHashMap},
+    programs::TcContext,
+};
+use netagent_common::{
+    IngressPort, IngressPortKey, IngressRev, LbCtKey, LbCtValue, LbRevKey, LbServiceKey,
+    INGRESS_LOCAL_CAPACITY, INGRESS_PORTS_CAPACITY, INGRESS_SNAT_MARK, LB_CT_CAPACITY,
+};
+
+use crate::lb::{
+    self, Flow, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IP_DST_OFF, IP_SRC_OFF, LB_BACKENDS, LB_CT,
+    LB_SERVICES, TCP_FLAG_ACK, TCP_FLAG_SYN, TC_ACT_UNSPEC,
+};
+
+#[map]
+static INGRESS_PORTS: HashMap<IngressPortKey, IngressPort> =
+    HashMap::pinned(INGRESS_PORTS_CAPACITY, 0);
+#[map]
+static INGRESS_LOCAL: HashMap<u32, u32> = HashMap::pinned(INGRESS_LOCAL_CAPACITY, 0);
+#[map]
+static INGRESS_REV_CT: LruHashMap<LbRevKey, IngressRev> = LruHashMap::pinned(LB_CT_CAPACITY, 0);
+
+#[classifier]
+pub fn ingress_in(ctx: TcContext) -> i32 {
+    // A packet we cannot parse is none of our business.
+    from_outside(&ctx).unwrap_or(TC_ACT_UNSPEC)
+}
+
+#[classifier]
+pub fn ingress_out(ctx: TcContext) -> i32 {
+    to_outside(&ctx).unwrap_or(TC_ACT_UNSPEC)
+}
+
+#[inline(always)]
+fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
+    // Every packet the node receives comes here (the overlay's VXLAN too):
+    // one direct read of the 5-tuple (`reply_key` reads any packet's) and
+    // one lookup before any parsing.
+    let Some(tuple) = lb::reply_key(ctx)? else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    let port_key = IngressPortKey {
+        addr: tuple.client,
+        port: tuple.client_port,
+        proto: tuple.proto,
+        pad: 0,
+    };
+    // SAFETY (every map lookup here): the value is copied out at once; the
+    // agent only replaces whole entries.
+    let Some(port) = (unsafe { INGRESS_PORTS.get(&port_key) }).copied() else {
+        forget_on_syn(ctx, &tuple);
+        return Ok(TC_ACT_UNSPEC);
+    };
+    let Some(flow) = lb::parse_flow(ctx)? else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    let Some(service) = (unsafe { LB_SERVICES.get(&LbServiceKey { vip: port.service }) }).copied()
+    else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    let key = LbCtKey {
+        client: flow.saddr,
+        vip: flow.daddr,
+        client_port: flow.sport,
+        vip_port: flow.dport,
+        proto: flow.proto,
+        pad: [0; 3],
+    };
+    // As for VIPs: a fresh SYN picks again; a flow whose task has gone
+    // picks again; a draining task keeps its flows.
+    let new_connection =
+        flow.proto == IPPROTO_TCP && flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    let pinned = if new_connection {
+        None
+    } else {
+        unsafe { LB_CT.get(&key) }.copied().filter(|ct| {
+            unsafe { LB_BACKENDS.get(&ct.backend_id) }.is_some_and(|b| b.ip == ct.backend)
+        })
+    };
+    let backend = match pinned {
+        Some(ct) => ct.backend,
+        None => {
+            // No active task: leave the packet to the node (it answers as
+            // for any closed port).
+            let Some((backend_id, backend)) = lb::pick(&service, &key) else {
+                return Ok(TC_ACT_UNSPEC);
+            };
+            let _ = LB_CT.insert(
+                &key,
+                &LbCtValue {
+                    backend,
+                    backend_id,
+                },
+                0,
+            );
+            let rev = LbRevKey {
+                backend,
+                client: flow.saddr,
+                backend_port: port.target,
+                client_port: flow.sport,
+                proto: flow.proto,
+                pad: [0; 3],
+            };
+            let _ = INGRESS_REV_CT.insert(
+                &rev,
+                &IngressRev {
+                    addr: flow.daddr,
+                    port: flow.dport,
+                    pad: 0,
+                },
+                0,
+            );
+            backend
+        }
+    };
+    lb::rewrite_addr(ctx, &flow, IP_DST_OFF, flow.daddr, backend)?;
+    rewrite_port(ctx, &flow, flow.l4 + 2, flow.dport, port.target)?;
+    if unsafe { INGRESS_LOCAL.get(&backend) }.is_none() {
+        ctx.set_mark(INGRESS_SNAT_MARK);
+    }
+    Ok(TC_ACT_OK as i32)
+}
+
+/// A TCP SYN straight to a task (not through a published port) whose
+/// reply tuple is still in INGRESS_REV_CT: that entry belongs to an earlier
+/// published-port flow that used the same client port (the task's stack
+/// could not hold both at once), so it is stale and would rewrite the new
+/// flow's replies. A mesh packet never matches: its destination is the
+/// node, not the task. (UDP has no such start signal: see the docs.)
+#[inline(always)]
+fn forget_on_syn(ctx: &TcContext, tuple: &LbRevKey) {
+    if tuple.proto != IPPROTO_TCP {
+        return;
+    }
+    // The flags byte of a TCP header after an option-less IPv4 header; with
+    // IP options this reads another byte, which at worst skips the cleanup
+    // or clears an entry of a direct flow.
+    let Ok(flags) = ctx.load::<u8>(ETH_HLEN + 20 + 13) else {
+        return;
+    };
+    if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
+        return;
+    }
+    let stale = LbRevKey {
+        backend: tuple.client,
+        client: tuple.backend,
+        backend_port: tuple.client_port,
+        client_port: tuple.backend_port,
+        proto: tuple.proto,
+        pad: [0; 3],
+    };
+    let _ = INGRESS_REV_CT.remove(&stale);
+}
+
+#[inline(always)]
+fn to_outside(ctx: &TcContext) -> Result<i32, ()> {
+    let Some(key) = lb::reply_key(ctx)? else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    // SAFETY: copied out at once.
+    let Some(rev) = (unsafe { INGRESS_REV_CT.get(&key) }).copied() else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    let Some(flow) = lb::parse_flow(ctx)? else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    lb::rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, rev.addr)?;
+    rewrite_port(ctx, &flow, flow.l4, flow.sport, rev.port)?;
+    Ok(TC_ACT_OK as i32)
+}
+
+/// Replaces the TCP/UDP port at `offset` and fixes the L4 checksum.
+#[inline(always)]
+fn rewrite_port(ctx: &TcContext, flow: &Flow, offset: usize, from: u16, to: u16) -> Result<(), ()> {
+    if from == to {
+        return Ok(());
+    }
+    let mut flags = 2;
+    if flow.proto == IPPROTO_UDP {
+        // A UDP checksum of 0 means "none": keep it so.
+        flags |= u64::from(BPF_F_MARK_MANGLED_0);
+    }
+    ctx.l4_csum_replace(flow.csum_off, u64::from(from), u64::from(to), flags)
+        .map_err(|_| ())?;
+    ctx.store(offset, &to, 0).map_err(|_| ())
+}

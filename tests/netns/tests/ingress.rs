@@ -1,0 +1,369 @@
+//! Published ports, from the lab's external client host (`ext`): the
+//! ingress routing mesh answers on every node and reaches tasks on any node;
+//! host mode answers only where a task runs; what the task sees as the
+//! client address is what docs/operations.md says.
+
+use std::{
+    collections::BTreeSet,
+    os::unix::process::CommandExt,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use netlab::{require_root, wait_until, Container, Lab, LabSpec};
+
+/// Answers on TCP 8080 and UDP 9090 with "<name> <client address>".
+const SERVER: &str = r#"
+import socket, sys, threading
+name = sys.argv[1]
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 9090))
+    while True:
+        data, addr = s.recvfrom(2048)
+        s.sendto(f"{name} {addr[0]}".encode(), addr)
+threading.Thread(target=udp, daemon=True).start()
+t = socket.socket()
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", 8080))
+t.listen(64)
+while True:
+    c, addr = t.accept()
+    c.sendall(f"{name} {addr[0]}".encode())
+    c.close()
+"#;
+
+/// Makes `count` fresh connections (tcp) or sockets (udp) to host:port and
+/// prints one answer per line ("ERR ..." when none came).
+const CLIENT: &str = r#"
+import socket, sys
+proto, host, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+for _ in range(count):
+    try:
+        if proto == "tcp":
+            s = socket.create_connection((host, port), timeout=2)
+            print(s.recv(200).decode())
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(2)
+            s.connect((host, port))
+            s.send(b"x")
+            print(s.recv(200).decode())
+        s.close()
+    except Exception as e:
+        print("ERR", e)
+"#;
+
+/// The external client's address (the lab's `ext` host).
+const EXT: &str = "198.18.0.200";
+
+/// A task's server; killed (by pid) on drop.
+struct Server(Child);
+
+impl Server {
+    fn start(container: &Container, name: &str) -> Self {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net={}", container.netns_path().display()))
+            .args(["--", "python3", "-c", SERVER, name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; the server dies with the test.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        Server(command.spawn().expect("server"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Three nodes, network `appnet` (10.10.0.0/24), service `web` publishing
+/// 18080/tcp → 8080 and 19090/udp → 9090 (ingress mode), tasks web1 on n2
+/// and web2 on n3; n1 runs no task.
+struct Scene {
+    lab: Lab,
+    _servers: Vec<Server>,
+}
+
+impl Scene {
+    fn up() -> Self {
+        let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab");
+        lab.start_agents().expect("agents");
+        lab.form_cluster().expect("cluster");
+        lab.netctl_json(
+            "n1",
+            &["overlay", "create", "appnet", "--subnet", "10.10.0.0/24"],
+        )
+        .expect("overlay");
+        lab.netctl_json(
+            "n1",
+            &[
+                "service",
+                "create",
+                "web",
+                "--network",
+                "appnet",
+                "--publish",
+                "published=18080,target=8080",
+                "--publish",
+                "published=19090,target=9090,protocol=udp",
+            ],
+        )
+        .expect("service");
+        let mut servers = Vec::new();
+        for (node, n) in [("n2", 1), ("n3", 2)] {
+            let name = format!("web{n}");
+            let (container, _) = lab
+                .attach_container_with(
+                    node,
+                    &name,
+                    "appnet",
+                    &["--service", "web", "--name", &format!("web.{n}")],
+                )
+                .expect("task");
+            servers.push(Server::start(&container, &name));
+        }
+        Scene {
+            lab,
+            _servers: servers,
+        }
+    }
+
+    fn addr(&self, node: &str) -> String {
+        self.lab.node(node).expect("node").addr.to_string()
+    }
+}
+
+/// The answers of `count` requests from the external client to host:port.
+fn ask(lab: &Lab, proto: &str, host: &str, port: &str, count: u32) -> Vec<String> {
+    let count = count.to_string();
+    let out = lab
+        .exec(
+            &lab.external_netns(),
+            &["python3", "-c", CLIENT, proto, host, port, &count],
+        )
+        .expect("client");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Asks node `node` until every answer arrives and both tasks have
+/// answered; returns the last answers.
+fn both_tasks_answer(scene: &Scene, node: &str, proto: &str, port: &str) -> Vec<String> {
+    let host = scene.addr(node);
+    let mut last = Vec::new();
+    let done = wait_until(Duration::from_secs(20), || {
+        last = ask(&scene.lab, proto, &host, port, 16);
+        let names: BTreeSet<&str> = last.iter().filter_map(|l| l.split(' ').next()).collect();
+        (!names.contains("ERR") && names.len() == 2).then_some(())
+    });
+    assert!(
+        done.is_ok(),
+        "{proto} {node}:{port}: last answers {last:?}\n{}",
+        scene.lab.agent_logs(30)
+    );
+    last
+}
+
+/// What a task on node `task_node` must see as the client when the client
+/// reached node `entry`: the client itself when the task is local, else an
+/// address of the overlay (the entry node's ingress address).
+fn check_client_address(answers: &[String], entry: &str) {
+    let local_task = match entry {
+        "n2" => Some("web1"),
+        "n3" => Some("web2"),
+        _ => None,
+    };
+    for line in answers {
+        let (task, seen) = line.split_once(' ').expect("answer");
+        if Some(task) == local_task {
+            assert_eq!(seen, EXT, "local task behind {entry}: {line}");
+        } else {
+            assert!(
+                seen.starts_with("10.10.0.") && seen != EXT,
+                "remote task behind {entry} must see {entry}'s ingress address: {line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_node_answers_and_reaches_tasks_on_every_node() {
+    require_root!();
+    let mut scene = Scene::up();
+    let mut ingress_addrs = BTreeSet::new();
+    for node in ["n1", "n2", "n3"] {
+        let answers = both_tasks_answer(&scene, node, "tcp", "18080");
+        check_client_address(&answers, node);
+        let answers = both_tasks_answer(&scene, node, "udp", "19090");
+        check_client_address(&answers, node);
+        // A remote task sees one address per entry node.
+        let seen: BTreeSet<String> = answers
+            .iter()
+            .filter_map(|l| l.split_once(' ').map(|(_, a)| a.to_owned()))
+            .filter(|a| a != EXT)
+            .collect();
+        assert_eq!(seen.len(), 1, "{node}: {answers:?}");
+        ingress_addrs.extend(seen);
+    }
+    assert_eq!(
+        ingress_addrs.len(),
+        3,
+        "ingress addresses: {ingress_addrs:?}"
+    );
+
+    // The agent of n1 killed: the data plane keeps answering; restarted, it
+    // adopts what is there.
+    let status = scene
+        .lab
+        .signal_agent("n1", nix::sys::signal::Signal::SIGKILL)
+        .expect("kill agent");
+    assert!(!status.success());
+    both_tasks_answer(&scene, "n1", "tcp", "18080");
+    scene.lab.start_agent("n1").expect("restart");
+    both_tasks_answer(&scene, "n1", "tcp", "18080");
+    both_tasks_answer(&scene, "n1", "udp", "19090");
+    scene.lab.teardown().expect("teardown");
+}
+
+#[test]
+fn a_dead_node_gets_no_new_connections_within_five_seconds() {
+    require_root!();
+    let mut scene = Scene::up();
+    both_tasks_answer(&scene, "n1", "tcp", "18080");
+    // n3 dies (its agent is killed: gossip stops; its task would still
+    // answer, so only the mesh can keep connections away from it).
+    let status = scene
+        .lab
+        .signal_agent("n3", nix::sys::signal::Signal::SIGKILL)
+        .expect("kill agent");
+    assert!(!status.success());
+    let host = scene.addr("n1");
+    let mut last = Vec::new();
+    let gone = wait_until(Duration::from_secs(5), || {
+        last = ask(&scene.lab, "tcp", &host, "18080", 8);
+        last.iter().all(|l| l.starts_with("web1 ")).then_some(())
+    });
+    assert!(gone.is_ok(), "after 5 s: {last:?}");
+    scene.lab.teardown().expect("teardown");
+}
+
+#[test]
+fn host_mode_answers_only_on_task_nodes_and_bad_ports_are_refused() {
+    require_root!();
+    let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab");
+    lab.start_agents().expect("agents");
+    lab.form_cluster().expect("cluster");
+    lab.netctl_json(
+        "n1",
+        &["overlay", "create", "appnet", "--subnet", "10.10.0.0/24"],
+    )
+    .expect("overlay");
+    lab.netctl_json(
+        "n1",
+        &[
+            "service",
+            "create",
+            "api",
+            "--network",
+            "appnet",
+            "--endpoint-mode",
+            "dnsrr",
+            "--publish",
+            "published=28080,target=8080,mode=host",
+        ],
+    )
+    .expect("service");
+    let (container, _) = lab
+        .attach_container_with("n2", "api1", "appnet", &["--service", "api"])
+        .expect("task");
+    let _server = Server::start(&container, "api1");
+    let addr = |node: &str| lab.node(node).expect("node").addr.to_string();
+
+    // The task's node answers, with the client's own address seen.
+    let mut last = Vec::new();
+    wait_until(Duration::from_secs(20), || {
+        last = ask(&lab, "tcp", &addr("n2"), "28080", 4);
+        last.iter()
+            .all(|l| l == &format!("api1 {EXT}"))
+            .then_some(())
+    })
+    .unwrap_or_else(|_| panic!("n2:28080: {last:?}\n{}", lab.agent_logs(30)));
+    // The others do not open the port.
+    for node in ["n1", "n3"] {
+        let answers = ask(&lab, "tcp", &addr(node), "28080", 2);
+        assert!(
+            answers.iter().all(|l| l.contains("refused")),
+            "{node}:28080 must be closed: {answers:?}"
+        );
+    }
+
+    // One-line refusals.
+    let refused = |args: &[&str], expect: &str| {
+        let out = lab.netctl("n1", args).expect("netctl");
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expect), "{stderr}");
+    };
+    refused(
+        &[
+            "service",
+            "create",
+            "other",
+            "--network",
+            "appnet",
+            "--publish",
+            "published=28080,target=1",
+        ],
+        "already used by service api",
+    );
+    refused(
+        &[
+            "service",
+            "create",
+            "rr",
+            "--network",
+            "appnet",
+            "--endpoint-mode",
+            "dnsrr",
+            "--publish",
+            "published=7000,target=7000",
+        ],
+        "dnsrr services cannot publish in ingress mode",
+    );
+
+    // `service update` moves the port: the old one closes, the new one opens.
+    lab.netctl_json(
+        "n1",
+        &[
+            "service",
+            "update",
+            "api",
+            "--publish-rm",
+            "28080",
+            "--publish-add",
+            "published=28081,target=8080,mode=host",
+        ],
+    )
+    .expect("update");
+    wait_until(Duration::from_secs(10), || {
+        let old = ask(&lab, "tcp", &addr("n2"), "28080", 1);
+        let new = ask(&lab, "tcp", &addr("n2"), "28081", 1);
+        (old[0].contains("refused") && new[0] == format!("api1 {EXT}")).then_some(())
+    })
+    .unwrap_or_else(|_| panic!("after the update\n{}", lab.agent_logs(20)));
+    lab.teardown().expect("teardown");
+}

@@ -7,26 +7,34 @@
 //! host-side veth inside its sandbox.
 //!
 //! Update order, so that the datapath never sees a half-written service:
-//! backends first, then a fresh Maglev table in a spare slot, then the
-//! service entry flips to it (one map update), then the old slot and removed
-//! backends are freed. Flows already open keep their backend through the
+//! backends first, then a fresh Maglev table in a spare slot (one map
+//! update: an LB_MAGLEV entry is a whole table), then the service entry
+//! flips to it (one map update), then the old slot and removed backends are
+//! freed. Freed slots and ids are reused last (first in, first out), so a
+//! packet that read the old service entry just before the flip still finds
+//! that entry's table. Flows already open keep their backend through the
 //! conntrack map, whatever the table says.
+//!
+//! Cost: programming N services is N table writes plus the service and
+//! backend entries; a change to one service rewrites its table, its entry
+//! and the changed backends only.
 
 pub mod maglev;
 pub mod maps;
 pub mod plan;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     net::Ipv4Addr,
     path::Path,
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use aya::maps::{Array, HashMap, MapError};
+use aya::maps::{Array, HashMap, MapError, PerCpuArray, PerCpuValues};
 use netagent_common::{
-    LbBackend, LbService, LbServiceKey, LB_BACKENDS_MAP, LB_BACKEND_ACTIVE, LB_BACKEND_DRAINING,
-    LB_EGRESS_PROG, LB_INGRESS_PROG, LB_MAGLEV_MAP, LB_SERVICES_MAP, LB_SERVICE_NO_BACKENDS,
+    LbBackend, LbMaglevTable, LbService, LbServiceKey, LB_BACKENDS_MAP, LB_BACKEND_ACTIVE,
+    LB_BACKEND_DRAINING, LB_BACKEND_FLOWS_MAP, LB_EGRESS_PROG, LB_INGRESS_PROG, LB_MAGLEV_MAP,
+    LB_SERVICES_MAP, LB_SERVICE_NO_BACKENDS,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
@@ -66,6 +74,12 @@ pub enum LbError {
          restore the [lb] sizes, or remove the pinned LB_* maps (drops open flows)"
     )]
     PinnedSize { pinned: u32, configured: u32 },
+    #[error(
+        "the pinned Maglev map holds {pinned}-byte entries, this agent stores whole tables of \
+         {expected} bytes (an older agent's layout): remove the pinned LB_* maps under \
+         <bpffs>/maps and restart (drops open flows through VIPs)"
+    )]
+    PinnedLayout { pinned: u32, expected: u32 },
     #[error("cannot attach the load balancer in {}: {source}", netns.display())]
     Netns {
         netns: std::path::PathBuf,
@@ -93,6 +107,9 @@ pub struct BackendState {
     pub ip: Ipv4Addr,
     /// `active` or `draining`.
     pub state: String,
+    /// New flows this node's clients opened to it (since it became a
+    /// backend here, or since the maps were created).
+    pub connections: u64,
 }
 
 /// A VIP as the datapath sees it.
@@ -127,6 +144,11 @@ struct State {
     backends: BTreeMap<Ipv4Addr, (u32, u32)>,
     /// The node of each backend, as last seen (unknown after a restart).
     nodes: BTreeMap<Ipv4Addr, String>,
+    /// Maglev slots no service uses, least recently freed first.
+    free_slots: VecDeque<u32>,
+    /// Backend ids nothing uses, least recently freed first.
+    free_ids: VecDeque<u32>,
+    next_service_id: u32,
 }
 
 pub struct LoadBalancer {
@@ -141,17 +163,22 @@ impl LoadBalancer {
     /// first run) and adopts what an earlier run programmed.
     pub fn load(bpffs: &Path, sizes: maps::MapSizes) -> Result<Self, LbError> {
         let mut datapath = Datapath::load(bpffs, &sizes)?;
-        // Pinned maps keep the sizes they were created with.
+        // Pinned maps keep the layout and sizes they were created with (aya
+        // adopts a pin without comparing them): check before anything is
+        // written or attached.
         if let aya::maps::Map::Array(maglev) = datapath.map(LB_MAGLEV_MAP)? {
-            let entries = maglev
-                .info()
-                .map_err(map_error(LB_MAGLEV_MAP))?
-                .max_entries();
-            let configured = sizes.table_slots.saturating_mul(sizes.table_size);
-            if entries != configured {
+            let info = maglev.info().map_err(map_error(LB_MAGLEV_MAP))?;
+            let expected = std::mem::size_of::<LbMaglevTable>() as u32;
+            if info.value_size() != expected {
+                return Err(LbError::PinnedLayout {
+                    pinned: info.value_size(),
+                    expected,
+                });
+            }
+            if info.max_entries() != sizes.table_slots {
                 return Err(LbError::PinnedSize {
-                    pinned: entries,
-                    configured,
+                    pinned: info.max_entries(),
+                    configured: sizes.table_slots,
                 });
             }
         }
@@ -176,9 +203,23 @@ impl LoadBalancer {
             backends = backends.len(),
             "load balancer maps opened"
         );
+        let used_slots: BTreeSet<u32> = services
+            .values()
+            .filter(|s| has_table(s))
+            .map(|s| s.table_slot)
+            .collect();
+        let used_ids: BTreeSet<u32> = backends.values().map(|&(id, _)| id).collect();
         Ok(Self {
             state: Arc::new(Mutex::new(State {
                 datapath,
+                // Id 0 stays unused: a zeroed table entry means "no backend".
+                free_ids: (1..=sizes.backends)
+                    .filter(|id| !used_ids.contains(id))
+                    .collect(),
+                free_slots: (0..sizes.table_slots)
+                    .filter(|slot| !used_slots.contains(slot))
+                    .collect(),
+                next_service_id: services.values().map(|s| s.id).max().unwrap_or(0) + 1,
                 sizes,
                 services,
                 tables: BTreeMap::new(),
@@ -300,18 +341,18 @@ impl State {
             }
         }
         for (&ip, &flags) in &wanted {
-            let id = match self.backends.get(&ip) {
-                Some(&(_, old)) if old == flags => continue,
-                Some(&(id, _)) => id,
-                None => self.free_backend_id()?,
-            };
-            self.put_backend(id, ip, flags)?;
-            self.backends.insert(ip, (id, flags));
+            match self.backends.get(&ip) {
+                Some(&(_, old)) if old == flags => {}
+                Some(&(id, _)) => self.put_backend(id, ip, flags)?,
+                None => self.add_backend(ip, flags)?,
+            }
         }
         // 2 and 3. Tables, then the service entries.
         for (&addr, vip) in desired {
             let mut active = vip.active();
-            self.members.insert(addr, vip.backends.clone());
+            if self.members.get(&addr) != Some(&vip.backends) {
+                self.members.insert(addr, vip.backends.clone());
+            }
             // Keep the backends the view does not mention but that may just
             // not have been heard from yet.
             if let Some(current) = self.tables.get(&addr) {
@@ -338,7 +379,9 @@ impl State {
         }
         for vip in desired.values() {
             for b in &vip.backends {
-                self.nodes.insert(b.ip, b.node.clone());
+                if self.nodes.get(&b.ip) != Some(&b.node) {
+                    self.nodes.insert(b.ip, b.node.clone());
+                }
             }
         }
         // 4. VIPs that went (the services come from the managers, whole;
@@ -356,7 +399,9 @@ impl State {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(error) => return Err(map_error(LB_SERVICES_MAP)(error)),
             }
-            self.services.remove(&vip);
+            if let Some(service) = self.services.remove(&vip) {
+                self.free_slot(&service);
+            }
             self.tables.remove(&vip);
             self.members.remove(&vip);
             info!(%vip, "VIP removed from the load balancer");
@@ -375,53 +420,55 @@ impl State {
             }
             self.backends.remove(&ip);
             self.nodes.remove(&ip);
+            self.free_ids.push_back(id);
             debug!(%ip, id, "backend removed");
         }
         Ok(())
     }
 
-    /// Writes a fresh table for `vip` into a spare slot, then flips the
-    /// service entry to it.
+    /// Writes a fresh table for `vip` into a spare slot (one map update),
+    /// then flips the service entry to it and frees the old slot.
     fn program_vip(&mut self, vip: Ipv4Addr, active: &[Ipv4Addr]) -> Result<(), LbError> {
         let size = self.sizes.table_size;
         let old = self.services.get(&vip).copied();
+        let id = match old {
+            Some(old) => old.id,
+            None => {
+                self.next_service_id += 1;
+                self.next_service_id - 1
+            }
+        };
         let value = if active.is_empty() {
             LbService {
-                id: old.map_or_else(|| self.next_service_id(), |o| o.id),
+                id,
                 table_slot: old.map_or(0, |o| o.table_slot),
                 table_size: size,
                 backends: 0,
                 flags: LB_SERVICE_NO_BACKENDS,
             }
         } else {
-            let slot = match self.free_slot() {
-                Some(slot) => slot,
+            let table = self.table_of(active)?;
+            let slot = match self.free_slots.pop_front() {
+                Some(slot) => {
+                    if let Err(error) = self.write_table(slot, &table) {
+                        self.free_slots.push_front(slot);
+                        return Err(error);
+                    }
+                    slot
+                }
                 // No spare: rewrite in place. Every entry stays a valid
                 // backend throughout, old or new.
-                None => old
-                    .filter(|o| o.flags & LB_SERVICE_NO_BACKENDS == 0)
-                    .map(|o| o.table_slot)
-                    .ok_or(LbError::NoTable)?,
+                None => {
+                    let slot = old
+                        .filter(has_table)
+                        .map(|o| o.table_slot)
+                        .ok_or(LbError::NoTable)?;
+                    self.write_table(slot, &table)?;
+                    slot
+                }
             };
-            let keys: Vec<[u8; 4]> = active.iter().map(|ip| ip.octets()).collect();
-            let table = maglev::table(&keys, size)?;
-            let ids: Vec<u32> = table
-                .iter()
-                .map(|&i| {
-                    let ip = Ipv4Addr::from(keys[i as usize]);
-                    self.backends.get(&ip).map_or(0, |&(id, _)| id)
-                })
-                .collect();
-            let mut array: Array<_, u32> = Array::try_from(self.datapath.map_mut(LB_MAGLEV_MAP)?)
-                .map_err(map_error(LB_MAGLEV_MAP))?;
-            let base = slot * size;
-            for (i, id) in ids.iter().enumerate() {
-                array
-                    .set(base + i as u32, id, 0)
-                    .map_err(map_error(LB_MAGLEV_MAP))?;
-            }
             LbService {
-                id: old.map_or_else(|| self.next_service_id(), |o| o.id),
+                id,
                 table_slot: slot,
                 table_size: size,
                 backends: active.len() as u32,
@@ -429,34 +476,62 @@ impl State {
             }
         };
         let mut services = self.services_map()?;
-        services
-            .insert(key(vip), value, 0)
-            .map_err(map_error(LB_SERVICES_MAP))?;
+        if let Err(error) = services.insert(key(vip), value, 0) {
+            if has_table(&value) && old.is_none_or(|o| o.table_slot != value.table_slot) {
+                self.free_slots.push_front(value.table_slot);
+            }
+            return Err(map_error(LB_SERVICES_MAP)(error));
+        }
         self.services.insert(vip, value);
-        info!(%vip, backends = active.len(), slot = value.table_slot, "VIP programmed");
+        if let Some(old) = old.filter(|o| !has_table(&value) || o.table_slot != value.table_slot) {
+            self.free_slot(&old);
+        }
+        debug!(%vip, backends = active.len(), slot = value.table_slot, "VIP programmed");
         Ok(())
     }
 
-    fn free_slot(&self) -> Option<u32> {
-        let used: BTreeSet<u32> = self
-            .services
-            .values()
-            .filter(|s| s.flags & LB_SERVICE_NO_BACKENDS == 0)
-            .map(|s| s.table_slot)
-            .collect();
-        (0..self.sizes.table_slots).find(|slot| !used.contains(slot))
+    /// The Maglev table of backends `active` (which all have ids), as
+    /// stored: the first `table_size` entries hold backend ids.
+    fn table_of(&self, active: &[Ipv4Addr]) -> Result<LbMaglevTable, LbError> {
+        let keys: Vec<[u8; 4]> = active.iter().map(|ip| ip.octets()).collect();
+        let mut table = LbMaglevTable::default();
+        for (entry, &i) in table
+            .backends
+            .iter_mut()
+            .zip(maglev::table(&keys, self.sizes.table_size)?.iter())
+        {
+            let ip = Ipv4Addr::from(keys[i as usize]);
+            *entry = self.backends.get(&ip).map_or(0, |&(id, _)| id);
+        }
+        Ok(table)
     }
 
-    fn free_backend_id(&self) -> Result<u32, LbError> {
-        let used: BTreeSet<u32> = self.backends.values().map(|&(id, _)| id).collect();
-        // Id 0 stays unused: a zeroed table entry then means "no backend".
-        (1..=self.sizes.backends)
-            .find(|id| !used.contains(id))
-            .ok_or(LbError::NoBackendId)
+    fn write_table(&mut self, slot: u32, table: &LbMaglevTable) -> Result<(), LbError> {
+        let mut array: Array<_, LbMaglevTable> =
+            Array::try_from(self.datapath.map_mut(LB_MAGLEV_MAP)?)
+                .map_err(map_error(LB_MAGLEV_MAP))?;
+        array.set(slot, table, 0).map_err(map_error(LB_MAGLEV_MAP))
     }
 
-    fn next_service_id(&self) -> u32 {
-        self.services.values().map(|s| s.id).max().unwrap_or(0) + 1
+    /// Gives `service`'s table slot back, to be reused last.
+    fn free_slot(&mut self, service: &LbService) {
+        if has_table(service) {
+            self.free_slots.push_back(service.table_slot);
+        }
+    }
+
+    /// Gives backend `ip` a free id: its flow counter starts at zero, then
+    /// the backend entry is written.
+    fn add_backend(&mut self, ip: Ipv4Addr, flags: u32) -> Result<(), LbError> {
+        let id = self.free_ids.pop_front().ok_or(LbError::NoBackendId)?;
+        let written = self
+            .reset_flows(id)
+            .and_then(|()| self.put_backend(id, ip, flags));
+        if let Err(error) = written {
+            self.free_ids.push_front(id);
+            return Err(error);
+        }
+        Ok(())
     }
 
     fn put_backend(&mut self, id: u32, ip: Ipv4Addr, flags: u32) -> Result<(), LbError> {
@@ -468,8 +543,24 @@ impl State {
         backends
             .insert(id, value, 0)
             .map_err(map_error(LB_BACKENDS_MAP))?;
+        self.backends.insert(ip, (id, flags));
         debug!(%ip, id, flags, "backend written");
         Ok(())
+    }
+
+    /// Zeroes backend id `id`'s new-flow counter on every CPU.
+    fn reset_flows(&mut self, id: u32) -> Result<(), LbError> {
+        let mut flows: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.datapath.map_mut(LB_BACKEND_FLOWS_MAP)?)
+                .map_err(map_error(LB_BACKEND_FLOWS_MAP))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, error)| {
+            map_error(LB_BACKEND_FLOWS_MAP)(MapError::IoError(error))
+        })?;
+        let zeros = PerCpuValues::try_from(vec![0u64; cpus])
+            .map_err(|error| map_error(LB_BACKEND_FLOWS_MAP)(MapError::IoError(error)))?;
+        flows
+            .set(id, zeros, 0)
+            .map_err(map_error(LB_BACKEND_FLOWS_MAP))
     }
 
     fn services_map(
@@ -493,8 +584,11 @@ impl State {
         let backends: HashMap<_, u32, LbBackend> =
             HashMap::try_from(self.datapath.map(LB_BACKENDS_MAP)?)
                 .map_err(map_error(LB_BACKENDS_MAP))?;
-        let array: Array<_, u32> =
+        let tables: Array<_, LbMaglevTable> =
             Array::try_from(self.datapath.map(LB_MAGLEV_MAP)?).map_err(map_error(LB_MAGLEV_MAP))?;
+        let flows: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.datapath.map(LB_BACKEND_FLOWS_MAP)?)
+                .map_err(map_error(LB_BACKEND_FLOWS_MAP))?;
         let mut out = Vec::new();
         for &vip in vips {
             let service = match services.get(&key(vip), 0) {
@@ -503,12 +597,11 @@ impl State {
                 Err(error) => return Err(map_error(LB_SERVICES_MAP)(error)),
             };
             let mut shares: BTreeMap<u32, u32> = BTreeMap::new();
-            if service.flags & LB_SERVICE_NO_BACKENDS == 0 {
-                let base = service.table_slot * service.table_size;
-                for i in 0..service.table_size {
-                    let id = array
-                        .get(&(base + i), 0)
-                        .map_err(map_error(LB_MAGLEV_MAP))?;
+            if has_table(&service) {
+                let table = tables
+                    .get(&service.table_slot, 0)
+                    .map_err(map_error(LB_MAGLEV_MAP))?;
+                for &id in table.backends.iter().take(service.table_size as usize) {
                     *shares.entry(id).or_default() += 1;
                 }
             }
@@ -531,6 +624,9 @@ impl State {
                         } else {
                             "draining".into()
                         },
+                        connections: flows
+                            .get(&id, 0)
+                            .map_or(0, |per_cpu| per_cpu.iter().sum()),
                     })
                 })
                 .collect();
@@ -544,6 +640,12 @@ impl State {
         }
         Ok(out)
     }
+}
+
+/// Whether the service entry points at a table of its own (it has active
+/// backends).
+fn has_table(service: &LbService) -> bool {
+    service.flags & LB_SERVICE_NO_BACKENDS == 0
 }
 
 fn key(vip: Ipv4Addr) -> LbServiceKey {

@@ -3,7 +3,7 @@
 //! the gossip view. Pure, so that it is tested without a kernel.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
 };
 
@@ -42,24 +42,40 @@ impl Vip {
 }
 
 /// The VIPs to program, by address. Endpoints may repeat (local and gossip
-/// copies); a task counts once.
+/// copies); a task counts once. Linear in services plus endpoints: the
+/// endpoints are grouped by network and service first.
 pub fn desired(services: &[Service], endpoints: &[Endpoint]) -> BTreeMap<Ipv4Addr, Vip> {
+    // (network id, service as the endpoint names it, lower-cased) -> tasks.
+    let mut tasks: HashMap<(&str, String), Vec<&Endpoint>> = HashMap::new();
+    for e in endpoints {
+        if let Some(service) = &e.service {
+            tasks
+                .entry((e.network_id.as_str(), service.to_ascii_lowercase()))
+                .or_default()
+                .push(e);
+        }
+    }
     let mut vips = BTreeMap::new();
     for service in services {
         if service.endpoint_mode != EndpointMode::Vip {
             continue;
         }
+        let name = service.name.to_ascii_lowercase();
+        let id = service.id.to_ascii_lowercase();
         for vip in &service.vips {
+            let network = vip.network_id.as_str();
+            // By name (any case), or by id (exactly).
+            let by_name = tasks.get(&(network, name.clone())).into_iter().flatten();
+            let by_id = tasks
+                .get(&(network, id.clone()))
+                .filter(|_| id != name)
+                .into_iter()
+                .flatten()
+                .filter(|e| e.service.as_deref() == Some(service.id.as_str()));
             let mut seen = BTreeSet::new();
-            let mut backends: Vec<Backend> = endpoints
-                .iter()
-                .filter(|e| {
-                    e.network_id == vip.network_id
-                        && e.service.as_deref().is_some_and(|s| {
-                            s.eq_ignore_ascii_case(&service.name) || s == service.id
-                        })
-                        && seen.insert(e.id.clone())
-                })
+            let mut backends: Vec<Backend> = by_name
+                .chain(by_id)
+                .filter(|e| seen.insert(e.id.as_str()))
                 .map(|e| Backend {
                     ip: e.ip,
                     node: e.node.clone(),
@@ -133,6 +149,9 @@ mod tests {
             endpoint("e2", "web", "net1", [10, 10, 0, 2], Health::Healthy),
             endpoint("e4", "web", "net2", [10, 20, 0, 4], Health::Healthy),
             endpoint("e5", "db", "net1", [10, 10, 0, 5], Health::Healthy),
+            // By service id, exactly; a differently cased id is no match.
+            endpoint("e6", "id-web", "net1", [10, 10, 0, 6], Health::Healthy),
+            endpoint("e7", "ID-WEB", "net1", [10, 10, 0, 7], Health::Healthy),
         ];
         let vips = desired(&services, &endpoints);
         assert_eq!(vips.len(), 1);
@@ -150,8 +169,16 @@ mod tests {
                     node: "n2".into(),
                     active: false
                 },
+                Backend {
+                    ip: Ipv4Addr::new(10, 10, 0, 6),
+                    node: "n2".into(),
+                    active: true
+                },
             ]
         );
-        assert_eq!(web.active(), vec![Ipv4Addr::new(10, 10, 0, 2)]);
+        assert_eq!(
+            web.active(),
+            vec![Ipv4Addr::new(10, 10, 0, 2), Ipv4Addr::new(10, 10, 0, 6)]
+        );
     }
 }

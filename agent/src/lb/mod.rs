@@ -553,9 +553,8 @@ impl State {
         let mut flows: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.datapath.map_mut(LB_BACKEND_FLOWS_MAP)?)
                 .map_err(map_error(LB_BACKEND_FLOWS_MAP))?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, error)| {
-            map_error(LB_BACKEND_FLOWS_MAP)(MapError::IoError(error))
-        })?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, error)| map_error(LB_BACKEND_FLOWS_MAP)(MapError::IoError(error)))?;
         let zeros = PerCpuValues::try_from(vec![0u64; cpus])
             .map_err(|error| map_error(LB_BACKEND_FLOWS_MAP)(MapError::IoError(error)))?;
         flows
@@ -624,9 +623,7 @@ impl State {
                         } else {
                             "draining".into()
                         },
-                        connections: flows
-                            .get(&id, 0)
-                            .map_or(0, |per_cpu| per_cpu.iter().sum()),
+                        connections: flows.get(&id, 0).map_or(0, |per_cpu| per_cpu.iter().sum()),
                     })
                 })
                 .collect();

@@ -28,8 +28,8 @@ use aya_ebpf::{
 };
 use netagent_common::{
     lb_flow_hash, LbBackend, LbCtKey, LbCtValue, LbMaglevTable, LbRevKey, LbRevValue, LbService,
-    LbServiceKey, LB_BACKENDS_CAPACITY, LB_CT_CAPACITY, LB_SERVICES_CAPACITY, LB_SERVICE_NO_BACKENDS,
-    LB_TABLE_SLOTS,
+    LbServiceKey, LB_BACKENDS_CAPACITY, LB_CT_CAPACITY, LB_SERVICES_CAPACITY,
+    LB_SERVICE_NO_BACKENDS, LB_TABLE_SLOTS,
 };
 
 #[map]

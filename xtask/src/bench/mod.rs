@@ -3,14 +3,17 @@
 
 mod converge;
 mod dns;
+mod kube_proxy;
+mod lb;
 mod overlay;
 mod report;
+mod tcp_load;
 
 use anyhow::{bail, Result};
 
 use crate::{setup, workspace};
 
-const BENCHMARKS: &[&str] = &["overlay", "converge", "dns"];
+const BENCHMARKS: &[&str] = &["overlay", "converge", "dns", "lb"];
 
 pub fn run(name: &str, args: &[String]) -> Result<()> {
     if !BENCHMARKS.contains(&name) {
@@ -23,13 +26,11 @@ pub fn run(name: &str, args: &[String]) -> Result<()> {
     workspace::require_root("cargo xtask bench")?;
     // Benchmarks measure the release build.
     workspace::cargo(&["build", "--release", "-p", "netagent", "--bins"])?;
-    std::env::set_var(
-        "NETAGENT_BIN_DIR",
-        workspace::root().join("target").join("release"),
-    );
+    std::env::set_var("NETAGENT_BIN_DIR", workspace::target_dir().join("release"));
     match name {
         "overlay" => overlay::run(args),
         "dns" => dns::run(args),
+        "lb" => lb::run(args),
         _ => converge::run(args),
     }
 }

@@ -14,7 +14,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr, path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context, Result};
 use netagent::{
-    lb::{maps::MapSizes, LoadBalancer, Seen},
+    lb::{maps::MapSizes, plan, LoadBalancer, Seen},
     model::{Endpoint, EndpointMode, Service, ServiceVip},
 };
 
@@ -128,7 +128,12 @@ fn main() -> Result<()> {
         ..Endpoint::new("extra", NETWORK, NETWORK_ID, NODE, args.extra)
     };
     let mut change_ms = Vec::new();
+    let mut plan_ms = Vec::new();
     for _ in 0..args.changes {
+        // The pure planning alone, for comparison: its share of a pass.
+        let start = Instant::now();
+        std::hint::black_box(plan::desired(&services, &endpoints));
+        plan_ms.push(ms(start));
         endpoints.push(extra.clone());
         let start = Instant::now();
         lb.sync(&services, &endpoints, &seen)?;
@@ -145,6 +150,7 @@ fn main() -> Result<()> {
             "load_ms": load_ms,
             "program_ms": program_ms,
             "change_ms": change_ms,
+            "plan_ms": plan_ms,
         })
     );
     Ok(())

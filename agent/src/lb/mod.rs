@@ -30,6 +30,8 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use std::collections::HashMap as StdHashMap;
+
 use aya::maps::{Array, HashMap, MapError, PerCpuArray, PerCpuValues};
 use netagent_common::{
     LbBackend, LbMaglevTable, LbService, LbServiceKey, LB_BACKENDS_MAP, LB_BACKEND_ACTIVE,
@@ -141,7 +143,7 @@ struct State {
     /// Backends of each VIP, active or draining.
     members: BTreeMap<Ipv4Addr, Vec<plan::Backend>>,
     /// What LB_BACKENDS holds: ip -> (id, flags).
-    backends: BTreeMap<Ipv4Addr, (u32, u32)>,
+    backends: StdHashMap<Ipv4Addr, (u32, u32)>,
     /// The node of each backend, as last seen (unknown after a restart).
     nodes: BTreeMap<Ipv4Addr, String>,
     /// Maglev slots no service uses, least recently freed first.
@@ -193,7 +195,7 @@ impl LoadBalancer {
         let backends: HashMap<_, u32, LbBackend> =
             HashMap::try_from(datapath.map_mut(LB_BACKENDS_MAP)?)
                 .map_err(map_error(LB_BACKENDS_MAP))?;
-        let backends: BTreeMap<Ipv4Addr, (u32, u32)> = backends
+        let backends: StdHashMap<Ipv4Addr, (u32, u32)> = backends
             .iter()
             .filter_map(Result::ok)
             .map(|(id, b)| (Ipv4Addr::from(b.ip.to_ne_bytes()), (id, b.flags)))
@@ -321,7 +323,7 @@ impl State {
         seen: &Seen<'_>,
     ) -> Result<(), LbError> {
         // 1. Backends: every one any VIP needs, with its current state.
-        let mut wanted: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
+        let mut wanted: StdHashMap<Ipv4Addr, u32> = StdHashMap::with_capacity(self.backends.len());
         for vip in desired.values() {
             for b in &vip.backends {
                 let flags = if b.active {
@@ -335,9 +337,12 @@ impl State {
                 }
             }
         }
-        for (&ip, &(_, flags)) in &self.backends {
-            if !wanted.contains_key(&ip) && !self.gone(ip, seen) {
-                wanted.insert(ip, flags);
+        // (Settled, every backend the view does not mention is gone.)
+        if !seen.settled {
+            for (&ip, &(_, flags)) in &self.backends {
+                if !wanted.contains_key(&ip) && !self.gone(ip, seen) {
+                    wanted.insert(ip, flags);
+                }
             }
         }
         for (&ip, &flags) in &wanted {
@@ -348,11 +353,26 @@ impl State {
             }
         }
         // 2 and 3. Tables, then the service entries.
+        let mut new_members = Vec::new();
         for (&addr, vip) in desired {
-            let mut active = vip.active();
             if self.members.get(&addr) != Some(&vip.backends) {
                 self.members.insert(addr, vip.backends.clone());
+                new_members.push(addr);
             }
+            // Settled, the table is exactly the active backends: most VIPs
+            // are unchanged, found so without allocating. (A VIP has a
+            // table only once its service entry is written.)
+            if seen.settled {
+                let active = vip.backends.iter().filter(|b| b.active).map(|b| b.ip);
+                if self
+                    .tables
+                    .get(&addr)
+                    .is_some_and(|current| current.iter().copied().eq(active))
+                {
+                    continue;
+                }
+            }
+            let mut active = vip.active();
             // Keep the backends the view does not mention but that may just
             // not have been heard from yet.
             if let Some(current) = self.tables.get(&addr) {
@@ -377,8 +397,9 @@ impl State {
             self.program_vip(addr, &active)?;
             self.tables.insert(addr, active);
         }
-        for vip in desired.values() {
-            for b in &vip.backends {
+        // Nodes change only with a VIP's members.
+        for addr in new_members {
+            for b in desired.get(&addr).map_or(&[][..], |vip| &vip.backends) {
                 if self.nodes.get(&b.ip) != Some(&b.node) {
                     self.nodes.insert(b.ip, b.node.clone());
                 }
@@ -387,12 +408,11 @@ impl State {
         // 4. VIPs that went (the services come from the managers, whole;
         // still, none goes before the view settles), then backends nothing
         // uses any more.
-        let gone: Vec<Ipv4Addr> = self
-            .services
-            .keys()
-            .filter(|vip| seen.settled && !desired.contains_key(vip))
-            .copied()
-            .collect();
+        let gone = if seen.settled {
+            missing_from(&self.services, desired)
+        } else {
+            Vec::new()
+        };
         for vip in gone {
             let mut services = self.services_map()?;
             match services.remove(&key(vip)) {
@@ -639,6 +659,18 @@ impl State {
     }
 }
 
+/// The keys of `have` that `want` lacks, in one pass over both (sorted).
+fn missing_from<V, W>(have: &BTreeMap<Ipv4Addr, V>, want: &BTreeMap<Ipv4Addr, W>) -> Vec<Ipv4Addr> {
+    let mut want = want.keys().peekable();
+    have.keys()
+        .filter(|&key| {
+            while want.next_if(|w| *w < key).is_some() {}
+            want.peek() != Some(&key)
+        })
+        .copied()
+        .collect()
+}
+
 /// Whether the service entry points at a table of its own (it has active
 /// backends).
 fn has_table(service: &LbService) -> bool {
@@ -654,4 +686,22 @@ fn key(vip: Ipv4Addr) -> LbServiceKey {
 /// Logs a failed sync; the next reconcile pass tries again.
 pub fn log_sync_error(error: &LbError) {
     warn!(%error, "cannot program the load balancer; retrying on the next pass");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_from_finds_the_keys_the_other_map_lacks() {
+        let ip = |n: u8| Ipv4Addr::new(10, 0, 0, n);
+        let have: BTreeMap<Ipv4Addr, ()> = [1, 2, 4, 7, 9].map(|n| (ip(n), ())).into();
+        let want: BTreeMap<Ipv4Addr, ()> = [0, 2, 3, 7, 8].map(|n| (ip(n), ())).into();
+        assert_eq!(missing_from(&have, &want), vec![ip(1), ip(4), ip(9)]);
+        assert_eq!(
+            missing_from(&have, &BTreeMap::<Ipv4Addr, ()>::new()).len(),
+            5
+        );
+        assert!(missing_from(&BTreeMap::<Ipv4Addr, ()>::new(), &want).is_empty());
+    }
 }

@@ -3,13 +3,14 @@
 //! the gossip view. Pure, so that it is tested without a kernel.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Endpoint, EndpointMode, Health, Service};
+use crate::model::{Endpoint, EndpointMode, Health, Service, ServiceVip};
 
 /// One backend of one VIP.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -45,12 +46,14 @@ impl Vip {
 /// copies); a task counts once. Linear in services plus endpoints: the
 /// endpoints are grouped by network and service first.
 pub fn desired(services: &[Service], endpoints: &[Endpoint]) -> BTreeMap<Ipv4Addr, Vip> {
-    // (network id, service as the endpoint names it, lower-cased) -> tasks.
-    let mut tasks: HashMap<(&str, String), Vec<&Endpoint>> = HashMap::new();
+    // network id -> service as the endpoint names it, lower-cased -> tasks.
+    let mut tasks: HashMap<&str, HashMap<Cow<'_, str>, Vec<&Endpoint>>> = HashMap::new();
     for e in endpoints {
         if let Some(service) = &e.service {
             tasks
-                .entry((e.network_id.as_str(), service.to_ascii_lowercase()))
+                .entry(e.network_id.as_str())
+                .or_default()
+                .entry(lower(service))
                 .or_default()
                 .push(e);
         }
@@ -60,48 +63,65 @@ pub fn desired(services: &[Service], endpoints: &[Endpoint]) -> BTreeMap<Ipv4Add
         if service.endpoint_mode != EndpointMode::Vip {
             continue;
         }
-        let name = service.name.to_ascii_lowercase();
-        let id = service.id.to_ascii_lowercase();
+        let name = lower(&service.name);
+        let id = lower(&service.id);
         for vip in &service.vips {
-            let network = vip.network_id.as_str();
+            let Some(network) = tasks.get(vip.network_id.as_str()) else {
+                vips.insert(vip.addr, Vip::of(service, vip, Vec::new()));
+                continue;
+            };
             // By name (any case), or by id (exactly).
-            let by_name = tasks.get(&(network, name.clone())).into_iter().flatten();
-            let by_id = tasks
-                .get(&(network, id.clone()))
+            let by_name = network.get(&name).into_iter().flatten();
+            let by_id = network
+                .get(&id)
                 .filter(|_| id != name)
                 .into_iter()
                 .flatten()
                 .filter(|e| e.service.as_deref() == Some(service.id.as_str()));
-            let mut seen = BTreeSet::new();
-            let mut backends: Vec<Backend> = by_name
-                .chain(by_id)
-                .filter(|e| seen.insert(e.id.as_str()))
-                .map(|e| Backend {
+            let mut seen: Vec<&str> = Vec::new();
+            let mut backends: Vec<Backend> = Vec::new();
+            for e in by_name.chain(by_id) {
+                if seen.contains(&e.id.as_str()) {
+                    continue;
+                }
+                seen.push(&e.id);
+                backends.push(Backend {
                     ip: e.ip,
                     node: e.node.clone(),
                     active: e.health == Health::Healthy,
-                })
-                .collect();
+                });
+            }
             backends.sort();
             backends.dedup_by(|a, b| a.ip == b.ip);
-            vips.insert(
-                vip.addr,
-                Vip {
-                    service: service.name.clone(),
-                    network_id: vip.network_id.clone(),
-                    addr: vip.addr,
-                    backends,
-                },
-            );
+            vips.insert(vip.addr, Vip::of(service, vip, backends));
         }
     }
     vips
 }
 
+/// `text` in lower case, copied only when it has upper-case letters.
+fn lower(text: &str) -> Cow<'_, str> {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(text.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+impl Vip {
+    fn of(service: &Service, vip: &ServiceVip, backends: Vec<Backend>) -> Self {
+        Vip {
+            service: service.name.clone(),
+            network_id: vip.network_id.clone(),
+            addr: vip.addr,
+            backends,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ServiceVip;
 
     fn endpoint(
         id: &str,

@@ -94,8 +94,7 @@ impl LbFileConfig {
         };
         let services = nonzero(self.services, defaults.services, "services")?;
         let table_size = nonzero(self.table_size, defaults.table_size, "table_size")?;
-        if table_size < 3
-            || table_size > netagent_common::LB_TABLE_SIZE
+        if !(3..=netagent_common::LB_TABLE_SIZE).contains(&table_size)
             || !crate::lb::maglev::is_prime(table_size)
         {
             return Err(ConfigError::LbTableSize(table_size));

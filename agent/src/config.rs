@@ -42,7 +42,11 @@ pub enum ConfigError {
     AdvertiseAddr(String),
     #[error("upstream DNS server {0:?} is not an IP address or IP:port")]
     UpstreamDns(String),
-    #[error("lb.table_size {0} is not a prime of at least 3: try 1021, 4099 or 16381")]
+    #[error(
+        "lb.table_size {0} is not a prime between 3 and {max} (the size of a stored table): \
+         try 1021, 509 or 251",
+        max = netagent_common::LB_TABLE_SIZE
+    )]
     LbTableSize(u32),
     #[error("lb.{0} must be at least 1")]
     LbZero(&'static str),
@@ -90,7 +94,9 @@ impl LbFileConfig {
         };
         let services = nonzero(self.services, defaults.services, "services")?;
         let table_size = nonzero(self.table_size, defaults.table_size, "table_size")?;
-        if table_size < 3 || !crate::lb::maglev::is_prime(table_size) {
+        if !(3..=netagent_common::LB_TABLE_SIZE).contains(&table_size)
+            || !crate::lb::maglev::is_prime(table_size)
+        {
             return Err(ConfigError::LbTableSize(table_size));
         }
         Ok(MapSizes {
@@ -229,15 +235,21 @@ mod tests {
             LbFileConfig::default().sizes().unwrap(),
             MapSizes::default()
         );
-        let file: FileConfig = toml::from_str("[lb]\nservices = 100\ntable_size = 4099\n").unwrap();
+        let file: FileConfig = toml::from_str("[lb]\nservices = 100\ntable_size = 509\n").unwrap();
         let sizes = file.lb.unwrap().sizes().unwrap();
-        assert_eq!((sizes.services, sizes.table_size), (100, 4099));
+        assert_eq!((sizes.services, sizes.table_size), (100, 509));
         assert!(sizes.table_slots > 100);
         let bad = LbFileConfig {
             table_size: Some(1000),
             ..Default::default()
         };
         assert!(matches!(bad.sizes(), Err(ConfigError::LbTableSize(1000))));
+        // Larger than a stored table.
+        let big = LbFileConfig {
+            table_size: Some(4099),
+            ..Default::default()
+        };
+        assert!(matches!(big.sizes(), Err(ConfigError::LbTableSize(4099))));
         let zero = LbFileConfig {
             backends: Some(0),
             ..Default::default()

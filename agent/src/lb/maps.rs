@@ -1,26 +1,31 @@
 //! Sizes of the load balancer's maps, set when the object is loaded.
 //!
 //! Layout (see `netagent_common`): LB_SERVICES (hash, VIP -> service),
-//! LB_BACKENDS (hash, id -> backend), LB_MAGLEV (one array holding
-//! `table_slots` Maglev tables of `table_size` backend ids each: a service's
-//! table starts at `table_slot * table_size`), LB_CT and LB_REV_CT (LRU
-//! hashes). One flat array rather than an array of maps: aya-ebpf 0.2 has no
-//! map-in-map, a flat array is a single bounds-checked lookup for the
-//! verifier, and a pinned array survives a restart as one object.
+//! LB_BACKENDS (hash, id -> backend), LB_MAGLEV (an array of `table_slots`
+//! entries, each a whole Maglev table of `LB_TABLE_SIZE` backend ids:
+//! writing a service's table is one map update, so programming N services
+//! costs N table writes rather than N * 1021), LB_BACKEND_FLOWS (array, id
+//! -> new flows), LB_CT and LB_REV_CT (LRU hashes). An array of whole tables
+//! rather than an array of maps: aya-ebpf 0.2 has no map-in-map, an array
+//! lookup is one bounds-checked access for the verifier, and a pinned array
+//! survives a restart as one object.
 //!
-//! Memory: LB_MAGLEV takes `table_slots * table_size * 4` bytes, 42 MB with
-//! the defaults (10,250 tables of 1021). 1021 keeps the spread within a few
-//! percent up to about 20 backends per VIP; services with more backends want
-//! a bigger prime (4099: 168 MB at 10,250 tables, so fewer tables). The
-//! `[lb]` section of the config file sets the sizes (`config::LbFileConfig`).
+//! Memory: LB_MAGLEV takes `table_slots * 4088` bytes (a 4084-byte value
+//! rounded up to 8), 42 MB with the defaults (10,250 tables of 1021).
+//! 1021 keeps the spread within a few percent up to about 20 backends per
+//! VIP; the stored size is fixed at build time (it is the map's value
+//! size), and `table_size` may only pick a smaller prime. LB_BACKEND_FLOWS
+//! is per CPU (no atomic add on the new-flow path): 8 bytes per backend id
+//! per possible CPU, 1.6 MB on 2 CPUs, 51 MB on 64. The `[lb]` section of
+//! the config file sets the sizes (`config::LbFileConfig`).
 //!
 //! The sizes of pinned maps are fixed when they are first created: changing
 //! them needs the pins removed (which drops open flows).
 
 use aya::EbpfLoader;
 use netagent_common::{
-    LB_BACKENDS_CAPACITY, LB_BACKENDS_MAP, LB_CT_CAPACITY, LB_CT_MAP, LB_MAGLEV_MAP, LB_REV_CT_MAP,
-    LB_SERVICES_CAPACITY, LB_SERVICES_MAP, LB_TABLE_SIZE,
+    LB_BACKENDS_CAPACITY, LB_BACKENDS_MAP, LB_BACKEND_FLOWS_MAP, LB_CT_CAPACITY, LB_CT_MAP,
+    LB_MAGLEV_MAP, LB_REV_CT_MAP, LB_SERVICES_CAPACITY, LB_SERVICES_MAP, LB_TABLE_SIZE,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,7 +34,7 @@ pub struct MapSizes {
     /// Maglev tables: at least `services`; the spares let an update write a
     /// fresh table before the service switches to it.
     pub table_slots: u32,
-    /// Entries per Maglev table, a prime.
+    /// Entries per Maglev table in use, a prime of at most `LB_TABLE_SIZE`.
     pub table_size: u32,
     pub backends: u32,
     pub conntrack: u32,
@@ -60,10 +65,9 @@ impl MapSizes {
         loader
             .map_max_entries(LB_SERVICES_MAP, self.services)
             .map_max_entries(LB_BACKENDS_MAP, self.backends)
-            .map_max_entries(
-                LB_MAGLEV_MAP,
-                self.table_slots.saturating_mul(self.table_size),
-            )
+            .map_max_entries(LB_MAGLEV_MAP, self.table_slots)
+            // Backend ids run from 1 to `backends`.
+            .map_max_entries(LB_BACKEND_FLOWS_MAP, self.backends.saturating_add(1))
             .map_max_entries(LB_CT_MAP, self.conntrack)
             .map_max_entries(LB_REV_CT_MAP, self.conntrack);
     }

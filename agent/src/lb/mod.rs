@@ -7,26 +7,36 @@
 //! host-side veth inside its sandbox.
 //!
 //! Update order, so that the datapath never sees a half-written service:
-//! backends first, then a fresh Maglev table in a spare slot, then the
-//! service entry flips to it (one map update), then the old slot and removed
-//! backends are freed. Flows already open keep their backend through the
+//! backends first, then a fresh Maglev table in a spare slot (one map
+//! update: an LB_MAGLEV entry is a whole table), then the service entry
+//! flips to it (one map update), then the old slot and removed backends are
+//! freed. Freed slots and ids are reused last (first in, first out), so a
+//! packet that read the old service entry just before the flip still finds
+//! that entry's table. Flows already open keep their backend through the
 //! conntrack map, whatever the table says.
+//!
+//! Cost: programming N services is N table writes plus the service and
+//! backend entries; a change to one service rewrites its table, its entry
+//! and the changed backends only.
 
 pub mod maglev;
 pub mod maps;
 pub mod plan;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     net::Ipv4Addr,
     path::Path,
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use aya::maps::{Array, HashMap, MapError};
+use std::collections::HashMap as StdHashMap;
+
+use aya::maps::{Array, HashMap, MapError, PerCpuArray, PerCpuValues};
 use netagent_common::{
-    LbBackend, LbService, LbServiceKey, LB_BACKENDS_MAP, LB_BACKEND_ACTIVE, LB_BACKEND_DRAINING,
-    LB_EGRESS_PROG, LB_INGRESS_PROG, LB_MAGLEV_MAP, LB_SERVICES_MAP, LB_SERVICE_NO_BACKENDS,
+    LbBackend, LbMaglevTable, LbService, LbServiceKey, LB_BACKENDS_MAP, LB_BACKEND_ACTIVE,
+    LB_BACKEND_DRAINING, LB_BACKEND_FLOWS_MAP, LB_EGRESS_PROG, LB_INGRESS_PROG, LB_MAGLEV_MAP,
+    LB_SERVICES_MAP, LB_SERVICE_NO_BACKENDS,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
@@ -66,6 +76,12 @@ pub enum LbError {
          restore the [lb] sizes, or remove the pinned LB_* maps (drops open flows)"
     )]
     PinnedSize { pinned: u32, configured: u32 },
+    #[error(
+        "the pinned Maglev map holds {pinned}-byte entries, this agent stores whole tables of \
+         {expected} bytes (an older agent's layout): remove the pinned LB_* maps under \
+         <bpffs>/maps and restart (drops open flows through VIPs)"
+    )]
+    PinnedLayout { pinned: u32, expected: u32 },
     #[error("cannot attach the load balancer in {}: {source}", netns.display())]
     Netns {
         netns: std::path::PathBuf,
@@ -93,6 +109,9 @@ pub struct BackendState {
     pub ip: Ipv4Addr,
     /// `active` or `draining`.
     pub state: String,
+    /// New flows this node's clients opened to it (since it became a
+    /// backend here, or since the maps were created).
+    pub connections: u64,
 }
 
 /// A VIP as the datapath sees it.
@@ -124,9 +143,14 @@ struct State {
     /// Backends of each VIP, active or draining.
     members: BTreeMap<Ipv4Addr, Vec<plan::Backend>>,
     /// What LB_BACKENDS holds: ip -> (id, flags).
-    backends: BTreeMap<Ipv4Addr, (u32, u32)>,
+    backends: StdHashMap<Ipv4Addr, (u32, u32)>,
     /// The node of each backend, as last seen (unknown after a restart).
     nodes: BTreeMap<Ipv4Addr, String>,
+    /// Maglev slots no service uses, least recently freed first.
+    free_slots: VecDeque<u32>,
+    /// Backend ids nothing uses, least recently freed first.
+    free_ids: VecDeque<u32>,
+    next_service_id: u32,
 }
 
 pub struct LoadBalancer {
@@ -141,17 +165,22 @@ impl LoadBalancer {
     /// first run) and adopts what an earlier run programmed.
     pub fn load(bpffs: &Path, sizes: maps::MapSizes) -> Result<Self, LbError> {
         let mut datapath = Datapath::load(bpffs, &sizes)?;
-        // Pinned maps keep the sizes they were created with.
+        // Pinned maps keep the layout and sizes they were created with (aya
+        // adopts a pin without comparing them): check before anything is
+        // written or attached.
         if let aya::maps::Map::Array(maglev) = datapath.map(LB_MAGLEV_MAP)? {
-            let entries = maglev
-                .info()
-                .map_err(map_error(LB_MAGLEV_MAP))?
-                .max_entries();
-            let configured = sizes.table_slots.saturating_mul(sizes.table_size);
-            if entries != configured {
+            let info = maglev.info().map_err(map_error(LB_MAGLEV_MAP))?;
+            let expected = std::mem::size_of::<LbMaglevTable>() as u32;
+            if info.value_size() != expected {
+                return Err(LbError::PinnedLayout {
+                    pinned: info.value_size(),
+                    expected,
+                });
+            }
+            if info.max_entries() != sizes.table_slots {
                 return Err(LbError::PinnedSize {
-                    pinned: entries,
-                    configured,
+                    pinned: info.max_entries(),
+                    configured: sizes.table_slots,
                 });
             }
         }
@@ -166,7 +195,7 @@ impl LoadBalancer {
         let backends: HashMap<_, u32, LbBackend> =
             HashMap::try_from(datapath.map_mut(LB_BACKENDS_MAP)?)
                 .map_err(map_error(LB_BACKENDS_MAP))?;
-        let backends: BTreeMap<Ipv4Addr, (u32, u32)> = backends
+        let backends: StdHashMap<Ipv4Addr, (u32, u32)> = backends
             .iter()
             .filter_map(Result::ok)
             .map(|(id, b)| (Ipv4Addr::from(b.ip.to_ne_bytes()), (id, b.flags)))
@@ -176,9 +205,23 @@ impl LoadBalancer {
             backends = backends.len(),
             "load balancer maps opened"
         );
+        let used_slots: BTreeSet<u32> = services
+            .values()
+            .filter(|s| has_table(s))
+            .map(|s| s.table_slot)
+            .collect();
+        let used_ids: BTreeSet<u32> = backends.values().map(|&(id, _)| id).collect();
         Ok(Self {
             state: Arc::new(Mutex::new(State {
                 datapath,
+                // Id 0 stays unused: a zeroed table entry means "no backend".
+                free_ids: (1..=sizes.backends)
+                    .filter(|id| !used_ids.contains(id))
+                    .collect(),
+                free_slots: (0..sizes.table_slots)
+                    .filter(|slot| !used_slots.contains(slot))
+                    .collect(),
+                next_service_id: services.values().map(|s| s.id).max().unwrap_or(0) + 1,
                 sizes,
                 services,
                 tables: BTreeMap::new(),
@@ -293,7 +336,7 @@ impl State {
         seen: &Seen<'_>,
     ) -> Result<(), LbError> {
         // 1. Backends: every one any VIP needs, with its current state.
-        let mut wanted: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
+        let mut wanted: StdHashMap<Ipv4Addr, u32> = StdHashMap::with_capacity(self.backends.len());
         for vip in desired.values() {
             for b in &vip.backends {
                 let flags = if b.active {
@@ -307,24 +350,42 @@ impl State {
                 }
             }
         }
-        for (&ip, &(_, flags)) in &self.backends {
-            if !wanted.contains_key(&ip) && !self.gone(ip, seen) {
-                wanted.insert(ip, flags);
+        // (Settled, every backend the view does not mention is gone.)
+        if !seen.settled {
+            for (&ip, &(_, flags)) in &self.backends {
+                if !wanted.contains_key(&ip) && !self.gone(ip, seen) {
+                    wanted.insert(ip, flags);
+                }
             }
         }
         for (&ip, &flags) in &wanted {
-            let id = match self.backends.get(&ip) {
-                Some(&(_, old)) if old == flags => continue,
-                Some(&(id, _)) => id,
-                None => self.free_backend_id()?,
-            };
-            self.put_backend(id, ip, flags)?;
-            self.backends.insert(ip, (id, flags));
+            match self.backends.get(&ip) {
+                Some(&(_, old)) if old == flags => {}
+                Some(&(id, _)) => self.put_backend(id, ip, flags)?,
+                None => self.add_backend(ip, flags)?,
+            }
         }
         // 2 and 3. Tables, then the service entries.
+        let mut new_members = Vec::new();
         for (&addr, vip) in desired {
+            if self.members.get(&addr) != Some(&vip.backends) {
+                self.members.insert(addr, vip.backends.clone());
+                new_members.push(addr);
+            }
+            // Settled, the table is exactly the active backends: most VIPs
+            // are unchanged, found so without allocating. (A VIP has a
+            // table only once its service entry is written.)
+            if seen.settled {
+                let active = vip.backends.iter().filter(|b| b.active).map(|b| b.ip);
+                if self
+                    .tables
+                    .get(&addr)
+                    .is_some_and(|current| current.iter().copied().eq(active))
+                {
+                    continue;
+                }
+            }
             let mut active = vip.active();
-            self.members.insert(addr, vip.backends.clone());
             // Keep the backends the view does not mention but that may just
             // not have been heard from yet.
             if let Some(current) = self.tables.get(&addr) {
@@ -349,27 +410,31 @@ impl State {
             self.program_vip(addr, &active)?;
             self.tables.insert(addr, active);
         }
-        for vip in desired.values() {
-            for b in &vip.backends {
-                self.nodes.insert(b.ip, b.node.clone());
+        // Nodes change only with a VIP's members.
+        for addr in new_members {
+            for b in desired.get(&addr).map_or(&[][..], |vip| &vip.backends) {
+                if self.nodes.get(&b.ip) != Some(&b.node) {
+                    self.nodes.insert(b.ip, b.node.clone());
+                }
             }
         }
         // 4. VIPs that went (the services come from the managers, whole;
         // still, none goes before the view settles), then backends nothing
         // uses any more.
-        let gone: Vec<Ipv4Addr> = self
-            .services
-            .keys()
-            .filter(|vip| seen.settled && !desired.contains_key(vip))
-            .copied()
-            .collect();
+        let gone = if seen.settled {
+            missing_from(&self.services, desired)
+        } else {
+            Vec::new()
+        };
         for vip in gone {
             let mut services = self.services_map()?;
             match services.remove(&key(vip)) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(error) => return Err(map_error(LB_SERVICES_MAP)(error)),
             }
-            self.services.remove(&vip);
+            if let Some(service) = self.services.remove(&vip) {
+                self.free_slot(&service);
+            }
             self.tables.remove(&vip);
             self.members.remove(&vip);
             info!(%vip, "VIP removed from the load balancer");
@@ -388,53 +453,55 @@ impl State {
             }
             self.backends.remove(&ip);
             self.nodes.remove(&ip);
+            self.free_ids.push_back(id);
             debug!(%ip, id, "backend removed");
         }
         Ok(())
     }
 
-    /// Writes a fresh table for `vip` into a spare slot, then flips the
-    /// service entry to it.
+    /// Writes a fresh table for `vip` into a spare slot (one map update),
+    /// then flips the service entry to it and frees the old slot.
     fn program_vip(&mut self, vip: Ipv4Addr, active: &[Ipv4Addr]) -> Result<(), LbError> {
         let size = self.sizes.table_size;
         let old = self.services.get(&vip).copied();
+        let id = match old {
+            Some(old) => old.id,
+            None => {
+                self.next_service_id += 1;
+                self.next_service_id - 1
+            }
+        };
         let value = if active.is_empty() {
             LbService {
-                id: old.map_or_else(|| self.next_service_id(), |o| o.id),
+                id,
                 table_slot: old.map_or(0, |o| o.table_slot),
                 table_size: size,
                 backends: 0,
                 flags: LB_SERVICE_NO_BACKENDS,
             }
         } else {
-            let slot = match self.free_slot() {
-                Some(slot) => slot,
+            let table = self.table_of(active)?;
+            let slot = match self.free_slots.pop_front() {
+                Some(slot) => {
+                    if let Err(error) = self.write_table(slot, &table) {
+                        self.free_slots.push_front(slot);
+                        return Err(error);
+                    }
+                    slot
+                }
                 // No spare: rewrite in place. Every entry stays a valid
                 // backend throughout, old or new.
-                None => old
-                    .filter(|o| o.flags & LB_SERVICE_NO_BACKENDS == 0)
-                    .map(|o| o.table_slot)
-                    .ok_or(LbError::NoTable)?,
+                None => {
+                    let slot = old
+                        .filter(has_table)
+                        .map(|o| o.table_slot)
+                        .ok_or(LbError::NoTable)?;
+                    self.write_table(slot, &table)?;
+                    slot
+                }
             };
-            let keys: Vec<[u8; 4]> = active.iter().map(|ip| ip.octets()).collect();
-            let table = maglev::table(&keys, size)?;
-            let ids: Vec<u32> = table
-                .iter()
-                .map(|&i| {
-                    let ip = Ipv4Addr::from(keys[i as usize]);
-                    self.backends.get(&ip).map_or(0, |&(id, _)| id)
-                })
-                .collect();
-            let mut array: Array<_, u32> = Array::try_from(self.datapath.map_mut(LB_MAGLEV_MAP)?)
-                .map_err(map_error(LB_MAGLEV_MAP))?;
-            let base = slot * size;
-            for (i, id) in ids.iter().enumerate() {
-                array
-                    .set(base + i as u32, id, 0)
-                    .map_err(map_error(LB_MAGLEV_MAP))?;
-            }
             LbService {
-                id: old.map_or_else(|| self.next_service_id(), |o| o.id),
+                id,
                 table_slot: slot,
                 table_size: size,
                 backends: active.len() as u32,
@@ -442,34 +509,62 @@ impl State {
             }
         };
         let mut services = self.services_map()?;
-        services
-            .insert(key(vip), value, 0)
-            .map_err(map_error(LB_SERVICES_MAP))?;
+        if let Err(error) = services.insert(key(vip), value, 0) {
+            if has_table(&value) && old.is_none_or(|o| o.table_slot != value.table_slot) {
+                self.free_slots.push_front(value.table_slot);
+            }
+            return Err(map_error(LB_SERVICES_MAP)(error));
+        }
         self.services.insert(vip, value);
-        info!(%vip, backends = active.len(), slot = value.table_slot, "VIP programmed");
+        if let Some(old) = old.filter(|o| !has_table(&value) || o.table_slot != value.table_slot) {
+            self.free_slot(&old);
+        }
+        debug!(%vip, backends = active.len(), slot = value.table_slot, "VIP programmed");
         Ok(())
     }
 
-    fn free_slot(&self) -> Option<u32> {
-        let used: BTreeSet<u32> = self
-            .services
-            .values()
-            .filter(|s| s.flags & LB_SERVICE_NO_BACKENDS == 0)
-            .map(|s| s.table_slot)
-            .collect();
-        (0..self.sizes.table_slots).find(|slot| !used.contains(slot))
+    /// The Maglev table of backends `active` (which all have ids), as
+    /// stored: the first `table_size` entries hold backend ids.
+    fn table_of(&self, active: &[Ipv4Addr]) -> Result<LbMaglevTable, LbError> {
+        let keys: Vec<[u8; 4]> = active.iter().map(|ip| ip.octets()).collect();
+        let mut table = LbMaglevTable::default();
+        for (entry, &i) in table
+            .backends
+            .iter_mut()
+            .zip(maglev::table(&keys, self.sizes.table_size)?.iter())
+        {
+            let ip = Ipv4Addr::from(keys[i as usize]);
+            *entry = self.backends.get(&ip).map_or(0, |&(id, _)| id);
+        }
+        Ok(table)
     }
 
-    fn free_backend_id(&self) -> Result<u32, LbError> {
-        let used: BTreeSet<u32> = self.backends.values().map(|&(id, _)| id).collect();
-        // Id 0 stays unused: a zeroed table entry then means "no backend".
-        (1..=self.sizes.backends)
-            .find(|id| !used.contains(id))
-            .ok_or(LbError::NoBackendId)
+    fn write_table(&mut self, slot: u32, table: &LbMaglevTable) -> Result<(), LbError> {
+        let mut array: Array<_, LbMaglevTable> =
+            Array::try_from(self.datapath.map_mut(LB_MAGLEV_MAP)?)
+                .map_err(map_error(LB_MAGLEV_MAP))?;
+        array.set(slot, table, 0).map_err(map_error(LB_MAGLEV_MAP))
     }
 
-    fn next_service_id(&self) -> u32 {
-        self.services.values().map(|s| s.id).max().unwrap_or(0) + 1
+    /// Gives `service`'s table slot back, to be reused last.
+    fn free_slot(&mut self, service: &LbService) {
+        if has_table(service) {
+            self.free_slots.push_back(service.table_slot);
+        }
+    }
+
+    /// Gives backend `ip` a free id: its flow counter starts at zero, then
+    /// the backend entry is written.
+    fn add_backend(&mut self, ip: Ipv4Addr, flags: u32) -> Result<(), LbError> {
+        let id = self.free_ids.pop_front().ok_or(LbError::NoBackendId)?;
+        let written = self
+            .reset_flows(id)
+            .and_then(|()| self.put_backend(id, ip, flags));
+        if let Err(error) = written {
+            self.free_ids.push_front(id);
+            return Err(error);
+        }
+        Ok(())
     }
 
     fn put_backend(&mut self, id: u32, ip: Ipv4Addr, flags: u32) -> Result<(), LbError> {
@@ -481,8 +576,23 @@ impl State {
         backends
             .insert(id, value, 0)
             .map_err(map_error(LB_BACKENDS_MAP))?;
+        self.backends.insert(ip, (id, flags));
         debug!(%ip, id, flags, "backend written");
         Ok(())
+    }
+
+    /// Zeroes backend id `id`'s new-flow counter on every CPU.
+    fn reset_flows(&mut self, id: u32) -> Result<(), LbError> {
+        let mut flows: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.datapath.map_mut(LB_BACKEND_FLOWS_MAP)?)
+                .map_err(map_error(LB_BACKEND_FLOWS_MAP))?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, error)| map_error(LB_BACKEND_FLOWS_MAP)(MapError::IoError(error)))?;
+        let zeros = PerCpuValues::try_from(vec![0u64; cpus])
+            .map_err(|error| map_error(LB_BACKEND_FLOWS_MAP)(MapError::IoError(error)))?;
+        flows
+            .set(id, zeros, 0)
+            .map_err(map_error(LB_BACKEND_FLOWS_MAP))
     }
 
     fn services_map(
@@ -506,8 +616,11 @@ impl State {
         let backends: HashMap<_, u32, LbBackend> =
             HashMap::try_from(self.datapath.map(LB_BACKENDS_MAP)?)
                 .map_err(map_error(LB_BACKENDS_MAP))?;
-        let array: Array<_, u32> =
+        let tables: Array<_, LbMaglevTable> =
             Array::try_from(self.datapath.map(LB_MAGLEV_MAP)?).map_err(map_error(LB_MAGLEV_MAP))?;
+        let flows: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.datapath.map(LB_BACKEND_FLOWS_MAP)?)
+                .map_err(map_error(LB_BACKEND_FLOWS_MAP))?;
         let mut out = Vec::new();
         for &vip in vips {
             let service = match services.get(&key(vip), 0) {
@@ -516,12 +629,11 @@ impl State {
                 Err(error) => return Err(map_error(LB_SERVICES_MAP)(error)),
             };
             let mut shares: BTreeMap<u32, u32> = BTreeMap::new();
-            if service.flags & LB_SERVICE_NO_BACKENDS == 0 {
-                let base = service.table_slot * service.table_size;
-                for i in 0..service.table_size {
-                    let id = array
-                        .get(&(base + i), 0)
-                        .map_err(map_error(LB_MAGLEV_MAP))?;
+            if has_table(&service) {
+                let table = tables
+                    .get(&service.table_slot, 0)
+                    .map_err(map_error(LB_MAGLEV_MAP))?;
+                for &id in table.backends.iter().take(service.table_size as usize) {
                     *shares.entry(id).or_default() += 1;
                 }
             }
@@ -544,6 +656,7 @@ impl State {
                         } else {
                             "draining".into()
                         },
+                        connections: flows.get(&id, 0).map_or(0, |per_cpu| per_cpu.iter().sum()),
                     })
                 })
                 .collect();
@@ -559,6 +672,24 @@ impl State {
     }
 }
 
+/// The keys of `have` that `want` lacks, in one pass over both (sorted).
+fn missing_from<V, W>(have: &BTreeMap<Ipv4Addr, V>, want: &BTreeMap<Ipv4Addr, W>) -> Vec<Ipv4Addr> {
+    let mut want = want.keys().peekable();
+    have.keys()
+        .filter(|&key| {
+            while want.next_if(|w| *w < key).is_some() {}
+            want.peek() != Some(&key)
+        })
+        .copied()
+        .collect()
+}
+
+/// Whether the service entry points at a table of its own (it has active
+/// backends).
+fn has_table(service: &LbService) -> bool {
+    service.flags & LB_SERVICE_NO_BACKENDS == 0
+}
+
 fn key(vip: Ipv4Addr) -> LbServiceKey {
     LbServiceKey {
         vip: u32::from_ne_bytes(vip.octets()),
@@ -568,4 +699,22 @@ fn key(vip: Ipv4Addr) -> LbServiceKey {
 /// Logs a failed sync; the next reconcile pass tries again.
 pub fn log_sync_error(error: &LbError) {
     warn!(%error, "cannot program the load balancer; retrying on the next pass");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_from_finds_the_keys_the_other_map_lacks() {
+        let ip = |n: u8| Ipv4Addr::new(10, 0, 0, n);
+        let have: BTreeMap<Ipv4Addr, ()> = [1, 2, 4, 7, 9].map(|n| (ip(n), ())).into();
+        let want: BTreeMap<Ipv4Addr, ()> = [0, 2, 3, 7, 8].map(|n| (ip(n), ())).into();
+        assert_eq!(missing_from(&have, &want), vec![ip(1), ip(4), ip(9)]);
+        assert_eq!(
+            missing_from(&have, &BTreeMap::<Ipv4Addr, ()>::new()).len(),
+            5
+        );
+        assert!(missing_from(&BTreeMap::<Ipv4Addr, ()>::new(), &want).is_empty());
+    }
 }

@@ -52,16 +52,20 @@ pub const IF_COUNTERS_CAPACITY: u32 = 4096;
 // never swaps bytes, and the agent converts with `from_ne_bytes`.
 //
 // Lookup chain: LB_SERVICES[vip] -> {table_slot, table_size} ->
-// LB_MAGLEV[table_slot * table_size + hash % table_size] -> backend id ->
-// LB_BACKENDS[id] -> backend ip. New flows are then pinned in LB_CT, and
-// replies are translated back through LB_REV_CT.
+// LB_MAGLEV[table_slot].backends[hash % table_size] -> backend id ->
+// LB_BACKENDS[id] -> backend ip. New flows are then pinned in LB_CT (and
+// counted in LB_BACKEND_FLOWS[id]), and replies are translated back through
+// LB_REV_CT.
 
 /// Name of the map VIP -> service.
 pub const LB_SERVICES_MAP: &str = "LB_SERVICES";
 /// Name of the map backend id -> backend.
 pub const LB_BACKENDS_MAP: &str = "LB_BACKENDS";
-/// Name of the array holding every service's Maglev table, one after another.
+/// Name of the array of Maglev tables: one whole table per entry, so that
+/// the agent writes a service's table with one map update.
 pub const LB_MAGLEV_MAP: &str = "LB_MAGLEV";
+/// Name of the array of new-flow counters, indexed by backend id.
+pub const LB_BACKEND_FLOWS_MAP: &str = "LB_BACKEND_FLOWS";
 /// Name of the conntrack map (client flow -> backend).
 pub const LB_CT_MAP: &str = "LB_CT";
 /// Name of the reverse conntrack map (backend flow -> VIP).
@@ -76,7 +80,9 @@ pub const LB_SERVICES_CAPACITY: u32 = 10_000;
 /// Default number of Maglev tables: one per VIP plus spares, so that an
 /// update writes a fresh table and flips the service to it.
 pub const LB_TABLE_SLOTS: u32 = 10_250;
-/// Default Maglev table size (prime).
+/// Entries of one Maglev table as stored (a prime): the largest table size
+/// a service can use, fixed at build time because it is the size of
+/// LB_MAGLEV's value.
 pub const LB_TABLE_SIZE: u32 = 1021;
 /// Default number of backends.
 pub const LB_BACKENDS_CAPACITY: u32 = 100_000;
@@ -101,12 +107,29 @@ pub struct LbService {
     pub id: u32,
     /// Which Maglev table of LB_MAGLEV is this service's.
     pub table_slot: u32,
-    /// Entries in the table (a prime).
+    /// Entries of the table in use (a prime, at most LB_TABLE_SIZE).
     pub table_size: u32,
     /// Active backends in the table.
     pub backends: u32,
     /// LB_SERVICE_* bits.
     pub flags: u32,
+}
+
+/// Value of LB_MAGLEV: one service's Maglev table, the backend id of each
+/// slot. A service uses its first `LbService::table_size` entries; id 0 is
+/// no backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LbMaglevTable {
+    pub backends: [u32; LB_TABLE_SIZE as usize],
+}
+
+impl Default for LbMaglevTable {
+    fn default() -> Self {
+        Self {
+            backends: [0; LB_TABLE_SIZE as usize],
+        }
+    }
 }
 
 /// The backend takes new flows.
@@ -267,6 +290,7 @@ mod pod {
     unsafe impl aya::Pod for LbServiceKey {}
     unsafe impl aya::Pod for LbService {}
     unsafe impl aya::Pod for LbBackend {}
+    unsafe impl aya::Pod for LbMaglevTable {}
     unsafe impl aya::Pod for LbCtKey {}
     unsafe impl aya::Pod for LbCtValue {}
     unsafe impl aya::Pod for LbRevKey {}

@@ -23,13 +23,13 @@ use aya_ebpf::{
     },
     helpers::generated::{bpf_redirect, bpf_skb_change_tail},
     macros::{classifier, map},
-    maps::{Array, HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use netagent_common::{
-    lb_flow_hash, LbBackend, LbCtKey, LbCtValue, LbRevKey, LbRevValue, LbService, LbServiceKey,
-    LB_BACKENDS_CAPACITY, LB_CT_CAPACITY, LB_SERVICES_CAPACITY, LB_SERVICE_NO_BACKENDS,
-    LB_TABLE_SIZE, LB_TABLE_SLOTS,
+    lb_flow_hash, LbBackend, LbCtKey, LbCtValue, LbMaglevTable, LbRevKey, LbRevValue, LbService,
+    LbServiceKey, LB_BACKENDS_CAPACITY, LB_CT_CAPACITY, LB_SERVICES_CAPACITY,
+    LB_SERVICE_NO_BACKENDS, LB_TABLE_SLOTS,
 };
 
 use crate::trace::{self, tuple};
@@ -39,8 +39,15 @@ pub(crate) static LB_SERVICES: HashMap<LbServiceKey, LbService> =
     HashMap::pinned(LB_SERVICES_CAPACITY, 0);
 #[map]
 pub(crate) static LB_BACKENDS: HashMap<u32, LbBackend> = HashMap::pinned(LB_BACKENDS_CAPACITY, 0);
+/// One whole Maglev table per entry: the agent writes a table with one
+/// update, and a lookup is one bounds-checked array access.
 #[map]
-static LB_MAGLEV: Array<u32> = Array::pinned(LB_TABLE_SLOTS * LB_TABLE_SIZE, 0);
+static LB_MAGLEV: Array<LbMaglevTable> = Array::pinned(LB_TABLE_SLOTS, 0);
+/// New flows per backend id (ids start at 1), per CPU: no atomic add on
+/// the new-flow path (the BPF target has no atomic read-modify-write in
+/// Rust's core), no cache line shared between CPUs.
+#[map]
+static LB_BACKEND_FLOWS: PerCpuArray<u64> = PerCpuArray::pinned(LB_BACKENDS_CAPACITY + 1, 0);
 #[map]
 pub(crate) static LB_CT: LruHashMap<LbCtKey, LbCtValue> = LruHashMap::pinned(LB_CT_CAPACITY, 0);
 #[map]
@@ -245,6 +252,7 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
                 },
                 0,
             );
+            count_new_flow(backend_id);
             backend
         }
     };
@@ -267,6 +275,15 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
         );
     }
     Ok(TC_ACT_OK as i32)
+}
+
+/// Adds one to backend `id`'s new-flow counter.
+#[inline(always)]
+fn count_new_flow(id: u32) {
+    if let Some(count) = LB_BACKEND_FLOWS.get_ptr_mut(id) {
+        // SAFETY: this CPU's own slot, valid for the program's run.
+        unsafe { *count += 1 };
+    }
 }
 
 /// How many table slots a client that is itself a backend of the VIP
@@ -299,7 +316,7 @@ pub(crate) fn pick(service: &LbService, key: &LbCtKey) -> Option<(u32, u32)> {
     if size == 0 {
         return None;
     }
-    let base = service.table_slot.wrapping_mul(size);
+    let table = LB_MAGLEV.get(service.table_slot)?;
     let hash = lb_flow_hash(key);
     for probe in 0..HAIRPIN_PROBES {
         // Probe 0 is the flow's own slot; later probes jump to unrelated
@@ -309,7 +326,9 @@ pub(crate) fn pick(service: &LbService, key: &LbCtKey) -> Option<(u32, u32)> {
         } else {
             remix(hash.wrapping_add(probe.wrapping_mul(0x9e37_79b9))) % size
         };
-        let id = *LB_MAGLEV.get(base.wrapping_add(slot))?;
+        // The bounds check stays (size comes from a map): the verifier
+        // needs it.
+        let id = *table.backends.get(slot as usize)?;
         // SAFETY: copied out at once.
         let ip = unsafe { LB_BACKENDS.get(&id) }?.ip;
         if ip != key.client {

@@ -3,7 +3,7 @@
 //! client address (no SNAT).
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::{BufRead, Write},
     os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
@@ -259,6 +259,25 @@ fn datapath_backends(lab: &Lab) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The datapath's new-flow counters of `web` on `node`: ip -> connections.
+fn connections(lab: &Lab, node: &str) -> BTreeMap<String, u64> {
+    let service = lab
+        .netctl_json(node, &["service", "inspect", "web"])
+        .expect("inspect");
+    service["datapath"][0]["backends"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|b| {
+            (
+                b["ip"].as_str().unwrap_or_default().to_owned(),
+                b["connections"].as_u64().expect("connections"),
+            )
+        })
+        .collect()
+}
+
 /// The answers of `count` requests from `client` to vip:port.
 fn ask(
     lab: &Lab,
@@ -444,9 +463,10 @@ fn three_hundred_connections_from_a_fourth_node_spread_over_three_tasks() {
     require_root!();
     let mut lab = Lab::cluster_with_web(4).expect("cluster");
     let mut servers = Vec::new();
+    let mut task_ips = Vec::new();
     for n in 1..=3 {
         let name = format!("web.{n}");
-        let (container, _) = lab
+        let (container, endpoint) = lab
             .attach_container_with(
                 &format!("n{n}"),
                 &format!("web{n}"),
@@ -455,6 +475,7 @@ fn three_hundred_connections_from_a_fourth_node_spread_over_three_tasks() {
             )
             .expect("task");
         servers.push(Server::start(&container, &format!("web{n}")));
+        task_ips.push(endpoint["ip"].as_str().expect("ip").to_owned());
     }
     let (client, _) = lab
         .attach_container_with("n4", "client", "appnet", &[])
@@ -475,7 +496,9 @@ fn three_hundred_connections_from_a_fourth_node_spread_over_three_tasks() {
     })
     .unwrap_or_else(|_| panic!("not every task answered\n{}", lab.agent_logs(30)));
 
+    let before = connections(&lab, "n4");
     let answers = ask(&lab, &client, "tcp", &vip, "8080", 300);
+    let after = connections(&lab, "n4");
     let errors = answers.iter().filter(|l| l.starts_with("ERR")).count();
     assert_eq!(errors, 0, "refused or lost connections: {answers:?}");
     for n in 1..=3 {
@@ -486,6 +509,14 @@ fn three_hundred_connections_from_a_fourth_node_spread_over_three_tasks() {
         assert!(
             (60..=138).contains(&share),
             "web{n} got {share} of 300 connections (want 20% to 46%)"
+        );
+        // The client's node counted each connection once, for its task.
+        let ip = &task_ips[n - 1];
+        let counted = after.get(ip).copied().unwrap_or(0) - before.get(ip).copied().unwrap_or(0);
+        assert_eq!(
+            counted, share as u64,
+            "web{n} ({ip}): the datapath counted {counted} new flows, it answered {share}: \
+             before {before:?}, after {after:?}"
         );
     }
     drop(servers);

@@ -4,14 +4,17 @@
 mod converge;
 mod dns;
 mod ingress;
+mod kube_proxy;
+mod lb;
 mod overlay;
 mod report;
+mod tcp_load;
 
 use anyhow::{bail, Result};
 
 use crate::{setup, workspace};
 
-const BENCHMARKS: &[&str] = &["overlay", "converge", "dns", "ingress"];
+const BENCHMARKS: &[&str] = &["overlay", "converge", "dns", "lb", "ingress"];
 
 pub fn run(name: &str, args: &[String]) -> Result<()> {
     if !BENCHMARKS.contains(&name) {
@@ -29,6 +32,7 @@ pub fn run(name: &str, args: &[String]) -> Result<()> {
         "overlay" => overlay::run(args),
         "dns" => dns::run(args),
         "ingress" => ingress::run(args),
+        "lb" => lb::run(args),
         _ => converge::run(args),
     }
 }

@@ -1,0 +1,641 @@
+//! `cargo xtask bench lb [--services 1,1000,10000] [--rounds R] [--seconds S]
+//! [--threads T] [--connections C]`: one client namespace opens short TCP
+//! connections to a VIP with two real backends, the other N-1 services
+//! programmed before it as decoys, through (a) netagent's eBPF load
+//! balancer, (b) iptables DNAT written as kube-proxy's iptables mode writes
+//! it and (c) nftables written as its nftables mode writes it
+//! (`kube_proxy`). For each N and each of the three, a fresh topology:
+//!
+//! ```text
+//!   <prefix>-lbcl (client, 198.18.64.10) ─┐
+//!   <prefix>-lbb1 (backend, .21) ─────────┼─ br0 in <prefix>-lbbr
+//!   <prefix>-lbb2 (backend, .22) ─────────┘      (eBPF on the client's port)
+//! ```
+//!
+//! The eBPF load balancer sits on the client's bridge port, as netagent
+//! puts it on an endpoint's veth; the kube-proxy rules sit in the client
+//! namespace's nat hooks (kube-proxy hooks KUBE-SERVICES into both
+//! PREROUTING, for pods, and OUTPUT, for processes of the host), so all
+//! three translate on the same path between the same namespaces.
+//!
+//! Measured: connect latency p50/p99 (connections one after another),
+//! connections per second (connect, request, answer, close; T threads),
+//! the time to program N services from empty and the time of one backend
+//! change at N (a third backend joins the measured service, then leaves).
+//! eBPF programming goes through the library's real code path,
+//! `LoadBalancer::sync` with N services (planning included), driven by
+//! `agent/examples/lb_program.rs`; the anchors' through `iptables-restore`
+//! and `nft -f`, timed as processes. Medians over the rounds, which
+//! alternate between the three so that noise hits them alike.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use netlab::{Lab, LabSpec};
+
+use super::{
+    kube_proxy::{self, Service},
+    report::{self, TableRow},
+    tcp_load,
+};
+use crate::workspace;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 64, 10);
+const BACKENDS: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(198, 18, 64, 21),
+    Ipv4Addr::new(198, 18, 64, 22),
+];
+/// The backend that joins and leaves for the change measurement (no
+/// traffic goes to it: the change is undone before any is sent).
+const EXTRA_BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 64, 23);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 64, 250);
+const PORT: u16 = 80;
+const PREFIX_LEN: u8 = 24;
+/// Each way, per case.
+const CHANGES: usize = 5;
+const WARMUP: usize = 200;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    Ebpf,
+    Iptables,
+    Nftables,
+}
+
+impl Mode {
+    const ALL: [Mode; 3] = [Mode::Ebpf, Mode::Iptables, Mode::Nftables];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Ebpf => "ebpf",
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+        }
+    }
+}
+
+struct Options {
+    services: Vec<usize>,
+    rounds: usize,
+    seconds: u64,
+    threads: usize,
+    connections: usize,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut options = Options {
+        services: vec![1, 1000, 10_000],
+        rounds: 3,
+        seconds: 3,
+        threads: 4,
+        connections: 2000,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{arg} needs a value"))?;
+        let number = |what: &str| -> Result<usize> {
+            match value.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => bail!("{what} takes a number of at least 1, not {value:?}"),
+            }
+        };
+        match arg.as_str() {
+            "--services" => {
+                options.services = value
+                    .split(',')
+                    .map(|n| match n.trim().parse::<usize>() {
+                        Ok(n) if (1..=16_000).contains(&n) => Ok(n),
+                        _ => bail!("--services takes counts from 1 to 16000, like 1,1000,10000"),
+                    })
+                    .collect::<Result<_>>()?
+            }
+            "--rounds" => options.rounds = number("--rounds")?,
+            "--seconds" => options.seconds = number("--seconds")? as u64,
+            "--threads" => options.threads = number("--threads")?,
+            "--connections" => options.connections = number("--connections")?,
+            other => bail!(
+                "unknown option {other}: use --services N,N,.. --rounds R --seconds S \
+                 --threads T --connections C"
+            ),
+        }
+    }
+    Ok(options)
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let options = parse(args)?;
+    workspace::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "netagent",
+        "--example",
+        "lb_program",
+    ])?;
+    let mut lab = Lab::up(LabSpec::nodes(0)).context("building the lab")?;
+    let result = measure(&lab, &options);
+    let torn = lab.teardown();
+    result.and_then(|()| torn.context("tearing down"))
+}
+
+/// `n` services, decoys first and the measured one last. Decoy k has VIP
+/// 198.19.0.0+k and backends 198.19.64.0+k, 198.19.128.0+k: all in the
+/// lab's range, none of them ever sent a packet.
+fn scenario(n: usize) -> Vec<Service> {
+    let offset =
+        |base: [u8; 4], k: usize| Ipv4Addr::from(u32::from(Ipv4Addr::from(base)) + k as u32);
+    let mut services: Vec<Service> = (1..n)
+        .map(|k| Service {
+            name: format!("svc{k}"),
+            vip: offset([198, 19, 0, 0], k),
+            port: PORT,
+            backends: vec![offset([198, 19, 64, 0], k), offset([198, 19, 128, 0], k)],
+        })
+        .collect();
+    services.push(Service {
+        name: "target".into(),
+        vip: VIP,
+        port: PORT,
+        backends: BACKENDS.to_vec(),
+    });
+    services
+}
+
+/// What one case measured.
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    p50_us: f64,
+    p99_us: f64,
+    rate: f64,
+    program_ms: f64,
+    change_ms: f64,
+    /// Connections that failed in the rate phase.
+    failed: u64,
+}
+
+fn measure(lab: &Lab, options: &Options) -> Result<()> {
+    let mut samples: BTreeMap<(usize, Mode), Vec<Sample>> = BTreeMap::new();
+    for round in 1..=options.rounds {
+        for &n in &options.services {
+            let services = scenario(n);
+            for mode in Mode::ALL {
+                println!(
+                    "round {round}/{}: {n} services, {}",
+                    options.rounds,
+                    mode.name()
+                );
+                let sample = case(lab, options, mode, &services, round)
+                    .with_context(|| format!("{} with {n} services", mode.name()))?;
+                println!(
+                    "  connect p50 {:.0} us, p99 {:.0} us, {:.0} conn/s, program {:.1} ms, \
+                     change {:.2} ms",
+                    sample.p50_us, sample.p99_us, sample.rate, sample.program_ms, sample.change_ms
+                );
+                samples.entry((n, mode)).or_default().push(sample);
+            }
+        }
+    }
+    write_report(options, &samples)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// One measurement of `mode` with `services`, in a topology of its own.
+fn case(
+    lab: &Lab,
+    options: &Options,
+    mode: Mode,
+    services: &[Service],
+    round: usize,
+) -> Result<Sample> {
+    let topology = Topology::build(lab.prefix())?;
+    let n = services.len();
+    let bpffs = Path::new("/sys/fs/bpf")
+        .join(lab.prefix())
+        .join(format!("lb-{n}-{round}"));
+    let programmed = match mode {
+        Mode::Ebpf => program_ebpf(lab, &topology, services, &bpffs),
+        Mode::Iptables => program_iptables(lab, &topology, services),
+        Mode::Nftables => program_nft(lab, &topology, services),
+    };
+    let measured = programmed.and_then(|(program_ms, changes)| {
+        let target = SocketAddr::from((VIP, PORT));
+        let latencies = tcp_load::latencies(&topology.client, target, WARMUP, options.connections)?;
+        let (rate, failed) = tcp_load::rate(
+            &topology.client,
+            target,
+            options.threads,
+            Duration::from_secs(options.seconds),
+        )?;
+        if failed > 0 {
+            println!("  {failed} connections failed under load");
+        }
+        let us = |q| tcp_load::quantile(&latencies, q).as_secs_f64() * 1e6;
+        Ok(Sample {
+            p50_us: us(0.5),
+            p99_us: us(0.99),
+            rate,
+            program_ms,
+            change_ms: median(changes),
+            failed,
+        })
+    });
+    let torn = topology.teardown();
+    // The maps go with their pins once the namespaces (and the programs
+    // attached in them) are gone.
+    let unpinned = if bpffs.exists() {
+        std::fs::remove_dir_all(&bpffs).with_context(|| format!("removing {}", bpffs.display()))
+    } else {
+        Ok(())
+    };
+    let sample = measured?;
+    torn?;
+    unpinned?;
+    Ok(sample)
+}
+
+/// The bench's namespaces for one case; `teardown` deletes them (the lab's
+/// teardown sweeps them too, as they carry its prefix).
+struct Topology {
+    bridge: String,
+    client: String,
+    backends: Vec<String>,
+    servers: Vec<tcp_load::Server>,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    netlab::run("ip", args).map_err(Into::into)
+}
+
+fn sysctl(netns: &str, settings: &[&str]) -> Result<()> {
+    let mut args = vec!["netns", "exec", netns, "sysctl", "-qw"];
+    args.extend_from_slice(settings);
+    ip(&args)
+}
+
+impl Topology {
+    fn build(prefix: &str) -> Result<Self> {
+        let mut topology = Topology {
+            bridge: format!("{prefix}-lbbr"),
+            client: format!("{prefix}-lbcl"),
+            backends: (1..=BACKENDS.len())
+                .map(|i| format!("{prefix}-lbb{i}"))
+                .collect(),
+            servers: Vec::new(),
+        };
+        match topology.wire() {
+            Ok(()) => Ok(topology),
+            Err(error) => {
+                let _ = topology.teardown();
+                Err(error)
+            }
+        }
+    }
+
+    fn namespaces(&self) -> Vec<&str> {
+        let mut all = vec![self.bridge.as_str(), self.client.as_str()];
+        all.extend(self.backends.iter().map(String::as_str));
+        all
+    }
+
+    fn wire(&mut self) -> Result<()> {
+        for netns in self.namespaces() {
+            ip(&["netns", "add", netns])?;
+            sysctl(
+                netns,
+                &[
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ],
+            )?;
+            ip(&["-n", netns, "link", "set", "lo", "up"])?;
+        }
+        let br = self.bridge.as_str();
+        ip(&["-n", br, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", br, "link", "set", "br0", "up"])?;
+        // Docker's MACs (02:42:<ip>): the eBPF load balancer sends a
+        // translated frame to its backend's.
+        let mut hosts = vec![("vcl", self.client.clone(), CLIENT)];
+        for (i, netns) in self.backends.iter().enumerate() {
+            hosts.push((["vb1", "vb2"][i], netns.clone(), BACKENDS[i]));
+        }
+        for (port, netns, addr) in &hosts {
+            let o = addr.octets();
+            let mac = format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+            ip(&[
+                "-n", br, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns",
+                netns,
+            ])?;
+            ip(&["-n", br, "link", "set", port, "master", "br0", "up"])?;
+            ip(&["-n", netns, "link", "set", "eth0", "address", &mac, "up"])?;
+            ip(&[
+                "-n",
+                netns,
+                "addr",
+                "add",
+                &format!("{addr}/{PREFIX_LEN}"),
+                "dev",
+                "eth0",
+            ])?;
+        }
+        // Plenty of client ports: the rate phase opens tens of thousands
+        // of connections.
+        sysctl(&self.client, &["net.ipv4.ip_local_port_range=1024 65535"])?;
+        for netns in &self.backends {
+            self.servers.push(tcp_load::Server::start(netns, PORT, 2)?);
+        }
+        Ok(())
+    }
+
+    /// Stops the servers, then deletes the namespaces in reverse order,
+    /// carrying on past errors.
+    fn teardown(mut self) -> Result<()> {
+        self.servers.clear();
+        let mut errors = Vec::new();
+        for netns in self.namespaces().into_iter().rev() {
+            if Path::new("/run/netns").join(netns).exists() {
+                if let Err(error) = ip(&["netns", "del", netns]) {
+                    errors.push(error.to_string());
+                }
+            }
+        }
+        if !errors.is_empty() {
+            bail!("removing the bench namespaces: {}", errors.join("; "));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `args` inside `netns` and returns how long it took, failing on a
+/// non-zero exit.
+fn timed(netns: &str, args: &[&str]) -> Result<f64> {
+    let start = Instant::now();
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", args.join(" ")))?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if !out.status.success() {
+        bail!(
+            "{} in {netns}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(ms)
+}
+
+fn write_input(lab: &Lab, name: &str, text: &str) -> Result<PathBuf> {
+    let path = lab.state_dir().join(name);
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// The measured service with the extra backend, and as it was.
+fn with_extra(services: &[Service]) -> Result<(Service, Service)> {
+    let target = services.last().context("no service")?.clone();
+    let mut grown = target.clone();
+    grown.backends.push(EXTRA_BACKEND);
+    Ok((grown, target))
+}
+
+/// Programs through `lb_program` (the library's `LoadBalancer`), which
+/// also attaches the programs to the client's bridge port and times the
+/// changes itself.
+fn program_ebpf(
+    lab: &Lab,
+    topology: &Topology,
+    services: &[Service],
+    bpffs: &Path,
+) -> Result<(f64, Vec<f64>)> {
+    let lines: String = services
+        .iter()
+        .map(|s| {
+            let backends: Vec<String> = s.backends.iter().map(Ipv4Addr::to_string).collect();
+            format!("{} {}\n", s.vip, backends.join(" "))
+        })
+        .collect();
+    let input = write_input(lab, "lb-services.txt", &lines)?;
+    let program = workspace::target_dir()
+        .join("release")
+        .join("examples")
+        .join("lb_program");
+    let out = Command::new(&program)
+        .arg("--bpffs")
+        .arg(bpffs)
+        .arg("--netns")
+        .arg(Path::new("/run/netns").join(&topology.bridge))
+        .args(["--ifname", "vcl", "--extra", &EXTRA_BACKEND.to_string()])
+        .arg("--services")
+        .arg(&input)
+        .args(["--changes", &CHANGES.to_string()])
+        .output()
+        .with_context(|| format!("running {}", program.display()))?;
+    if !out.status.success() {
+        bail!(
+            "lb_program failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("lb_program printed no JSON")?;
+    let program_ms = report["program_ms"]
+        .as_f64()
+        .context("lb_program: no program_ms")?;
+    let changes = report["change_ms"]
+        .as_array()
+        .context("lb_program: no change_ms")?
+        .iter()
+        .filter_map(serde_json::Value::as_f64)
+        .collect();
+    Ok((program_ms, changes))
+}
+
+fn program_iptables(
+    lab: &Lab,
+    topology: &Topology,
+    services: &[Service],
+) -> Result<(f64, Vec<f64>)> {
+    let full = write_input(lab, "lb-iptables.txt", &kube_proxy::iptables_full(services))?;
+    let program_ms = timed(
+        &topology.client,
+        &["iptables-restore", &full.display().to_string()],
+    )?;
+    let (grown, target) = with_extra(services)?;
+    let mut others = services.to_vec();
+    others.pop();
+    let mut all_grown = others.clone();
+    all_grown.push(grown.clone());
+    let add = write_input(
+        lab,
+        "lb-iptables-add.txt",
+        &kube_proxy::iptables_change(&all_grown, &grown, &target.backends),
+    )?;
+    let remove = write_input(
+        lab,
+        "lb-iptables-remove.txt",
+        &kube_proxy::iptables_change(services, &target, &grown.backends),
+    )?;
+    let mut changes = Vec::new();
+    for _ in 0..CHANGES {
+        for file in [&add, &remove] {
+            changes.push(timed(
+                &topology.client,
+                &["iptables-restore", "--noflush", &file.display().to_string()],
+            )?);
+        }
+    }
+    Ok((program_ms, changes))
+}
+
+fn program_nft(lab: &Lab, topology: &Topology, services: &[Service]) -> Result<(f64, Vec<f64>)> {
+    let full = write_input(lab, "lb-nft.txt", &kube_proxy::nft_full(services))?;
+    let program_ms = timed(
+        &topology.client,
+        &["nft", "-f", &full.display().to_string()],
+    )?;
+    let (grown, target) = with_extra(services)?;
+    let add = write_input(
+        lab,
+        "lb-nft-add.txt",
+        &kube_proxy::nft_change(&grown, &target.backends),
+    )?;
+    let remove = write_input(
+        lab,
+        "lb-nft-remove.txt",
+        &kube_proxy::nft_change(&target, &grown.backends),
+    )?;
+    let mut changes = Vec::new();
+    for _ in 0..CHANGES {
+        for file in [&add, &remove] {
+            changes.push(timed(
+                &topology.client,
+                &["nft", "-f", &file.display().to_string()],
+            )?);
+        }
+    }
+    Ok((program_ms, changes))
+}
+
+fn write_report(options: &Options, samples: &BTreeMap<(usize, Mode), Vec<Sample>>) -> Result<()> {
+    let med = |n: usize, mode: Mode, f: fn(&Sample) -> f64| {
+        median(
+            samples
+                .get(&(n, mode))
+                .map(|v| v.iter().map(f).collect())
+                .unwrap_or_default(),
+        )
+    };
+    let mut rows = Vec::new();
+    for &n in &options.services {
+        let line = |f: fn(&Sample) -> f64, digits: usize| {
+            Mode::ALL
+                .iter()
+                .map(|&m| format!("{} {:.digits$}", m.name(), med(n, m, f)))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        rows.push(TableRow::new(
+            format!("N={n} connect p50 (us)"),
+            line(|s| s.p50_us, 0),
+        ));
+        rows.push(TableRow::new(
+            format!("N={n} connect p99 (us)"),
+            line(|s| s.p99_us, 0),
+        ));
+        rows.push(TableRow::new(
+            format!("N={n} connections/s"),
+            line(|s| s.rate, 0),
+        ));
+        rows.push(TableRow::new(
+            format!("N={n} program N services (ms)"),
+            line(|s| s.program_ms, 1),
+        ));
+        rows.push(TableRow::new(
+            format!("N={n} one backend change (ms)"),
+            line(|s| s.change_ms, 2),
+        ));
+    }
+    let (first, last) = (
+        options.services.iter().copied().min().unwrap_or(1),
+        options.services.iter().copied().max().unwrap_or(1),
+    );
+    rows.push(TableRow::new(
+        format!("ebpf p99 at {last} / at {first} (target <= 1.05)"),
+        format!(
+            "{:.3}",
+            med(last, Mode::Ebpf, |s| s.p99_us) / med(first, Mode::Ebpf, |s| s.p99_us)
+        ),
+    ));
+    for &n in &options.services {
+        rows.push(TableRow::new(
+            format!("N={n} ebpf / nftables conn/s (target >= 1)"),
+            format!(
+                "{:.3}",
+                med(n, Mode::Ebpf, |s| s.rate) / med(n, Mode::Nftables, |s| s.rate)
+            ),
+        ));
+        rows.push(TableRow::new(
+            format!("N={n} nftables / ebpf connect p50 (target >= 1)"),
+            format!(
+                "{:.3}",
+                med(n, Mode::Nftables, |s| s.p50_us) / med(n, Mode::Ebpf, |s| s.p50_us)
+            ),
+        ));
+    }
+    rows.push(TableRow::new(
+        format!("N={first} ebpf / iptables conn/s (target >= 0.9)"),
+        format!(
+            "{:.3}",
+            med(first, Mode::Ebpf, |s| s.rate) / med(first, Mode::Iptables, |s| s.rate)
+        ),
+    ));
+    rows.push(TableRow::new(
+        format!("ebpf programs {last} services (target <= 1000 ms)"),
+        format!("{:.1} ms", med(last, Mode::Ebpf, |s| s.program_ms)),
+    ));
+    rows.push(TableRow::new(
+        format!("ebpf one change at {last} (target <= 10 ms)"),
+        format!("{:.2} ms", med(last, Mode::Ebpf, |s| s.change_ms)),
+    ));
+    let data: Vec<serde_json::Value> = samples
+        .iter()
+        .map(|((n, mode), runs)| {
+            serde_json::json!({
+                "services": n,
+                "mode": mode.name(),
+                "runs": runs.iter().map(|s| serde_json::json!({
+                    "connect_p50_us": s.p50_us,
+                    "connect_p99_us": s.p99_us,
+                    "connections_per_s": s.rate,
+                    "program_ms": s.program_ms,
+                    "change_ms": s.change_ms,
+                    "failed_connections": s.failed,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    report::write(
+        "lb",
+        &rows,
+        serde_json::json!({
+            "rounds": options.rounds,
+            "threads": options.threads,
+            "seconds": options.seconds,
+            "latency_connections": options.connections,
+            "cases": data,
+        }),
+    )
+}

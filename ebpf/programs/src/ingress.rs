@@ -17,6 +17,10 @@
 //!
 //! Ports nobody published, and ports without an active task, are left alone:
 //! the node answers them as it would without us (RST, port unreachable).
+//!
+//! Both report to `netctl trace` (`trace::forwarded`, `published_reversed`,
+//! `published_closed`), for nothing but the TRACE_ON check while nobody
+//! traces.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, TC_ACT_OK},
@@ -29,9 +33,12 @@ use netagent_common::{
     INGRESS_LOCAL_CAPACITY, INGRESS_PORTS_CAPACITY, INGRESS_SNAT_MARK, LB_CT_CAPACITY,
 };
 
-use crate::lb::{
-    self, Flow, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IP_DST_OFF, IP_SRC_OFF, LB_BACKENDS, LB_CT,
-    LB_SERVICES, TCP_FLAG_ACK, TCP_FLAG_SYN, TC_ACT_UNSPEC,
+use crate::{
+    lb::{
+        self, Flow, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IP_DST_OFF, IP_SRC_OFF, LB_BACKENDS, LB_CT,
+        LB_SERVICES, TCP_FLAG_ACK, TCP_FLAG_SYN, TC_ACT_UNSPEC,
+    },
+    trace::{self, tuple},
 };
 
 #[map]
@@ -58,19 +65,19 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
     // Every packet the node receives comes here (the overlay's VXLAN too):
     // one direct read of the 5-tuple (`reply_key` reads any packet's) and
     // one lookup before any parsing.
-    let Some(tuple) = lb::reply_key(ctx)? else {
+    let Some(seen) = lb::reply_key(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
     let port_key = IngressPortKey {
-        addr: tuple.client,
-        port: tuple.client_port,
-        proto: tuple.proto,
+        addr: seen.client,
+        port: seen.client_port,
+        proto: seen.proto,
         pad: 0,
     };
     // SAFETY (every map lookup here): the value is copied out at once; the
     // agent only replaces whole entries.
     let Some(port) = (unsafe { INGRESS_PORTS.get(&port_key) }).copied() else {
-        forget_on_syn(ctx, &tuple);
+        forget_on_syn(ctx, &seen);
         return Ok(TC_ACT_UNSPEC);
     };
     let Some(flow) = lb::parse_flow(ctx)? else {
@@ -78,6 +85,9 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
     };
     let Some(service) = (unsafe { LB_SERVICES.get(&LbServiceKey { vip: port.service }) }).copied()
     else {
+        // The port's table is being (re)written: as good as no task.
+        let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
+        trace::published_closed(ctx, flow.proto, sent, 0);
         return Ok(TC_ACT_UNSPEC);
     };
     let key = LbCtKey {
@@ -105,6 +115,8 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
             // No active task: leave the packet to the node (it answers as
             // for any closed port).
             let Some((backend_id, backend)) = lb::pick(&service, &key) else {
+                let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
+                trace::published_closed(ctx, flow.proto, sent, service.id);
                 return Ok(TC_ACT_UNSPEC);
             };
             let _ = LB_CT.insert(
@@ -137,8 +149,24 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
     };
     lb::rewrite_addr(ctx, &flow, IP_DST_OFF, flow.daddr, backend)?;
     rewrite_port(ctx, &flow, flow.l4 + 2, flow.dport, port.target)?;
-    if unsafe { INGRESS_LOCAL.get(&backend) }.is_none() {
+    let remote = unsafe { INGRESS_LOCAL.get(&backend) }.is_none();
+    if remote {
         ctx.set_mark(INGRESS_SNAT_MARK);
+    }
+    if trace::on() {
+        let rebalanced = pinned.is_none() && flow.proto == IPPROTO_TCP && !new_connection;
+        let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
+        let now = tuple(flow.saddr, backend, flow.sport, port.target);
+        trace::forwarded(
+            ctx,
+            pinned.is_some(),
+            rebalanced,
+            remote,
+            flow.proto,
+            sent,
+            now,
+            service.id,
+        );
     }
     Ok(TC_ACT_OK as i32)
 }
@@ -188,6 +216,11 @@ fn to_outside(ctx: &TcContext) -> Result<i32, ()> {
     };
     lb::rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, rev.addr)?;
     rewrite_port(ctx, &flow, flow.l4, flow.sport, rev.port)?;
+    if trace::on() {
+        let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
+        let now = tuple(rev.addr, flow.daddr, rev.port, flow.dport);
+        trace::published_reversed(ctx, flow.proto, sent, now);
+    }
     Ok(TC_ACT_OK as i32)
 }
 

@@ -77,7 +77,7 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
     // SAFETY (every map lookup here): the value is copied out at once; the
     // agent only replaces whole entries.
     let Some(port) = (unsafe { INGRESS_PORTS.get(&port_key) }).copied() else {
-        forget_on_syn(ctx, &seen);
+        forget_stale(ctx, &seen);
         return Ok(TC_ACT_UNSPEC);
     };
     let Some(flow) = lb::parse_flow(ctx)? else {
@@ -171,35 +171,53 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
     Ok(TC_ACT_OK as i32)
 }
 
-/// A TCP SYN straight to a task (not through a published port) whose
-/// reply tuple is still in INGRESS_REV_CT: that entry belongs to an earlier
-/// published-port flow that used the same client port (the task's stack
-/// could not hold both at once), so it is stale and would rewrite the new
-/// flow's replies. A mesh packet never matches: its destination is the
-/// node, not the task. (UDP has no such start signal: see the docs.)
+/// A packet straight to a task (not through a published port) whose reply
+/// tuple is still in INGRESS_REV_CT: that entry belongs to an earlier
+/// published-port flow with the same client port, which the task cannot
+/// tell from this one (nor can the node's conntrack: it saw both as
+/// client -> task), so it is stale and would rewrite this flow's replies.
+/// It goes, with the LB_CT entry of that published flow (a later packet
+/// to the published port then picks again and writes both afresh). TCP
+/// only on a SYN (a new connection); UDP has no start: any packet. A mesh
+/// packet never matches: its destination is the node, not the task. The
+/// cost is one lookup per received UDP packet or TCP SYN that is not for
+/// a published port.
 #[inline(always)]
-fn forget_on_syn(ctx: &TcContext, tuple: &LbRevKey) {
-    if tuple.proto != IPPROTO_TCP {
-        return;
-    }
-    // The flags byte of a TCP header after an option-less IPv4 header; with
-    // IP options this reads another byte, which at worst skips the cleanup
-    // or clears an entry of a direct flow.
-    let Ok(flags) = ctx.load::<u8>(ETH_HLEN + 20 + 13) else {
-        return;
-    };
-    if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
+fn forget_stale(ctx: &TcContext, seen: &LbRevKey) {
+    if seen.proto == IPPROTO_TCP {
+        // The flags byte of a TCP header after an option-less IPv4 header;
+        // with IP options this reads another byte, which at worst skips the
+        // cleanup or clears an entry of a direct flow.
+        let Ok(flags) = ctx.load::<u8>(ETH_HLEN + 20 + 13) else {
+            return;
+        };
+        if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
+            return;
+        }
+    } else if seen.proto != IPPROTO_UDP {
         return;
     }
     let stale = LbRevKey {
-        backend: tuple.client,
-        client: tuple.backend,
-        backend_port: tuple.client_port,
-        client_port: tuple.backend_port,
-        proto: tuple.proto,
+        backend: seen.client,
+        client: seen.backend,
+        backend_port: seen.client_port,
+        client_port: seen.backend_port,
+        proto: seen.proto,
         pad: [0; 3],
     };
+    // SAFETY: copied out at once.
+    let Some(published) = (unsafe { INGRESS_REV_CT.get(&stale) }).copied() else {
+        return;
+    };
     let _ = INGRESS_REV_CT.remove(&stale);
+    let _ = LB_CT.remove(&LbCtKey {
+        client: seen.backend,
+        vip: published.addr,
+        client_port: seen.backend_port,
+        vip_port: published.port,
+        proto: seen.proto,
+        pad: [0; 3],
+    });
 }
 
 #[inline(always)]

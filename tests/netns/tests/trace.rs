@@ -585,8 +585,8 @@ const EXT: &str = "198.18.0.200";
 /// external client to n1:18080 is forwarded to web.1 on n2 and its replies
 /// reversed, named (the underlay interface, the port's service, the task,
 /// the SNAT to n1's ingress address) and filtered by service, port and
-/// address; a published port with no task is passed to the node with its
-/// reason.
+/// address; on n2 the same port goes to the local task without SNAT; a
+/// published port with no task is passed to the node with its reason.
 #[test]
 fn a_published_port_flow_is_traced_on_the_entry_node() {
     require_root!();
@@ -705,6 +705,33 @@ fn a_published_port_flow_is_traced_on_the_entry_node() {
             && l.ends_with("service=web")
     });
 
+    // On n2, the task's own node: a forward to a local task, no SNAT.
+    let mut on_n2 = Tracer::start(
+        &lab,
+        "n2",
+        &["--format", "json", "trace", "--port", "18080"],
+    );
+    let n2 = lab.node("n2").expect("n2").addr.to_string();
+    let out = lab
+        .exec(
+            &lab.external_netns(),
+            &["python3", "-c", CLIENT, "tcp", &n2, "18080"],
+        )
+        .expect("client");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "web1");
+    let n2_addr = n2.as_str();
+    let local = on_n2.wait_event("the forward to the local task", |e| {
+        e["verdict"] == "forward" && e["before"]["dst"] == n2_addr && e["after"]["dst"] == web_addr
+    });
+    assert_eq!(local["node"], "n2", "{local}");
+    assert_eq!(local["task"], "local", "{local}");
+    assert_eq!(local["endpoint"], "web.1", "{local}");
+    assert_eq!(local["service"], "web", "{local}");
+    assert!(local.get("snat").is_none(), "{local}");
+    on_n2.wait_event("the local task's reply", |e| {
+        e["verdict"] == "reverse" && e["after"]["src"] == n2_addr && e["after"]["dst"] == EXT
+    });
+
     // Filters: one more web flow later, the service and port tracers have
     // seen nothing of `empty`'s port.
     assert_eq!(ask(&lab, "18080"), "web1");
@@ -721,7 +748,7 @@ fn a_published_port_flow_is_traced_on_the_entry_node() {
             tracer.what
         );
     }
-    for tracer in [by_service, by_port, by_ip, closed, people] {
+    for tracer in [by_service, by_port, by_ip, closed, people, on_n2] {
         let (status, stderr) = tracer.stop();
         assert!(status.success(), "{status} {stderr}");
     }

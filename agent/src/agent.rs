@@ -77,19 +77,31 @@ impl AgentState {
     }
 
     /// Who the addresses the datapath sees are: every endpoint of the live
-    /// nodes and this node's own, the services' VIPs, the nodes.
+    /// nodes and this node's own, the services' VIPs and published ports,
+    /// the nodes and their ingress addresses.
     pub async fn address_book(&self) -> AddressBook {
         let Some(rt) = self.cluster().await else {
             return AddressBook::default();
         };
-        let endpoints = crate::api::routes::all_endpoints(&rt).await;
+        let mut endpoints = crate::api::routes::all_endpoints(&rt).await;
+        if let Some(ingress) = &rt.ingress {
+            for own in ingress.pseudo_endpoints().await {
+                if !endpoints.iter().any(|ep| ep.id == own.id) {
+                    endpoints.push(own);
+                }
+            }
+        }
         let nodes: Vec<_> = rt
             .view()
             .nodes
             .values()
             .filter_map(|node| node.vtep.map(|vtep| (node.name.clone(), vtep)))
             .collect();
-        AddressBook::build(&endpoints, &rt.services().await, &nodes)
+        let book = AddressBook::build(&endpoints, &rt.services().await, &nodes);
+        match &rt.ingress {
+            Some(ingress) => book.with_underlay(ingress.underlay()),
+            None => book,
+        }
     }
 
     /// The cluster runtime, if this node is in a cluster.

@@ -188,10 +188,17 @@ fn describe_event(r: &TraceRecord) -> String {
     }
     text.push(' ');
     text.push_str(&r.verdict);
+    if let Some(task) = &r.task {
+        text.push_str(&format!(" to {task} task"));
+    }
+    if let Some(snat) = r.snat {
+        text.push_str(&format!(" (SNAT to {})", addr(snat, 0, false, &r.names)));
+    }
     if let Some(reason) = &r.reason {
-        let answer = match (reason.as_str(), r.protocol.as_str()) {
-            ("no-backend", "tcp") => ": RST sent",
-            ("no-backend", "udp") => ": ICMP port unreachable sent",
+        let answer = match (r.verdict.as_str(), reason.as_str(), r.protocol.as_str()) {
+            ("drop", "no-backend", "tcp") => ": RST sent",
+            ("drop", "no-backend", "udp") => ": ICMP port unreachable sent",
+            ("pass", "no-backend", _) => ": the node answers as a closed port",
             _ => "",
         };
         text.push_str(&format!(" ({reason}{answer})"));
@@ -253,6 +260,8 @@ mod tests {
             after: tuple([10, 0, 0, 2], 40000, [10, 0, 0, 3], 80),
             service: Some("web".into()),
             network: Some("appnet".into()),
+            task: None,
+            snat: None,
             names,
             packet_len: 74,
             headers: String::new(),
@@ -269,5 +278,33 @@ mod tests {
             ..record
         };
         assert!(describe_event(&dropped).ends_with("drop (no-backend: RST sent) service=web"));
+        let mut names = BTreeMap::new();
+        names.insert(Ipv4Addr::new(198, 18, 0, 11), "node n1".to_owned());
+        names.insert(Ipv4Addr::new(10, 0, 0, 3), "web.1".to_owned());
+        names.insert(Ipv4Addr::new(10, 0, 0, 254), "node n1 ingress".to_owned());
+        let forwarded = TraceRecord {
+            interface: "eth0".into(),
+            endpoint: Some("web.1".into()),
+            verdict: "forward".into(),
+            reason: None,
+            before: tuple([198, 18, 0, 200], 40000, [198, 18, 0, 11], 8080),
+            after: tuple([198, 18, 0, 200], 40000, [10, 0, 0, 3], 80),
+            task: Some("remote".into()),
+            snat: Some(Ipv4Addr::new(10, 0, 0, 254)),
+            names,
+            ..dropped.clone()
+        };
+        assert!(describe_event(&forwarded).ends_with(
+            "web.1/eth0 tcp 198.18.0.200:40000 -> 198.18.0.11:8080[node n1] \
+             => 198.18.0.200:40000 -> 10.0.0.3:80[web.1] forward to remote task \
+             (SNAT to 10.0.0.254[node n1 ingress]) service=web"
+        ));
+        let closed = TraceRecord {
+            verdict: "pass".into(),
+            reason: Some("no-backend".into()),
+            ..dropped
+        };
+        assert!(describe_event(&closed)
+            .ends_with("pass (no-backend: the node answers as a closed port) service=web"));
     }
 }

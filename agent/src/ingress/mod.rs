@@ -141,6 +141,17 @@ impl Ingress {
         })
     }
 
+    /// The interface the programs are on.
+    pub fn underlay(&self) -> &str {
+        &self.underlay
+    }
+
+    /// This node's ingress addresses, as the pseudo-endpoints this run
+    /// published (for `netctl trace`'s names).
+    pub async fn pseudo_endpoints(&self) -> Vec<Endpoint> {
+        self.published.lock().await.values().cloned().collect()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic mid-update leaves maps the datapath can still use.
         self.state

@@ -5,9 +5,10 @@ use std::net::Ipv4Addr;
 
 use netagent_common::{
     TraceEvent, TraceTuple, TRACE_CAPTURE_BYTES, TRACE_KIND_ARP_REPLY, TRACE_KIND_DROP,
-    TRACE_KIND_FORWARD, TRACE_KIND_PASS, TRACE_KIND_REVERSE, TRACE_KIND_TRANSLATE,
-    TRACE_KIND_TRANSLATE_ESTABLISHED, TRACE_REASON_MALFORMED, TRACE_REASON_NO_BACKEND,
-    TRACE_REASON_NO_CONNTRACK, TRACE_REASON_POLICY, TRACE_REASON_UNSUPPORTED,
+    TRACE_KIND_FORWARD, TRACE_KIND_FORWARD_ESTABLISHED, TRACE_KIND_PASS, TRACE_KIND_REVERSE,
+    TRACE_KIND_TRANSLATE, TRACE_KIND_TRANSLATE_ESTABLISHED, TRACE_REASON_MALFORMED,
+    TRACE_REASON_NO_BACKEND, TRACE_REASON_NO_CONNTRACK, TRACE_REASON_POLICY,
+    TRACE_REASON_UNSUPPORTED,
 };
 
 use super::record::Tuple;
@@ -31,7 +32,7 @@ pub fn headers(event: &TraceEvent) -> &[u8] {
 }
 
 /// Every verdict `netctl trace --verdict` accepts.
-pub const VERDICTS: [&str; 7] = [
+pub const VERDICTS: [&str; 8] = [
     "translate",
     "translate-established",
     "reverse",
@@ -39,6 +40,7 @@ pub const VERDICTS: [&str; 7] = [
     "arp-reply",
     "pass",
     "forward",
+    "forward-established",
 ];
 
 pub fn verdict(kind: u8) -> String {
@@ -50,6 +52,7 @@ pub fn verdict(kind: u8) -> String {
         TRACE_KIND_ARP_REPLY => "arp-reply".to_owned(),
         TRACE_KIND_PASS => "pass".to_owned(),
         TRACE_KIND_FORWARD => "forward".to_owned(),
+        TRACE_KIND_FORWARD_ESTABLISHED => "forward-established".to_owned(),
         other => format!("kind-{other}"),
     }
 }
@@ -87,9 +90,16 @@ pub fn tuple(t: &TraceTuple) -> Tuple {
     }
 }
 
-/// Whether the packet came from the local container (else it goes to it).
+/// Whether the packet came from the local container (else it goes to it);
+/// for a published port, whether it came from the client (else it is a
+/// task's reply).
 pub fn from_container(kind: u8) -> bool {
     kind != TRACE_KIND_REVERSE
+}
+
+/// Whether a published-port flow was sent on to a task.
+pub fn is_forward(kind: u8) -> bool {
+    kind == TRACE_KIND_FORWARD || kind == TRACE_KIND_FORWARD_ESTABLISHED
 }
 
 #[cfg(test)]
@@ -103,7 +113,7 @@ mod tests {
             kind: TRACE_KIND_TRANSLATE,
             reason: 0,
             proto: 6,
-            pad: 0,
+            flags: 0,
             before: TraceTuple {
                 saddr: u32::from_ne_bytes([10, 0, 0, 2]),
                 daddr: u32::from_ne_bytes([10, 0, 0, 250]),
@@ -155,7 +165,7 @@ mod tests {
         );
         assert_eq!(reason(0), None);
         assert_eq!(protocol(&sample()), "tcp");
-        for kind in 1..=7 {
+        for kind in 1..=8 {
             assert!(VERDICTS.contains(&verdict(kind).as_str()));
         }
     }

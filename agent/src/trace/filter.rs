@@ -57,7 +57,7 @@ impl TraceFilter {
             .service
             .as_ref()
             .is_none_or(|s| record.service.as_ref() == Some(s));
-        let ip = self.ip.is_none_or(|ip| record.addrs().contains(&ip));
+        let ip = self.ip.is_none_or(|ip| record.addrs().any(|a| a == ip));
         let port = self.port.is_none_or(|p| record.ports().contains(&p));
         let verdict = self.verdict.as_ref().is_none_or(|v| {
             record.verdict == *v
@@ -146,6 +146,8 @@ mod tests {
             after: tuple([10, 0, 0, 2], 40000, [10, 0, 0, 3], 80),
             service: Some("web".into()),
             network: Some("appnet".into()),
+            task: None,
+            snat: None,
             names: BTreeMap::new(),
             packet_len: 60,
             headers: String::new(),

@@ -1,9 +1,10 @@
-//! Who an address is: a task, a service's VIP or a node. Built from the
-//! agent's model (endpoints, services, nodes) and swapped in whole.
+//! Who an address is: a task, a service's VIP or a node, and which service
+//! a published port belongs to. Built from the agent's model (endpoints,
+//! services, nodes) and swapped in whole.
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
-use netagent_common::TraceEvent;
+use netagent_common::{TraceEvent, TRACE_FLAG_PUBLISHED, TRACE_FLAG_REMOTE_TASK};
 
 use super::{
     decode,
@@ -23,9 +24,23 @@ pub struct Named {
     pub endpoint_id: Option<String>,
 }
 
+/// The service a published port (port, IP protocol) belongs to: ports are
+/// unique in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Published {
+    service: String,
+    /// The network of the table serving it (the service's first VIP).
+    network: Option<String>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct AddressBook {
     by_addr: HashMap<Ipv4Addr, Named>,
+    published: HashMap<(u16, u8), Published>,
+    /// Nodes' ingress addresses, by (node, network name).
+    ingress_addrs: HashMap<(String, String), Ipv4Addr>,
+    /// This node's underlay interface, where the published-port programs run.
+    underlay: Option<String>,
 }
 
 impl AddressBook {
@@ -60,7 +75,34 @@ impl AddressBook {
                 );
             }
         }
+        let mut published = HashMap::new();
+        for service in services {
+            for port in &service.ports {
+                let proto = crate::ingress::plan::proto_number(port.protocol);
+                published.insert(
+                    (port.published, proto),
+                    Published {
+                        service: service.name.clone(),
+                        network: service.vips.first().map(|v| v.network.clone()),
+                    },
+                );
+            }
+        }
+        let mut ingress_addrs = HashMap::new();
         for ep in endpoints {
+            if crate::ingress::is_pseudo_endpoint(ep) {
+                ingress_addrs.insert((ep.node.clone(), ep.network.clone()), ep.ip);
+                by_addr.insert(
+                    ep.ip,
+                    Named {
+                        label: format!("node {} ingress", ep.node),
+                        service: None,
+                        network: Some(ep.network.clone()),
+                        endpoint_id: None,
+                    },
+                );
+                continue;
+            }
             let label = if ep.name.is_empty() {
                 crate::cli::short_id(&ep.id)
             } else {
@@ -76,7 +118,18 @@ impl AddressBook {
                 },
             );
         }
-        Self { by_addr }
+        Self {
+            by_addr,
+            published,
+            ingress_addrs,
+            underlay: None,
+        }
+    }
+
+    /// Names the interface of the published-port events.
+    pub fn with_underlay(mut self, underlay: impl Into<String>) -> Self {
+        self.underlay = Some(underlay.into());
+        self
     }
 
     pub fn get(&self, addr: Ipv4Addr) -> Option<&Named> {
@@ -86,6 +139,9 @@ impl AddressBook {
     /// The record of `event`, seen on `node`; `wall_offset_ns` turns the
     /// event's monotonic time into wall-clock time.
     pub fn resolve(&self, event: &TraceEvent, node: &str, wall_offset_ns: i128) -> TraceRecord {
+        if event.flags & TRACE_FLAG_PUBLISHED != 0 {
+            return self.resolve_published(event, node, wall_offset_ns);
+        }
         let before = decode::tuple(&event.before);
         let after = decode::tuple(&event.after);
         // The local container is the client side: the source of what it
@@ -112,6 +168,76 @@ impl AddressBook {
             Some(id) => crate::dataplane::endpoint::host_veth_name(id),
             None => format!("if{}", event.ifindex),
         };
+        let mut record = self.record(event, node, wall_offset_ns, interface);
+        record.endpoint = endpoint
+            .filter(|n| n.endpoint_id.is_some())
+            .map(|n| n.label.clone());
+        record.service = service;
+        record.network = network;
+        record
+    }
+
+    /// An event of the published-port programs: the interface is the
+    /// underlay, the service is the published port's, the endpoint is the
+    /// task (on this node or another).
+    fn resolve_published(
+        &self,
+        event: &TraceEvent,
+        node: &str,
+        wall_offset_ns: i128,
+    ) -> TraceRecord {
+        let interface = match &self.underlay {
+            Some(name) => name.clone(),
+            None => format!("if{}", event.ifindex),
+        };
+        let mut record = self.record(event, node, wall_offset_ns, interface);
+        let (published, task) = if decode::from_container(event.kind) {
+            // Client -> node:published => client -> task:target.
+            let forwarded = record.after != record.before;
+            (record.before.dport, forwarded.then_some(record.after.dst))
+        } else {
+            // Task:target -> client => node:published -> client.
+            (record.after.sport, Some(record.before.src))
+        };
+        let port = self.published.get(&(published, event.proto));
+        let task = task.and_then(|addr| self.get(addr));
+        record.endpoint = task
+            .filter(|n| n.endpoint_id.is_some())
+            .map(|n| n.label.clone());
+        record.service = port.map(|p| p.service.clone());
+        record.network = task
+            .and_then(|n| n.network.clone())
+            .or_else(|| port.and_then(|p| p.network.clone()));
+        if decode::is_forward(event.kind) {
+            let remote = event.flags & TRACE_FLAG_REMOTE_TASK != 0;
+            record.task = Some(if remote { "remote" } else { "local" }.to_owned());
+            if remote {
+                record.snat = record
+                    .network
+                    .as_ref()
+                    .and_then(|net| self.ingress_addrs.get(&(node.to_owned(), net.clone())))
+                    .copied();
+            }
+        }
+        if let Some(addr) = record.snat {
+            if let Some(named) = self.get(addr) {
+                record.names.insert(addr, named.label.clone());
+            }
+        }
+        record
+    }
+
+    /// The record of `event` with its tuples named, its service, network
+    /// and endpoint left for the caller.
+    fn record(
+        &self,
+        event: &TraceEvent,
+        node: &str,
+        wall_offset_ns: i128,
+        interface: String,
+    ) -> TraceRecord {
+        let before = decode::tuple(&event.before);
+        let after = decode::tuple(&event.after);
         let names = addrs(&before, &after)
             .filter_map(|addr| self.get(addr).map(|n| (addr, n.label.clone())))
             .collect();
@@ -120,16 +246,16 @@ impl AddressBook {
             time_ns: u64::try_from(time_ns).unwrap_or(u64::MAX),
             node: node.to_owned(),
             interface,
-            endpoint: endpoint
-                .filter(|n| n.endpoint_id.is_some())
-                .map(|n| n.label.clone()),
+            endpoint: None,
             verdict: decode::verdict(event.kind),
             reason: decode::reason(event.reason),
             protocol: decode::protocol(event),
             before,
             after,
-            service,
-            network,
+            service: None,
+            network: None,
+            task: None,
+            snat: None,
             names,
             packet_len: event.packet_len,
             headers: base64::Engine::encode(
@@ -149,7 +275,8 @@ fn addrs(before: &Tuple, after: &Tuple) -> impl Iterator<Item = Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use netagent_common::{
-        TraceTuple, TRACE_CAPTURE_BYTES, TRACE_KIND_REVERSE, TRACE_KIND_TRANSLATE,
+        TraceTuple, TRACE_CAPTURE_BYTES, TRACE_KIND_FORWARD, TRACE_KIND_REVERSE,
+        TRACE_KIND_TRANSLATE,
     };
 
     use super::*;
@@ -191,13 +318,26 @@ mod tests {
                 addr: Ipv4Addr::new(10, 0, 0, 250),
             }],
             networks: vec!["appnet".into()],
-            ports: vec![],
+            ports: vec![crate::model::PublishedPort {
+                published: 8080,
+                target: 80,
+                protocol: Default::default(),
+                mode: Default::default(),
+            }],
         };
+        let ingress = Endpoint::new(
+            crate::ingress::pseudo_endpoint_id("n1", 4096),
+            "appnet",
+            "net1",
+            "n1",
+            Ipv4Addr::new(10, 0, 0, 254),
+        );
         AddressBook::build(
-            &[client, web],
+            &[client, web, ingress],
             &[service],
             &[("n1".into(), Ipv4Addr::new(198, 18, 0, 11))],
         )
+        .with_underlay("eth0")
     }
 
     fn event(kind: u8, before: TraceTuple, after: TraceTuple) -> TraceEvent {
@@ -207,7 +347,7 @@ mod tests {
             kind,
             reason: 0,
             proto: 6,
-            pad: 0,
+            flags: 0,
             before,
             after,
             service_id: 1,
@@ -257,6 +397,83 @@ mod tests {
         let record = book().resolve(&event(TRACE_KIND_REVERSE, reply, now), "n1", 0);
         assert_eq!(record.endpoint.as_deref(), Some("client.1"));
         assert_eq!(record.service.as_deref(), Some("web"));
+    }
+
+    fn published(kind: u8, flags: u8, before: TraceTuple, after: TraceTuple) -> TraceEvent {
+        TraceEvent {
+            flags: TRACE_FLAG_PUBLISHED | flags,
+            ..event(kind, before, after)
+        }
+    }
+
+    #[test]
+    fn a_published_port_forward_names_service_task_and_snat() {
+        let sent = TraceTuple {
+            saddr: ne([198, 18, 0, 200]),
+            daddr: ne([198, 18, 0, 11]),
+            sport: port(40000),
+            dport: port(8080),
+        };
+        let now = TraceTuple {
+            daddr: ne([10, 0, 0, 3]),
+            dport: port(80),
+            ..sent
+        };
+        let event = published(TRACE_KIND_FORWARD, TRACE_FLAG_REMOTE_TASK, sent, now);
+        let record = book().resolve(&event, "n1", 0);
+        assert_eq!(record.verdict, "forward");
+        assert_eq!(record.interface, "eth0");
+        assert_eq!(record.endpoint.as_deref(), Some("web.1"));
+        assert_eq!(record.service.as_deref(), Some("web"));
+        assert_eq!(record.network.as_deref(), Some("appnet"));
+        assert_eq!(record.task.as_deref(), Some("remote"));
+        assert_eq!(record.snat, Some(Ipv4Addr::new(10, 0, 0, 254)));
+        assert_eq!(record.names[&Ipv4Addr::new(198, 18, 0, 11)], "node n1");
+        assert_eq!(
+            record.names[&Ipv4Addr::new(10, 0, 0, 254)],
+            "node n1 ingress"
+        );
+        // A local task: no SNAT.
+        let local = book().resolve(&published(TRACE_KIND_FORWARD, 0, sent, now), "n1", 0);
+        assert_eq!(local.task.as_deref(), Some("local"));
+        assert_eq!(local.snat, None);
+    }
+
+    #[test]
+    fn a_published_port_reply_and_a_closed_port_name_the_service() {
+        let reply = TraceTuple {
+            saddr: ne([10, 0, 0, 3]),
+            daddr: ne([198, 18, 0, 200]),
+            sport: port(80),
+            dport: port(40000),
+        };
+        let now = TraceTuple {
+            saddr: ne([198, 18, 0, 11]),
+            sport: port(8080),
+            ..reply
+        };
+        let record = book().resolve(&published(TRACE_KIND_REVERSE, 0, reply, now), "n1", 0);
+        assert_eq!(record.verdict, "reverse");
+        assert_eq!(record.endpoint.as_deref(), Some("web.1"));
+        assert_eq!(record.service.as_deref(), Some("web"));
+        assert_eq!(record.task, None);
+
+        let sent = TraceTuple {
+            saddr: ne([198, 18, 0, 200]),
+            daddr: ne([198, 18, 0, 11]),
+            sport: port(40000),
+            dport: port(8080),
+        };
+        let mut closed = published(netagent_common::TRACE_KIND_PASS, 0, sent, sent);
+        closed.reason = netagent_common::TRACE_REASON_NO_BACKEND;
+        let record = book().resolve(&closed, "n1", 0);
+        assert_eq!(record.reason.as_deref(), Some("no-backend"));
+        assert_eq!(record.service.as_deref(), Some("web"));
+        assert_eq!(record.network.as_deref(), Some("appnet"));
+        assert_eq!(record.endpoint, None);
+        // UDP 8080 is not published.
+        closed.proto = 17;
+        assert_eq!(book().resolve(&closed, "n1", 0).service, None);
     }
 
     #[test]

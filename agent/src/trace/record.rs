@@ -59,11 +59,12 @@ pub struct TraceRecord {
     /// The interface the program runs on (`ve-<endpoint id>` for a local
     /// endpoint), or `if<index>` when unknown.
     pub interface: String,
-    /// The local endpoint concerned (its task name, else its id), if known.
+    /// The local endpoint concerned (its task name, else its id), if known;
+    /// for a published port, the task (on this node or another).
     #[serde(default)]
     pub endpoint: Option<String>,
     /// `translate`, `translate-established`, `reverse`, `drop`,
-    /// `arp-reply`, `pass` or `forward`.
+    /// `arp-reply`, `pass`, `forward` or `forward-established`.
     pub verdict: String,
     /// Why (`no-backend`, `no-conntrack`, `malformed`, `unsupported`,
     /// `policy`), if there is more to say.
@@ -75,12 +76,21 @@ pub struct TraceRecord {
     pub before: Tuple,
     /// The packet as the datapath passed it on.
     pub after: Tuple,
-    /// The service of the VIP concerned.
+    /// The service of the VIP or published port concerned.
     #[serde(default)]
     pub service: Option<String>,
     /// The network of the endpoint or VIP concerned.
     #[serde(default)]
     pub network: Option<String>,
+    /// A published-port flow sent on to a task: `local` (on this node, it
+    /// sees the client's address) or `remote` (over the overlay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// For a `remote` task: the node's ingress address the kernel SNATs
+    /// the flow to after the datapath (the source the task sees; the
+    /// kernel may change the source port too), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat: Option<Ipv4Addr>,
     /// Names of the addresses above: task, `service (vip)` or node.
     #[serde(default)]
     pub names: BTreeMap<Ipv4Addr, String>,
@@ -114,14 +124,16 @@ impl Traced {
 }
 
 impl TraceRecord {
-    /// Every address of the event.
-    pub fn addrs(&self) -> [Ipv4Addr; 4] {
+    /// Every address of the event (the SNAT address included).
+    pub fn addrs(&self) -> impl Iterator<Item = Ipv4Addr> {
         [
             self.before.src,
             self.before.dst,
             self.after.src,
             self.after.dst,
         ]
+        .into_iter()
+        .chain(self.snat)
     }
 
     /// Every port of the event.
@@ -163,6 +175,8 @@ mod tests {
             },
             service: Some("dns".into()),
             network: None,
+            task: None,
+            snat: None,
             names: BTreeMap::new(),
             packet_len: 42,
             headers: "AAE=".into(),

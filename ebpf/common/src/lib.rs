@@ -341,8 +341,20 @@ pub const TRACE_KIND_DROP: u8 = 4;
 pub const TRACE_KIND_ARP_REPLY: u8 = 5;
 /// The packet went on untouched although it concerned the datapath (see reason).
 pub const TRACE_KIND_PASS: u8 = 6;
-/// A packet forwarded to another node (ingress routing mesh).
+/// A new flow to a published port (ingress routing mesh): a task was
+/// chosen and the packet translated to it, on this node or another one
+/// (TRACE_FLAG_REMOTE_TASK).
 pub const TRACE_KIND_FORWARD: u8 = 7;
+/// A packet of a published-port flow already in conntrack, translated to
+/// its task.
+pub const TRACE_KIND_FORWARD_ESTABLISHED: u8 = 8;
+
+/// TraceEvent::flags: reported by the published-port programs on the
+/// underlay interface (`ingress.rs`), not by a VIP load balancer on a veth.
+pub const TRACE_FLAG_PUBLISHED: u8 = 1;
+/// TraceEvent::flags: the task is on another node (the flow is SNATed to
+/// this node's ingress address on the task's network).
+pub const TRACE_FLAG_REMOTE_TASK: u8 = 2;
 
 /// No particular reason.
 pub const TRACE_REASON_NONE: u8 = 0;
@@ -383,7 +395,8 @@ pub struct TraceEvent {
     pub reason: u8,
     /// IP protocol (6, 17), 0 for ARP.
     pub proto: u8,
-    pub pad: u8,
+    /// TRACE_FLAG_* bits.
+    pub flags: u8,
     /// The packet as it arrived.
     pub before: TraceTuple,
     /// The packet as the program passed it on.

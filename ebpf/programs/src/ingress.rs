@@ -17,6 +17,10 @@
 //!
 //! Ports nobody published, and ports without an active task, are left alone:
 //! the node answers them as it would without us (RST, port unreachable).
+//!
+//! Both report to `netctl trace` (`trace::forwarded`, `published_reversed`,
+//! `published_closed`), for nothing but the TRACE_ON check while nobody
+//! traces.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, TC_ACT_OK},
@@ -29,9 +33,12 @@ use netagent_common::{
     INGRESS_LOCAL_CAPACITY, INGRESS_PORTS_CAPACITY, INGRESS_SNAT_MARK, LB_CT_CAPACITY,
 };
 
-use crate::lb::{
-    self, Flow, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IP_DST_OFF, IP_SRC_OFF, LB_BACKENDS, LB_CT,
-    LB_SERVICES, TCP_FLAG_ACK, TCP_FLAG_SYN, TC_ACT_UNSPEC,
+use crate::{
+    lb::{
+        self, Flow, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IP_DST_OFF, IP_SRC_OFF, LB_BACKENDS, LB_CT,
+        LB_SERVICES, TCP_FLAG_ACK, TCP_FLAG_SYN, TC_ACT_UNSPEC,
+    },
+    trace::{self, tuple},
 };
 
 #[map]
@@ -58,19 +65,19 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
     // Every packet the node receives comes here (the overlay's VXLAN too):
     // one direct read of the 5-tuple (`reply_key` reads any packet's) and
     // one lookup before any parsing.
-    let Some(tuple) = lb::reply_key(ctx)? else {
+    let Some(seen) = lb::reply_key(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
     let port_key = IngressPortKey {
-        addr: tuple.client,
-        port: tuple.client_port,
-        proto: tuple.proto,
+        addr: seen.client,
+        port: seen.client_port,
+        proto: seen.proto,
         pad: 0,
     };
     // SAFETY (every map lookup here): the value is copied out at once; the
     // agent only replaces whole entries.
     let Some(port) = (unsafe { INGRESS_PORTS.get(&port_key) }).copied() else {
-        forget_on_syn(ctx, &tuple);
+        forget_stale(ctx, &seen);
         return Ok(TC_ACT_UNSPEC);
     };
     let Some(flow) = lb::parse_flow(ctx)? else {
@@ -78,6 +85,9 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
     };
     let Some(service) = (unsafe { LB_SERVICES.get(&LbServiceKey { vip: port.service }) }).copied()
     else {
+        // The port's table is being (re)written: as good as no task.
+        let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
+        trace::published_closed(ctx, flow.proto, sent, 0);
         return Ok(TC_ACT_UNSPEC);
     };
     let key = LbCtKey {
@@ -105,6 +115,8 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
             // No active task: leave the packet to the node (it answers as
             // for any closed port).
             let Some((backend_id, backend)) = lb::pick(&service, &key) else {
+                let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
+                trace::published_closed(ctx, flow.proto, sent, service.id);
                 return Ok(TC_ACT_UNSPEC);
             };
             let _ = LB_CT.insert(
@@ -137,41 +149,75 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
     };
     lb::rewrite_addr(ctx, &flow, IP_DST_OFF, flow.daddr, backend)?;
     rewrite_port(ctx, &flow, flow.l4 + 2, flow.dport, port.target)?;
-    if unsafe { INGRESS_LOCAL.get(&backend) }.is_none() {
+    let remote = unsafe { INGRESS_LOCAL.get(&backend) }.is_none();
+    if remote {
         ctx.set_mark(INGRESS_SNAT_MARK);
+    }
+    if trace::on() {
+        let rebalanced = pinned.is_none() && flow.proto == IPPROTO_TCP && !new_connection;
+        let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
+        let now = tuple(flow.saddr, backend, flow.sport, port.target);
+        trace::forwarded(
+            ctx,
+            pinned.is_some(),
+            rebalanced,
+            remote,
+            flow.proto,
+            sent,
+            now,
+            service.id,
+        );
     }
     Ok(TC_ACT_OK as i32)
 }
 
-/// A TCP SYN straight to a task (not through a published port) whose
-/// reply tuple is still in INGRESS_REV_CT: that entry belongs to an earlier
-/// published-port flow that used the same client port (the task's stack
-/// could not hold both at once), so it is stale and would rewrite the new
-/// flow's replies. A mesh packet never matches: its destination is the
-/// node, not the task. (UDP has no such start signal: see the docs.)
+/// A packet straight to a task (not through a published port) whose reply
+/// tuple is still in INGRESS_REV_CT: that entry belongs to an earlier
+/// published-port flow with the same client port, which the task cannot
+/// tell from this one (nor can the node's conntrack: it saw both as
+/// client -> task), so it is stale and would rewrite this flow's replies.
+/// It goes, with the LB_CT entry of that published flow (a later packet
+/// to the published port then picks again and writes both afresh). TCP
+/// only on a SYN (a new connection); UDP has no start: any packet. A mesh
+/// packet never matches: its destination is the node, not the task. The
+/// cost is one lookup per received UDP packet or TCP SYN that is not for
+/// a published port.
 #[inline(always)]
-fn forget_on_syn(ctx: &TcContext, tuple: &LbRevKey) {
-    if tuple.proto != IPPROTO_TCP {
-        return;
-    }
-    // The flags byte of a TCP header after an option-less IPv4 header; with
-    // IP options this reads another byte, which at worst skips the cleanup
-    // or clears an entry of a direct flow.
-    let Ok(flags) = ctx.load::<u8>(ETH_HLEN + 20 + 13) else {
-        return;
-    };
-    if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
+fn forget_stale(ctx: &TcContext, seen: &LbRevKey) {
+    if seen.proto == IPPROTO_TCP {
+        // The flags byte of a TCP header after an option-less IPv4 header;
+        // with IP options this reads another byte, which at worst skips the
+        // cleanup or clears an entry of a direct flow.
+        let Ok(flags) = ctx.load::<u8>(ETH_HLEN + 20 + 13) else {
+            return;
+        };
+        if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
+            return;
+        }
+    } else if seen.proto != IPPROTO_UDP {
         return;
     }
     let stale = LbRevKey {
-        backend: tuple.client,
-        client: tuple.backend,
-        backend_port: tuple.client_port,
-        client_port: tuple.backend_port,
-        proto: tuple.proto,
+        backend: seen.client,
+        client: seen.backend,
+        backend_port: seen.client_port,
+        client_port: seen.backend_port,
+        proto: seen.proto,
         pad: [0; 3],
     };
+    // SAFETY: copied out at once.
+    let Some(published) = (unsafe { INGRESS_REV_CT.get(&stale) }).copied() else {
+        return;
+    };
     let _ = INGRESS_REV_CT.remove(&stale);
+    let _ = LB_CT.remove(&LbCtKey {
+        client: seen.backend,
+        vip: published.addr,
+        client_port: seen.backend_port,
+        vip_port: published.port,
+        proto: seen.proto,
+        pad: [0; 3],
+    });
 }
 
 #[inline(always)]
@@ -188,6 +234,11 @@ fn to_outside(ctx: &TcContext) -> Result<i32, ()> {
     };
     lb::rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, rev.addr)?;
     rewrite_port(ctx, &flow, flow.l4, flow.sport, rev.port)?;
+    if trace::on() {
+        let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
+        let now = tuple(rev.addr, flow.daddr, rev.port, flow.dport);
+        trace::published_reversed(ctx, flow.proto, sent, now);
+    }
     Ok(TC_ACT_OK as i32)
 }
 

@@ -20,7 +20,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netagent_common::{
-    TraceEvent, TraceTuple, TRACE_CAPTURE_BYTES, TRACE_KIND_ARP_REPLY, TRACE_KIND_DROP,
+    TraceEvent, TraceTuple, TRACE_CAPTURE_BYTES, TRACE_FLAG_PUBLISHED, TRACE_FLAG_REMOTE_TASK,
+    TRACE_KIND_ARP_REPLY, TRACE_KIND_DROP, TRACE_KIND_FORWARD, TRACE_KIND_FORWARD_ESTABLISHED,
     TRACE_KIND_PASS, TRACE_KIND_REVERSE, TRACE_KIND_TRANSLATE, TRACE_KIND_TRANSLATE_ESTABLISHED,
     TRACE_REASON_MALFORMED, TRACE_REASON_NONE, TRACE_REASON_NO_BACKEND, TRACE_REASON_NO_CONNTRACK,
     TRACE_REASON_UNSUPPORTED, TRACE_RING_BYTES, TRACE_STATS_LEN, TRACE_STAT_EMITTED,
@@ -57,17 +58,42 @@ pub fn emit(
     after: TraceTuple,
     service_id: u32,
 ) {
+    let what = What {
+        kind,
+        reason,
+        flags: 0,
+    };
+    emit_flagged(ctx, what, proto, before, after, service_id);
+}
+
+/// An event's kind, reason and TRACE_FLAG_* bits.
+#[derive(Clone, Copy)]
+pub struct What {
+    pub kind: u8,
+    pub reason: u8,
+    pub flags: u8,
+}
+
+/// `emit` with flags.
+#[inline(always)]
+pub fn emit_flagged(
+    ctx: &TcContext,
+    what: What,
+    proto: u8,
+    before: TraceTuple,
+    after: TraceTuple,
+    service_id: u32,
+) {
     if !on() {
         return;
     }
-    record(ctx, kind, reason, proto, before, after, service_id);
+    record(ctx, what, proto, before, after, service_id);
 }
 
 #[inline(always)]
 fn record(
     ctx: &TcContext,
-    kind: u8,
-    reason: u8,
+    what: What,
     proto: u8,
     before: TraceTuple,
     after: TraceTuple,
@@ -85,10 +111,10 @@ fn record(
     unsafe {
         (*event).timestamp_ns = bpf_ktime_get_ns();
         (*event).ifindex = (*ctx.skb.skb).ifindex;
-        (*event).kind = kind;
-        (*event).reason = reason;
+        (*event).kind = what.kind;
+        (*event).reason = what.reason;
         (*event).proto = proto;
-        (*event).pad = 0;
+        (*event).flags = what.flags;
         (*event).before = before;
         (*event).after = after;
         (*event).service_id = service_id;
@@ -214,6 +240,66 @@ pub fn malformed(ctx: &TcContext) {
         none,
         0,
     );
+}
+
+// What the published-port programs report (`ingress.rs`), one call each;
+// every event carries TRACE_FLAG_PUBLISHED.
+
+/// A packet to a published port translated to its task (`remote`: on
+/// another node): a new flow (`rebalanced` when a mid-flow TCP packet had
+/// no usable conntrack entry), or one of an `established` flow.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn forwarded(
+    ctx: &TcContext,
+    established: bool,
+    rebalanced: bool,
+    remote: bool,
+    proto: u8,
+    sent: TraceTuple,
+    now: TraceTuple,
+    service_id: u32,
+) {
+    let (kind, reason) = match (established, rebalanced) {
+        (true, _) => (TRACE_KIND_FORWARD_ESTABLISHED, TRACE_REASON_NONE),
+        (false, true) => (TRACE_KIND_FORWARD, TRACE_REASON_NO_CONNTRACK),
+        (false, false) => (TRACE_KIND_FORWARD, TRACE_REASON_NONE),
+    };
+    let flags = if remote {
+        TRACE_FLAG_PUBLISHED | TRACE_FLAG_REMOTE_TASK
+    } else {
+        TRACE_FLAG_PUBLISHED
+    };
+    let what = What {
+        kind,
+        reason,
+        flags,
+    };
+    emit_flagged(ctx, what, proto, sent, now, service_id);
+}
+
+/// A task's reply given the node address and published port back as its
+/// source.
+#[inline(always)]
+pub fn published_reversed(ctx: &TcContext, proto: u8, sent: TraceTuple, now: TraceTuple) {
+    let what = What {
+        kind: TRACE_KIND_REVERSE,
+        reason: TRACE_REASON_NONE,
+        flags: TRACE_FLAG_PUBLISHED,
+    };
+    emit_flagged(ctx, what, proto, sent, now, 0);
+}
+
+/// A new flow to a published port without an active task: passed on
+/// untouched, so the node answers it as a closed port.
+#[inline(always)]
+pub fn published_closed(ctx: &TcContext, proto: u8, sent: TraceTuple, service_id: u32) {
+    let what = What {
+        kind: TRACE_KIND_PASS,
+        reason: TRACE_REASON_NO_BACKEND,
+        flags: TRACE_FLAG_PUBLISHED,
+    };
+    emit_flagged(ctx, what, proto, sent, sent, service_id);
 }
 
 /// The tuple of a packet, from fields already read.

@@ -367,3 +367,80 @@ fn host_mode_answers_only_on_task_nodes_and_bad_ports_are_refused() {
     .unwrap_or_else(|_| panic!("after the update\n{}", lab.agent_logs(20)));
     lab.teardown().expect("teardown");
 }
+
+/// From one client port: a request to the published UDP port of `node`,
+/// retried from other ports until the task on that node (`local`) answers;
+/// then, from the same port, a request straight to that task's address,
+/// and one more to the published port. Prints the source address of each
+/// of the last two answers ("ERR ..." if none).
+const SAME_PORT_DIRECT: &str = r#"
+import socket, sys
+node, local, task = sys.argv[1], sys.argv[2], sys.argv[3]
+for port in range(40100, 40160):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    s.settimeout(2)
+    try:
+        s.sendto(b"x", (node, 19090))
+        data, _ = s.recvfrom(200)
+    except Exception:
+        s.close()
+        continue
+    if not data.decode().startswith(local + " "):
+        s.close()
+        continue
+    try:
+        s.sendto(b"x", (task, 9090))
+        data, addr = s.recvfrom(200)
+        print(f"{addr[0]}:{addr[1]}")
+        s.sendto(b"x", (node, 19090))
+        data, addr = s.recvfrom(200)
+        print(f"{addr[0]}:{addr[1]}")
+    except Exception as e:
+        print("ERR", e)
+    sys.exit(0)
+print("ERR the local task never answered")
+"#;
+
+/// A direct UDP flow that reuses the client port of a published-port flow
+/// to the same task gets its replies from the task's own address: the
+/// published flow's reverse entry does not rewrite them. The published
+/// port, asked again from that port, still answers from itself.
+#[test]
+fn a_direct_udp_flow_reusing_a_published_flows_port_is_not_rewritten() {
+    require_root!();
+    let mut scene = Scene::up();
+    both_tasks_answer(&scene, "n2", "udp", "19090");
+    let web1 = scene
+        .lab
+        .netctl_json("n2", &["endpoint", "ls"])
+        .expect("endpoints")
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|e| e["name"] == "web.1")
+        .and_then(|e| e["ip"].as_str())
+        .expect("web.1 address")
+        .to_owned();
+    // The client reaches the overlay through n2, as the ingress benchmark's
+    // direct case does.
+    let n2 = scene.addr("n2");
+    let out = scene
+        .lab
+        .exec(
+            &scene.lab.external_netns(),
+            &["ip", "route", "add", "10.10.0.0/24", "via", &n2],
+        )
+        .expect("ip route");
+    assert!(out.status.success(), "{out:?}");
+    let out = scene
+        .lab
+        .exec(
+            &scene.lab.external_netns(),
+            &["python3", "-c", SAME_PORT_DIRECT, &n2, "web1", &web1],
+        )
+        .expect("client");
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(answer, format!("{web1}:9090\n{n2}:19090"), "{out:?}");
+    scene.lab.teardown().expect("teardown");
+}

@@ -577,3 +577,180 @@ fn events_the_full_ring_could_not_hold_are_counted_and_reported() {
     );
     scene.lab.teardown().expect("teardown");
 }
+
+/// The external client host's address (the lab's `ext`).
+const EXT: &str = "198.18.0.200";
+
+/// Published ports: on the entry node n1 (no task there), a flow from the
+/// external client to n1:18080 is forwarded to web.1 on n2 and its replies
+/// reversed, named (the underlay interface, the port's service, the task,
+/// the SNAT to n1's ingress address) and filtered by service, port and
+/// address; on n2 the same port goes to the local task without SNAT; a
+/// published port with no task is passed to the node with its reason.
+#[test]
+fn a_published_port_flow_is_traced_on_the_entry_node() {
+    require_root!();
+    let mut lab = Lab::cluster_with_web(2).expect("cluster");
+    lab.netctl_json(
+        "n1",
+        &[
+            "service",
+            "update",
+            "web",
+            "--publish-add",
+            "published=18080,target=8080",
+        ],
+    )
+    .expect("publish web");
+    lab.netctl_json(
+        "n1",
+        &[
+            "service",
+            "create",
+            "empty",
+            "--network",
+            "appnet",
+            "--publish",
+            "published=18081,target=8080",
+        ],
+    )
+    .expect("service empty");
+    let (web, web_endpoint) = lab
+        .attach_container_with(
+            "n2",
+            "web1",
+            "appnet",
+            &["--service", "web", "--name", "web.1"],
+        )
+        .expect("task");
+    let _server = Server::start(&web, "web1");
+    let web_ip = web_endpoint["ip"].as_str().expect("ip").to_owned();
+    let n1 = lab.node("n1").expect("n1").addr.to_string();
+    let ask = |lab: &Lab, port: &str| {
+        let out = lab
+            .exec(
+                &lab.external_netns(),
+                &["python3", "-c", CLIENT, "tcp", &n1, port],
+            )
+            .expect("client");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // The mesh works before anything is traced.
+    let mut last = String::new();
+    wait_until(Duration::from_secs(20), || {
+        last = ask(&lab, "18080");
+        (last == "web1").then_some(())
+    })
+    .unwrap_or_else(|_| panic!("n1:18080 never answered: {last}\n{}", lab.agent_logs(30)));
+
+    let json = |filter: &[&str]| {
+        let mut args = vec!["--format", "json", "trace"];
+        args.extend_from_slice(filter);
+        Tracer::start(&lab, "n1", &args)
+    };
+    let mut by_service = json(&["--service", "web"]);
+    let mut by_port = json(&["--port", "18080"]);
+    let mut by_ip = json(&["--ip", EXT]);
+    let mut closed = json(&["--verdict", "pass"]);
+    let mut people = Tracer::start(&lab, "n1", &["trace", "--service", "web"]);
+
+    assert_eq!(ask(&lab, "18080"), "web1");
+    assert!(ask(&lab, "18081").contains("refused"));
+
+    let n1_addr = n1.as_str();
+    let web_addr = web_ip.as_str();
+    for tracer in [&mut by_service, &mut by_port, &mut by_ip] {
+        let forward = tracer.wait_event("the forward of the flow", |e| {
+            e["verdict"] == "forward"
+                && e["before"]["src"] == EXT
+                && e["before"]["dst"] == n1_addr
+                && e["before"]["dport"] == 18080
+                && e["after"]["dst"] == web_addr
+                && e["after"]["dport"] == 8080
+        });
+        assert_eq!(forward["service"], "web", "{forward}");
+        assert_eq!(forward["network"], "appnet", "{forward}");
+        assert_eq!(forward["endpoint"], "web.1", "{forward}");
+        assert_eq!(forward["interface"], "eth0", "{forward}");
+        assert_eq!(forward["task"], "remote", "{forward}");
+        assert_eq!(forward["names"][web_addr], "web.1", "{forward}");
+        assert_eq!(forward["names"][n1_addr], "node n1", "{forward}");
+        let snat = forward["snat"].as_str().expect("snat address");
+        assert!(snat.starts_with("10.10.0."), "{forward}");
+        assert_eq!(forward["names"][snat], "node n1 ingress", "{forward}");
+        let sport = forward["before"]["sport"].clone();
+        let reverse = tracer.wait_event("the reverse of the flow", |e| {
+            e["verdict"] == "reverse"
+                && e["before"]["src"] == web_addr
+                && e["before"]["sport"] == 8080
+                && e["after"]["src"] == n1_addr
+                && e["after"]["sport"] == 18080
+                && e["after"]["dst"] == EXT
+                && e["after"]["dport"] == sport
+        });
+        assert_eq!(reverse["service"], "web", "{reverse}");
+        assert_eq!(reverse["endpoint"], "web.1", "{reverse}");
+        assert_eq!(reverse["interface"], "eth0", "{reverse}");
+    }
+    // The port without a task: passed to the node, which refuses it.
+    let pass = closed.wait_event("the closed port", |e| {
+        e["before"]["dst"] == n1_addr && e["before"]["dport"] == 18081
+    });
+    assert_eq!(pass["reason"], "no-backend", "{pass}");
+    assert_eq!(pass["service"], "empty", "{pass}");
+    people.wait_for("a forward line", |l| {
+        l.contains(" forward to remote task (SNAT to ")
+            && l.contains("[web.1]")
+            && l.contains("web.1/eth0 ")
+            && l.ends_with("service=web")
+    });
+
+    // On n2, the task's own node: a forward to a local task, no SNAT.
+    let mut on_n2 = Tracer::start(
+        &lab,
+        "n2",
+        &["--format", "json", "trace", "--port", "18080"],
+    );
+    let n2 = lab.node("n2").expect("n2").addr.to_string();
+    let out = lab
+        .exec(
+            &lab.external_netns(),
+            &["python3", "-c", CLIENT, "tcp", &n2, "18080"],
+        )
+        .expect("client");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "web1");
+    let n2_addr = n2.as_str();
+    let local = on_n2.wait_event("the forward to the local task", |e| {
+        e["verdict"] == "forward" && e["before"]["dst"] == n2_addr && e["after"]["dst"] == web_addr
+    });
+    assert_eq!(local["node"], "n2", "{local}");
+    assert_eq!(local["task"], "local", "{local}");
+    assert_eq!(local["endpoint"], "web.1", "{local}");
+    assert_eq!(local["service"], "web", "{local}");
+    assert!(local.get("snat").is_none(), "{local}");
+    on_n2.wait_event("the local task's reply", |e| {
+        e["verdict"] == "reverse" && e["after"]["src"] == n2_addr && e["after"]["dst"] == EXT
+    });
+
+    // Filters: one more web flow later, the service and port tracers have
+    // seen nothing of `empty`'s port.
+    assert_eq!(ask(&lab, "18080"), "web1");
+    for tracer in [&mut by_service, &mut by_port] {
+        tracer.wait_event("a second flow", |e| {
+            e["verdict"] == "forward" && e["before"]["dport"] == 18080
+        });
+        let events = tracer.events();
+        assert!(
+            events
+                .iter()
+                .all(|e| e["service"] == "web" && e["before"]["dport"] != 18081),
+            "{}: other ports' events: {events:?}",
+            tracer.what
+        );
+    }
+    for tracer in [by_service, by_port, by_ip, closed, people, on_n2] {
+        let (status, stderr) = tracer.stop();
+        assert!(status.success(), "{status} {stderr}");
+    }
+    lab.teardown().expect("teardown");
+}

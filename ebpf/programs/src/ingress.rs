@@ -181,7 +181,11 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
 /// only on a SYN (a new connection); UDP has no start: any packet. A mesh
 /// packet never matches: its destination is the node, not the task. The
 /// cost is one lookup per received UDP packet or TCP SYN that is not for
-/// a published port.
+/// a published port (VXLAN excepted).
+/// The overlay's UDP port (see the agent's `dataplane::sandbox`), as it
+/// sits in the packet.
+const VXLAN_PORT_BE: u16 = 4789u16.to_be();
+
 #[inline(always)]
 fn forget_stale(ctx: &TcContext, seen: &LbRevKey) {
     if seen.proto == IPPROTO_TCP {
@@ -194,7 +198,9 @@ fn forget_stale(ctx: &TcContext, seen: &LbRevKey) {
         if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
             return;
         }
-    } else if seen.proto != IPPROTO_UDP {
+    } else if seen.proto != IPPROTO_UDP || seen.client_port == VXLAN_PORT_BE {
+        // VXLAN, the bulk of what a node receives, is never a direct flow
+        // to a task: it pays no lookup.
         return;
     }
     let stale = LbRevKey {

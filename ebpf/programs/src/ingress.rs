@@ -171,6 +171,10 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
     Ok(TC_ACT_OK as i32)
 }
 
+/// The overlay's UDP port (see the agent's `dataplane::sandbox`), as it
+/// sits in the packet.
+const VXLAN_PORT_BE: u16 = 4789u16.to_be();
+
 /// A packet straight to a task (not through a published port) whose reply
 /// tuple is still in INGRESS_REV_CT: that entry belongs to an earlier
 /// published-port flow with the same client port, which the task cannot
@@ -182,10 +186,6 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
 /// packet never matches: its destination is the node, not the task. The
 /// cost is one lookup per received UDP packet or TCP SYN that is not for
 /// a published port (VXLAN excepted).
-/// The overlay's UDP port (see the agent's `dataplane::sandbox`), as it
-/// sits in the packet.
-const VXLAN_PORT_BE: u16 = 4789u16.to_be();
-
 #[inline(always)]
 fn forget_stale(ctx: &TcContext, seen: &LbRevKey) {
     if seen.proto == IPPROTO_TCP {

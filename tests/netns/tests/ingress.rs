@@ -3,89 +3,15 @@
 //! host mode answers only where a task runs; what the task sees as the
 //! client address is what docs/operations.md says.
 
-use std::{
-    collections::BTreeSet,
-    os::unix::process::CommandExt,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeSet, time::Duration};
 
-use netlab::{require_root, wait_until, Container, Lab, LabSpec};
+mod common;
 
-/// Answers on TCP 8080 and UDP 9090 with "<name> <client address>".
-const SERVER: &str = r#"
-import socket, sys, threading
-name = sys.argv[1]
-def udp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", 9090))
-    while True:
-        data, addr = s.recvfrom(2048)
-        s.sendto(f"{name} {addr[0]}".encode(), addr)
-threading.Thread(target=udp, daemon=True).start()
-t = socket.socket()
-t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-t.bind(("0.0.0.0", 8080))
-t.listen(64)
-while True:
-    c, addr = t.accept()
-    c.sendall(f"{name} {addr[0]}".encode())
-    c.close()
-"#;
-
-/// Makes `count` fresh connections (tcp) or sockets (udp) to host:port and
-/// prints one answer per line ("ERR ..." when none came).
-const CLIENT: &str = r#"
-import socket, sys
-proto, host, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-for _ in range(count):
-    try:
-        if proto == "tcp":
-            s = socket.create_connection((host, port), timeout=2)
-            print(s.recv(200).decode())
-        else:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.settimeout(2)
-            s.connect((host, port))
-            s.send(b"x")
-            print(s.recv(200).decode())
-        s.close()
-    except Exception as e:
-        print("ERR", e)
-"#;
+use common::task_server::{Server, CLIENT};
+use netlab::{require_root, wait_until, Lab, LabSpec};
 
 /// The external client's address (the lab's `ext` host).
 const EXT: &str = "198.18.0.200";
-
-/// A task's server; killed (by pid) on drop.
-struct Server(Child);
-
-impl Server {
-    fn start(container: &Container, name: &str) -> Self {
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net={}", container.netns_path().display()))
-            .args(["--", "python3", "-c", SERVER, name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: prctl is async-signal-safe; the server dies with the test.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        Server(command.spawn().expect("server"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Three nodes, network `appnet` (10.10.0.0/24), service `web` publishing
 /// 18080/tcp → 8080 and 19090/udp → 9090 (ingress mode), tasks web1 on n2

@@ -5,68 +5,14 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{BufRead, Write},
-    os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
+mod common;
+
+use common::task_server::{Server, CLIENT};
 use netlab::{require_root, wait_until, Container, Lab};
-
-/// Answers on TCP 8080 and UDP 9090 with "<name> <client address>", and
-/// on TCP 8081 once per message for as long as the connection lasts.
-const SERVER: &str = r#"
-import socket, sys, threading
-name = sys.argv[1]
-def udp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", 9090))
-    while True:
-        data, addr = s.recvfrom(2048)
-        s.sendto(f"{name} {addr[0]}".encode(), addr)
-threading.Thread(target=udp, daemon=True).start()
-def flow(c, client):
-    while c.recv(100):
-        c.sendall(f"{name} {client}".encode())
-def flows():
-    f = socket.socket()
-    f.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    f.bind(("0.0.0.0", 8081))
-    f.listen(64)
-    while True:
-        c, addr = f.accept()
-        threading.Thread(target=flow, args=(c, addr[0]), daemon=True).start()
-threading.Thread(target=flows, daemon=True).start()
-t = socket.socket()
-t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-t.bind(("0.0.0.0", 8080))
-t.listen(64)
-while True:
-    c, addr = t.accept()
-    c.sendall(f"{name} {addr[0]}".encode())
-    c.close()
-"#;
-
-/// Makes `count` fresh connections (tcp) or sockets (udp) to host:port and
-/// prints one answer per line ("ERR" when none came).
-const CLIENT: &str = r#"
-import socket, sys
-proto, host, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-for _ in range(count):
-    try:
-        if proto == "tcp":
-            s = socket.create_connection((host, port), timeout=2)
-            print(s.recv(200).decode())
-        else:
-            # Connected, so that an ICMP unreachable is reported.
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.settimeout(2)
-            s.connect((host, port))
-            s.send(b"x")
-            print(s.recv(200).decode())
-        s.close()
-    except Exception as e:
-        print("ERR", e)
-"#;
 
 /// One UDP socket (or one TCP connection) for its whole life: every input
 /// line sends a message and prints the answer, so that the flow keeps its
@@ -130,36 +76,6 @@ impl Drop for Flow {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A backend server started in a container; killed (by pid) on drop.
-struct Server(Child);
-
-impl Server {
-    fn start(container: &Container, name: &str) -> Self {
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net={}", container.netns_path().display()))
-            .args(["--", "python3", "-c", SERVER, name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: prctl is async-signal-safe; the server dies with the test.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        Server(command.spawn().expect("server"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -6,79 +6,16 @@
 
 use std::{
     io::{BufRead, BufReader, Read},
-    os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
+mod common;
+
+use common::task_server::{spawn_dying_with_us, task_of, Server, CLIENT};
 use netlab::{require_root, wait_until, Container, Lab};
-
-/// Answers on TCP 8080 with "<name>".
-const SERVER: &str = r#"
-import socket, sys
-t = socket.socket()
-t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-t.bind(("0.0.0.0", 8080))
-t.listen(64)
-while True:
-    c, addr = t.accept()
-    c.sendall(sys.argv[1].encode())
-    c.close()
-"#;
-
-/// One request (tcp: a connection; udp: a connected datagram) to
-/// host:port; prints the answer, or "ERR <why>".
-const CLIENT: &str = r#"
-import socket, sys
-proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-try:
-    if proto == "tcp":
-        s = socket.create_connection((host, port), timeout=2)
-    else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.settimeout(2)
-        s.connect((host, port))
-        s.send(b"x")
-    print(s.recv(200).decode())
-except Exception as e:
-    print("ERR", e)
-"#;
-
-/// A process that dies with the test (SIGTERM when the test process goes).
-fn spawn_dying_with_us(command: &mut Command) -> Child {
-    // SAFETY: prctl is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    command.spawn().expect("spawn")
-}
-
-struct Server(Child);
-
-impl Server {
-    fn start(container: &Container, name: &str) -> Self {
-        Server(spawn_dying_with_us(
-            Command::new("nsenter")
-                .arg(format!("--net={}", container.netns_path().display()))
-                .args(["--", "python3", "-c", SERVER, name])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        ))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A running `netctl trace`; its output lines arrive on a channel.
 struct Tracer {
@@ -245,10 +182,10 @@ impl Scene {
             .lab
             .exec(
                 &self.client.netns,
-                &["python3", "-c", CLIENT, proto, vip, "8080"],
+                &["python3", "-c", CLIENT, proto, vip, "8080", "1"],
             )
             .expect("client");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        task_of(String::from_utf8_lossy(&out.stdout).trim()).to_owned()
     }
 
     /// n1's trace figures from `netctl status`: (tracers, emitted, lost).
@@ -630,10 +567,10 @@ fn a_published_port_flow_is_traced_on_the_entry_node() {
         let out = lab
             .exec(
                 &lab.external_netns(),
-                &["python3", "-c", CLIENT, "tcp", &n1, port],
+                &["python3", "-c", CLIENT, "tcp", &n1, port, "1"],
             )
             .expect("client");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        task_of(String::from_utf8_lossy(&out.stdout).trim()).to_owned()
     };
     // The mesh works before anything is traced.
     let mut last = String::new();
@@ -715,10 +652,10 @@ fn a_published_port_flow_is_traced_on_the_entry_node() {
     let out = lab
         .exec(
             &lab.external_netns(),
-            &["python3", "-c", CLIENT, "tcp", &n2, "18080"],
+            &["python3", "-c", CLIENT, "tcp", &n2, "18080", "1"],
         )
         .expect("client");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "web1");
+    assert_eq!(task_of(String::from_utf8_lossy(&out.stdout).trim()), "web1");
     let n2_addr = n2.as_str();
     let local = on_n2.wait_event("the forward to the local task", |e| {
         e["verdict"] == "forward" && e["before"]["dst"] == n2_addr && e["after"]["dst"] == web_addr

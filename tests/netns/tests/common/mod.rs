@@ -1,6 +1,9 @@
-//! Helpers shared by the tests that drive `netagent::dataplane::overlay`
-//! directly against lab node namespaces.
+//! Helpers shared by the namespace tests: those that drive
+//! `netagent::dataplane::overlay` directly against lab node namespaces, and
+//! (`task_server`) the service tests' servers and client.
 #![allow(dead_code)]
+
+pub mod task_server;
 
 use std::{net::Ipv4Addr, path::Path};
 

@@ -19,6 +19,7 @@
 //! backend entries; a change to one service rewrites its table, its entry
 //! and the changed backends only.
 
+mod fingerprint;
 pub mod maglev;
 pub mod maps;
 pub mod plan;

@@ -4,13 +4,14 @@
 
 use std::{
     borrow::Cow,
-    collections::{hash_map::DefaultHasher, BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     hash::{Hash, Hasher},
     net::Ipv4Addr,
 };
 
 use serde::{Deserialize, Serialize};
 
+use super::fingerprint::{mix, BuildFingerprint, Fingerprint};
 use crate::model::{Endpoint, EndpointMode, Health, Service, ServiceVip};
 
 /// One backend of one VIP.
@@ -157,10 +158,12 @@ pub struct Planner {
     /// entries of the last update.
     desired: BTreeMap<Ipv4Addr, Vip>,
     /// By service id.
-    services: HashMap<String, Planned>,
+    services: HashMap<String, Planned, BuildFingerprint>,
     extra: BTreeMap<Ipv4Addr, Vip>,
     /// Group -> fingerprint of its endpoints, this pass (a reused buffer).
-    groups: HashMap<u64, u64>,
+    groups: HashMap<u64, u64, BuildFingerprint>,
+    /// Each endpoint's group this pass, in input order (a reused buffer).
+    endpoint_groups: Vec<Option<u64>>,
     /// The last plan was rebuilt whole for irregular inputs: so is the next.
     irregular: bool,
     planned_once: bool,
@@ -189,14 +192,14 @@ impl Planner {
     ) -> Changes {
         self.pass += 1;
         self.groups.clear();
+        self.endpoint_groups.clear();
         for e in endpoints {
-            if let Some(service) = &e.service {
-                let fingerprint = self
-                    .groups
-                    .entry(group(&e.network_id, service))
-                    .or_insert(0);
+            let group = e.service.as_deref().map(|s| group(&e.network_id, s));
+            if let Some(group) = group {
+                let fingerprint = self.groups.entry(group).or_insert(0);
                 *fingerprint = mix(*fingerprint, endpoint_hash(e));
             }
+            self.endpoint_groups.push(group);
         }
         if self.irregular || !self.planned_once {
             return self.rebuild(services, endpoints, extra);
@@ -207,9 +210,7 @@ impl Planner {
             let fingerprint = self.fingerprint(service);
             match self.services.get_mut(service.id.as_str()) {
                 // Seen already this pass: two services with one id.
-                Some(p) if p.pass == self.pass => {
-                    return self.rebuild(services, endpoints, extra)
-                }
+                Some(p) if p.pass == self.pass => return self.rebuild(services, endpoints, extra),
                 Some(p) if p.fingerprint == fingerprint => p.pass = self.pass,
                 _ => dirty.push((service, fingerprint)),
             }
@@ -234,19 +235,22 @@ impl Planner {
         }
         // Plan the dirty services from their groups' endpoints alone.
         if !dirty.is_empty() {
-            let wanted: HashSet<u64> = dirty
+            let wanted: HashSet<u64, BuildFingerprint> = dirty
                 .iter()
                 .flat_map(|(s, _)| {
                     s.vips.iter().flat_map(|vip| {
-                        [group(&vip.network_id, &s.name), group(&vip.network_id, &s.id)]
+                        [
+                            group(&vip.network_id, &s.name),
+                            group(&vip.network_id, &s.id),
+                        ]
                     })
                 })
                 .collect();
-            let tasks = endpoints.iter().filter(|e| {
-                e.service
-                    .as_deref()
-                    .is_some_and(|service| wanted.contains(&group(&e.network_id, service)))
-            });
+            let tasks = endpoints
+                .iter()
+                .zip(&self.endpoint_groups)
+                .filter(|(_, group)| group.is_some_and(|g| wanted.contains(&g)))
+                .map(|(e, _)| e);
             let planned = desired_of(dirty.iter().map(|&(s, _)| s), tasks);
             let claimed: usize = dirty.iter().map(|(s, _)| vips_of(s).count()).sum();
             if planned.len() != claimed || planned.keys().any(|a| self.desired.contains_key(a)) {
@@ -322,7 +326,7 @@ impl Planner {
 
     /// What `service`'s VIPs are planned from, this pass.
     fn fingerprint(&self, service: &Service) -> u64 {
-        let mut hasher = DefaultHasher::new();
+        let mut hasher = Fingerprint::default();
         (&service.name, &service.id).hash(&mut hasher);
         (service.endpoint_mode == EndpointMode::Vip).hash(&mut hasher);
         for vip in &service.vips {
@@ -349,24 +353,24 @@ fn vips_of(service: &Service) -> impl Iterator<Item = Ipv4Addr> + '_ {
 /// The group of the endpoints that name service `service` on network
 /// `network_id` (any case), without allocating.
 fn group(network_id: &str, service: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
+    let mut hasher = Fingerprint::default();
     network_id.hash(&mut hasher);
-    for byte in service.bytes() {
-        hasher.write_u8(byte.to_ascii_lowercase());
-    }
+    hasher.write_lower(service);
     hasher.finish()
 }
 
 /// What planning reads of an endpoint.
 fn endpoint_hash(e: &Endpoint) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    (&e.id, &e.service, &e.node, e.ip, e.health == Health::Healthy).hash(&mut hasher);
+    let mut hasher = Fingerprint::default();
+    (
+        &e.id,
+        &e.service,
+        &e.node,
+        e.ip,
+        e.health == Health::Healthy,
+    )
+        .hash(&mut hasher);
     hasher.finish()
-}
-
-/// Appends `hash` to a fingerprint, order counting.
-fn mix(fingerprint: u64, hash: u64) -> u64 {
-    (fingerprint.rotate_left(23) ^ hash).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 #[cfg(test)]
@@ -620,7 +624,10 @@ mod tests {
             }
         }
         // Most passes are incremental: irregular inputs are the exception.
-        assert!(incremental > 40 * 60 * 2 / 3, "{incremental} incremental passes");
+        assert!(
+            incremental > 40 * 60 * 2 / 3,
+            "{incremental} incremental passes"
+        );
     }
 
     #[test]
@@ -629,13 +636,25 @@ mod tests {
         let mut endpoints: Vec<Endpoint> = (0..20)
             .map(|t| {
                 let ip = [10, 10, 2, t as u8];
-                endpoint(&format!("t{t}"), &format!("svc{}", t % 10), "net1", ip, Health::Healthy)
+                endpoint(
+                    &format!("t{t}"),
+                    &format!("svc{}", t % 10),
+                    "net1",
+                    ip,
+                    Health::Healthy,
+                )
             })
             .collect();
         let mut planner = Planner::default();
-        assert_eq!(planner.update(&services, &endpoints, BTreeMap::new()), Changes::All);
+        assert_eq!(
+            planner.update(&services, &endpoints, BTreeMap::new()),
+            Changes::All
+        );
         let nothing = Changes::Only(BTreeSet::new());
-        assert_eq!(planner.update(&services, &endpoints, BTreeMap::new()), nothing);
+        assert_eq!(
+            planner.update(&services, &endpoints, BTreeMap::new()),
+            nothing
+        );
         endpoints[13].health = Health::Unhealthy;
         let svc3: BTreeSet<_> = [Ipv4Addr::new(10, 10, 1, 3)].into();
         assert_eq!(
@@ -644,19 +663,34 @@ mod tests {
         );
         assert!(!planner.desired()[&Ipv4Addr::new(10, 10, 1, 3)].backends[1].active);
         // A task naming the service in another case belongs to it too.
-        endpoints.push(endpoint("t99", "SVC3", "net1", [10, 10, 2, 99], Health::Healthy));
+        endpoints.push(endpoint(
+            "t99",
+            "SVC3",
+            "net1",
+            [10, 10, 2, 99],
+            Health::Healthy,
+        ));
         assert_eq!(
             planner.update(&services, &endpoints, BTreeMap::new()),
             Changes::Only(svc3)
         );
-        assert_eq!(planner.update(&services, &endpoints, BTreeMap::new()), nothing);
+        assert_eq!(
+            planner.update(&services, &endpoints, BTreeMap::new()),
+            nothing
+        );
     }
 
     #[test]
     fn two_services_on_one_address_keep_the_whole_plan_order() {
         let mut services: Vec<Service> = (0..3).map(numbered).collect();
         services[2].vips[0].addr = services[0].vips[0].addr;
-        let endpoints = vec![endpoint("t1", "svc2", "net1", [10, 10, 2, 1], Health::Healthy)];
+        let endpoints = vec![endpoint(
+            "t1",
+            "svc2",
+            "net1",
+            [10, 10, 2, 1],
+            Health::Healthy,
+        )];
         let mut planner = Planner::default();
         planner.update(&services, &endpoints, BTreeMap::new());
         assert_eq!(planner.desired(), &desired(&services, &endpoints));

@@ -852,6 +852,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_backend_is_active_while_any_vip_takes_new_flows_to_it() {
+        let mut refs = BackendRefs::default();
+        refs.add(false);
+        assert_eq!(refs.flags(), LB_BACKEND_DRAINING);
+        refs.add(true);
+        assert_eq!(refs.flags(), LB_BACKEND_ACTIVE);
+        refs.remove(true);
+        assert_eq!(refs.flags(), LB_BACKEND_DRAINING);
+        refs.remove(false);
+        assert_eq!(refs, BackendRefs::default());
+    }
+
+    #[test]
     fn missing_from_finds_the_keys_the_other_map_lacks() {
         let ip = |n: u8| Ipv4Addr::new(10, 0, 0, n);
         let have: BTreeMap<Ipv4Addr, ()> = [1, 2, 4, 7, 9].map(|n| (ip(n), ())).into();

@@ -17,7 +17,9 @@
 //!
 //! Cost: programming N services is N table writes plus the service and
 //! backend entries; a change to one service rewrites its table, its entry
-//! and the changed backends only.
+//! and the changed backends only. A pass re-plans and compares only the
+//! services whose inputs changed (`plan::Planner`); the fingerprinting
+//! of the inputs that finds them is the one linear part.
 
 mod fingerprint;
 pub mod maglev;

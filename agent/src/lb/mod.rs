@@ -17,8 +17,11 @@
 //!
 //! Cost: programming N services is N table writes plus the service and
 //! backend entries; a change to one service rewrites its table, its entry
-//! and the changed backends only.
+//! and the changed backends only. A pass re-plans and compares only the
+//! services whose inputs changed (`plan::Planner`); the fingerprinting
+//! of the inputs that finds them is the one linear part.
 
+mod fingerprint;
 pub mod maglev;
 pub mod maps;
 pub mod plan;
@@ -144,8 +147,13 @@ struct State {
     members: BTreeMap<Ipv4Addr, Vec<plan::Backend>>,
     /// What LB_BACKENDS holds: ip -> (id, flags).
     backends: StdHashMap<Ipv4Addr, (u32, u32)>,
+    /// How many members name each backend (kept with `members`).
+    refs: StdHashMap<Ipv4Addr, BackendRefs>,
     /// The node of each backend, as last seen (unknown after a restart).
     nodes: BTreeMap<Ipv4Addr, String>,
+    /// The maps hold exactly the last plan (a settled pass went through):
+    /// the next pass may write only what changed.
+    exact: bool,
     /// Maglev slots no service uses, least recently freed first.
     free_slots: VecDeque<u32>,
     /// Backend ids nothing uses, least recently freed first.
@@ -153,7 +161,38 @@ struct State {
     next_service_id: u32,
 }
 
+/// How many VIPs name a backend, and as active.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct BackendRefs {
+    active: u32,
+    all: u32,
+}
+
+impl BackendRefs {
+    fn add(&mut self, active: bool) {
+        self.all += 1;
+        self.active += u32::from(active);
+    }
+
+    fn remove(&mut self, active: bool) {
+        self.all = self.all.saturating_sub(1);
+        self.active = self.active.saturating_sub(u32::from(active));
+    }
+
+    /// Active if any VIP takes new flows to it, else draining.
+    fn flags(&self) -> u32 {
+        if self.active > 0 {
+            LB_BACKEND_ACTIVE
+        } else {
+            LB_BACKEND_DRAINING
+        }
+    }
+}
+
 pub struct LoadBalancer {
+    /// The last plan, diffed against each pass's inputs (locked before
+    /// `state`).
+    planner: Mutex<plan::Planner>,
     state: Arc<Mutex<State>>,
     /// Endpoints this run has attached the programs to (a restarted agent
     /// re-attaches once, replacing an older program in place).
@@ -226,9 +265,12 @@ impl LoadBalancer {
                 services,
                 tables: BTreeMap::new(),
                 members: BTreeMap::new(),
+                refs: StdHashMap::new(),
                 backends,
                 nodes: BTreeMap::new(),
+                exact: false,
             })),
+            planner: Mutex::new(plan::Planner::default()),
             attached: Mutex::new(BTreeSet::new()),
         })
     }
@@ -266,9 +308,15 @@ impl LoadBalancer {
         extra: BTreeMap<Ipv4Addr, plan::Vip>,
         seen: &Seen<'_>,
     ) -> Result<(), LbError> {
-        let mut desired = plan::desired(services, endpoints);
-        desired.extend(extra);
-        self.lock().sync(&desired, seen)
+        let mut planner = self.planner.lock().unwrap_or_else(|poisoned| {
+            // A panic mid-update: plan from scratch.
+            let mut planner = poisoned.into_inner();
+            *planner = plan::Planner::default();
+            planner
+        });
+        self.planner.clear_poison();
+        let changes = planner.update(services, endpoints, extra);
+        self.lock().sync(planner.desired(), &changes, seen)
     }
 
     /// Puts the load balancer on `ifname` (an endpoint's host veth) inside
@@ -330,7 +378,30 @@ impl State {
                 .is_some_and(|node| seen.live_nodes.contains(node))
     }
 
+    /// Brings the maps to `desired`: every VIP when `changes` says
+    /// anything may have changed or the maps may hold more than the plan
+    /// (adopted, unseen or a failed pass), else only the changed VIPs and
+    /// their backends.
     fn sync(
+        &mut self,
+        desired: &BTreeMap<Ipv4Addr, plan::Vip>,
+        changes: &plan::Changes,
+        seen: &Seen<'_>,
+    ) -> Result<(), LbError> {
+        let exact = std::mem::take(&mut self.exact);
+        match changes {
+            plan::Changes::Only(changed) if exact && seen.settled => {
+                self.sync_changed(desired, changed, seen)?
+            }
+            _ => self.sync_all(desired, seen)?,
+        }
+        // Settled, a pass that went through leaves exactly the plan.
+        self.exact = seen.settled;
+        Ok(())
+    }
+
+    /// Every VIP: compares each with what it holds.
+    fn sync_all(
         &mut self,
         desired: &BTreeMap<Ipv4Addr, plan::Vip>,
         seen: &Seen<'_>,
@@ -339,12 +410,7 @@ impl State {
         let mut wanted: StdHashMap<Ipv4Addr, u32> = StdHashMap::with_capacity(self.backends.len());
         for vip in desired.values() {
             for b in &vip.backends {
-                let flags = if b.active {
-                    LB_BACKEND_ACTIVE
-                } else {
-                    LB_BACKEND_DRAINING
-                };
-                let entry = wanted.entry(b.ip).or_insert(flags);
+                let entry = wanted.entry(b.ip).or_insert(LB_BACKEND_DRAINING);
                 if b.active {
                     *entry = LB_BACKEND_ACTIVE;
                 }
@@ -359,103 +425,185 @@ impl State {
             }
         }
         for (&ip, &flags) in &wanted {
-            match self.backends.get(&ip) {
-                Some(&(_, old)) if old == flags => {}
-                Some(&(id, _)) => self.put_backend(id, ip, flags)?,
-                None => self.add_backend(ip, flags)?,
-            }
+            self.ensure_backend(ip, flags)?;
         }
         // 2 and 3. Tables, then the service entries.
-        let mut new_members = Vec::new();
         for (&addr, vip) in desired {
-            if self.members.get(&addr) != Some(&vip.backends) {
-                self.members.insert(addr, vip.backends.clone());
-                new_members.push(addr);
-            }
-            // Settled, the table is exactly the active backends: most VIPs
-            // are unchanged, found so without allocating. (A VIP has a
-            // table only once its service entry is written.)
-            if seen.settled {
-                let active = vip.backends.iter().filter(|b| b.active).map(|b| b.ip);
-                if self
-                    .tables
-                    .get(&addr)
-                    .is_some_and(|current| current.iter().copied().eq(active))
-                {
-                    continue;
-                }
-            }
-            let mut active = vip.active();
-            // Keep the backends the view does not mention but that may just
-            // not have been heard from yet.
-            if let Some(current) = self.tables.get(&addr) {
-                let unseen: Vec<Ipv4Addr> = current
-                    .iter()
-                    .filter(|&&ip| !vip.backends.iter().any(|b| b.ip == ip) && !self.gone(ip, seen))
-                    .copied()
-                    .collect();
-                active.extend(unseen);
-                active.sort();
-            }
-            if self.services.contains_key(&addr) {
-                let unchanged = match self.tables.get(&addr) {
-                    Some(current) => current == &active,
-                    // Adopted from an earlier run: kept until settled.
-                    None => !seen.settled,
-                };
-                if unchanged {
-                    continue;
-                }
-            }
-            self.program_vip(addr, &active)?;
-            self.tables.insert(addr, active);
-        }
-        // Nodes change only with a VIP's members.
-        for addr in new_members {
-            for b in desired.get(&addr).map_or(&[][..], |vip| &vip.backends) {
-                if self.nodes.get(&b.ip) != Some(&b.node) {
-                    self.nodes.insert(b.ip, b.node.clone());
-                }
-            }
+            self.set_members(addr, Some(&vip.backends));
+            self.ensure_vip(addr, vip, seen)?;
         }
         // 4. VIPs that went (the services come from the managers, whole;
         // still, none goes before the view settles), then backends nothing
         // uses any more.
-        let gone = if seen.settled {
-            missing_from(&self.services, desired)
-        } else {
-            Vec::new()
+        if seen.settled {
+            for vip in missing_from(&self.services, desired) {
+                self.remove_vip(vip)?;
+            }
+        }
+        let unused: Vec<Ipv4Addr> = self
+            .backends
+            .keys()
+            .filter(|ip| !wanted.contains_key(ip))
+            .copied()
+            .collect();
+        for ip in unused {
+            self.remove_backend(ip)?;
+        }
+        Ok(())
+    }
+
+    /// Only the VIPs in `changed` (settled, the maps holding exactly the
+    /// last plan): O(changed), whatever the number of services.
+    fn sync_changed(
+        &mut self,
+        desired: &BTreeMap<Ipv4Addr, plan::Vip>,
+        changed: &BTreeSet<Ipv4Addr>,
+        seen: &Seen<'_>,
+    ) -> Result<(), LbError> {
+        // The backends these VIPs had or have: only theirs can change.
+        let mut touched: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        for &addr in changed {
+            let old = self.members.get(&addr).into_iter().flatten();
+            let new = desired.get(&addr).map(|vip| &vip.backends);
+            touched.extend(old.chain(new.into_iter().flatten()).map(|b| b.ip));
+            self.set_members(addr, new);
+        }
+        // Then in the order `sync_all` writes them.
+        for &ip in &touched {
+            if let Some(flags) = self.refs.get(&ip).map(BackendRefs::flags) {
+                self.ensure_backend(ip, flags)?;
+            }
+        }
+        for &addr in changed {
+            if let Some(vip) = desired.get(&addr) {
+                self.ensure_vip(addr, vip, seen)?;
+            }
+        }
+        for &addr in changed {
+            if !desired.contains_key(&addr) {
+                self.remove_vip(addr)?;
+            }
+        }
+        for ip in touched {
+            if !self.refs.contains_key(&ip) && self.backends.contains_key(&ip) {
+                self.remove_backend(ip)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `backends` as VIP `addr`'s members (none: it went), keeping
+    /// the backends' reference counts and nodes.
+    fn set_members(&mut self, addr: Ipv4Addr, backends: Option<&Vec<plan::Backend>>) {
+        if self.members.get(&addr) == backends {
+            return;
+        }
+        for b in self.members.remove(&addr).into_iter().flatten() {
+            if let std::collections::hash_map::Entry::Occupied(mut refs) = self.refs.entry(b.ip) {
+                refs.get_mut().remove(b.active);
+                if refs.get().all == 0 {
+                    refs.remove();
+                }
+            }
+        }
+        let Some(backends) = backends else {
+            return;
         };
-        for vip in gone {
-            let mut services = self.services_map()?;
-            match services.remove(&key(vip)) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_error(LB_SERVICES_MAP)(error)),
+        for b in backends {
+            self.refs.entry(b.ip).or_default().add(b.active);
+            if self.nodes.get(&b.ip) != Some(&b.node) {
+                self.nodes.insert(b.ip, b.node.clone());
             }
-            if let Some(service) = self.services.remove(&vip) {
-                self.free_slot(&service);
+        }
+        self.members.insert(addr, backends.clone());
+    }
+
+    /// Writes backend `ip` with `flags` unless it holds them already.
+    fn ensure_backend(&mut self, ip: Ipv4Addr, flags: u32) -> Result<(), LbError> {
+        match self.backends.get(&ip) {
+            Some(&(_, old)) if old == flags => Ok(()),
+            Some(&(id, _)) => self.put_backend(id, ip, flags),
+            None => self.add_backend(ip, flags),
+        }
+    }
+
+    /// Programs VIP `addr`'s table and entry unless they hold `vip` already.
+    fn ensure_vip(
+        &mut self,
+        addr: Ipv4Addr,
+        vip: &plan::Vip,
+        seen: &Seen<'_>,
+    ) -> Result<(), LbError> {
+        // Settled, the table is exactly the active backends: most VIPs
+        // are unchanged, found so without allocating. (A VIP has a
+        // table only once its service entry is written.)
+        if seen.settled {
+            let active = vip.backends.iter().filter(|b| b.active).map(|b| b.ip);
+            if self
+                .tables
+                .get(&addr)
+                .is_some_and(|current| current.iter().copied().eq(active))
+            {
+                return Ok(());
             }
-            self.tables.remove(&vip);
-            self.members.remove(&vip);
+        }
+        let mut active = vip.active();
+        // Keep the backends the view does not mention but that may just
+        // not have been heard from yet.
+        if let Some(current) = self.tables.get(&addr) {
+            let unseen: Vec<Ipv4Addr> = current
+                .iter()
+                .filter(|&&ip| !vip.backends.iter().any(|b| b.ip == ip) && !self.gone(ip, seen))
+                .copied()
+                .collect();
+            active.extend(unseen);
+            active.sort();
+        }
+        if self.services.contains_key(&addr) {
+            let unchanged = match self.tables.get(&addr) {
+                Some(current) => current == &active,
+                // Adopted from an earlier run: kept until settled.
+                None => !seen.settled,
+            };
+            if unchanged {
+                return Ok(());
+            }
+        }
+        self.program_vip(addr, &active)?;
+        self.tables.insert(addr, active);
+        Ok(())
+    }
+
+    /// Removes VIP `vip`'s entry, then frees its table.
+    fn remove_vip(&mut self, vip: Ipv4Addr) -> Result<(), LbError> {
+        let mut services = self.services_map()?;
+        match services.remove(&key(vip)) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(error) => return Err(map_error(LB_SERVICES_MAP)(error)),
+        }
+        if let Some(service) = self.services.remove(&vip) {
+            self.free_slot(&service);
             info!(%vip, "VIP removed from the load balancer");
         }
-        let unused: Vec<(Ipv4Addr, u32)> = self
-            .backends
-            .iter()
-            .filter(|(ip, _)| !wanted.contains_key(ip))
-            .map(|(&ip, &(id, _))| (ip, id))
-            .collect();
-        for (ip, id) in unused {
-            let mut backends = self.backends_map()?;
-            match backends.remove(&id) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_error(LB_BACKENDS_MAP)(error)),
-            }
-            self.backends.remove(&ip);
-            self.nodes.remove(&ip);
-            self.free_ids.push_back(id);
-            debug!(%ip, id, "backend removed");
+        self.tables.remove(&vip);
+        self.set_members(vip, None);
+        Ok(())
+    }
+
+    /// Removes backend `ip`, which no table names any more.
+    fn remove_backend(&mut self, ip: Ipv4Addr) -> Result<(), LbError> {
+        let Some(&(id, _)) = self.backends.get(&ip) else {
+            return Ok(());
+        };
+        let mut backends = self.backends_map()?;
+        match backends.remove(&id) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(error) => return Err(map_error(LB_BACKENDS_MAP)(error)),
         }
+        self.backends.remove(&ip);
+        self.nodes.remove(&ip);
+        self.free_ids.push_back(id);
+        debug!(%ip, id, "backend removed");
         Ok(())
     }
 
@@ -704,6 +852,19 @@ pub fn log_sync_error(error: &LbError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backend_is_active_while_any_vip_takes_new_flows_to_it() {
+        let mut refs = BackendRefs::default();
+        refs.add(false);
+        assert_eq!(refs.flags(), LB_BACKEND_DRAINING);
+        refs.add(true);
+        assert_eq!(refs.flags(), LB_BACKEND_ACTIVE);
+        refs.remove(true);
+        assert_eq!(refs.flags(), LB_BACKEND_DRAINING);
+        refs.remove(false);
+        assert_eq!(refs, BackendRefs::default());
+    }
 
     #[test]
     fn missing_from_finds_the_keys_the_other_map_lacks() {

@@ -3,8 +3,9 @@
 //! `ingress_in` sees what the node receives: TCP/UDP to
 //! <node address>:<published port> found in INGRESS_PORTS is DNATed to a
 //! task (<overlay address>:<target port>) picked with the Maglev table and
-//! backend states of the LB_SERVICES entry the port names, exactly as the
-//! VIP load balancer picks (`lb::pick`), and pinned in LB_CT. The kernel then
+//! backend states of the LB_SERVICES entry the port names, and pinned in
+//! LB_CT, with the VIP load balancer's own code (`lb::flow_pin`,
+//! `lb::pin_new_flow`: new flows count per backend alike). The kernel then
 //! routes the packet to the network's uplink (`nagw<vni>`) and through the
 //! sandbox to the task, on this node or over VXLAN. The client address is
 //! kept. A flow whose task is on another node gets INGRESS_SNAT_MARK: the
@@ -29,13 +30,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netagent_common::{
-    IngressPort, IngressPortKey, IngressRev, LbCtKey, LbCtValue, LbRevKey, LbServiceKey,
+    IngressPort, IngressPortKey, IngressRev, LbCtKey, LbRevKey, LbServiceKey,
     INGRESS_LOCAL_CAPACITY, INGRESS_PORTS_CAPACITY, INGRESS_SNAT_MARK, LB_CT_CAPACITY,
 };
 
 use crate::{
     lb::{
-        self, Flow, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IP_DST_OFF, IP_SRC_OFF, LB_BACKENDS, LB_CT,
+        self, Flow, FlowPin, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IP_DST_OFF, IP_SRC_OFF, LB_CT,
         LB_SERVICES, TCP_FLAG_ACK, TCP_FLAG_SYN, TC_ACT_UNSPEC,
     },
     trace::{self, tuple},
@@ -90,43 +91,22 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
         trace::published_closed(ctx, flow.proto, sent, 0);
         return Ok(TC_ACT_UNSPEC);
     };
-    let key = LbCtKey {
-        client: flow.saddr,
-        vip: flow.daddr,
-        client_port: flow.sport,
-        vip_port: flow.dport,
-        proto: flow.proto,
-        pad: [0; 3],
-    };
-    // As for VIPs: a fresh SYN picks again; a flow whose task has gone
-    // picks again; a draining task keeps its flows.
-    let new_connection =
-        flow.proto == IPPROTO_TCP && flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-    let pinned = if new_connection {
-        None
-    } else {
-        unsafe { LB_CT.get(&key) }.copied().filter(|ct| {
-            unsafe { LB_BACKENDS.get(&ct.backend_id) }.is_some_and(|b| b.ip == ct.backend)
-        })
-    };
+    // As for VIPs (same conntrack, same pick).
+    let FlowPin {
+        key,
+        pinned,
+        new_connection,
+    } = lb::flow_pin(&flow);
     let backend = match pinned {
         Some(ct) => ct.backend,
         None => {
             // No active task: leave the packet to the node (it answers as
             // for any closed port).
-            let Some((backend_id, backend)) = lb::pick(&service, &key) else {
+            let Some(backend) = lb::pin_new_flow(&service, &key) else {
                 let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
                 trace::published_closed(ctx, flow.proto, sent, service.id);
                 return Ok(TC_ACT_UNSPEC);
             };
-            let _ = LB_CT.insert(
-                &key,
-                &LbCtValue {
-                    backend,
-                    backend_id,
-                },
-                0,
-            );
             let rev = LbRevKey {
                 backend,
                 client: flow.saddr,

@@ -38,7 +38,7 @@ use crate::trace::{self, tuple};
 pub(crate) static LB_SERVICES: HashMap<LbServiceKey, LbService> =
     HashMap::pinned(LB_SERVICES_CAPACITY, 0);
 #[map]
-pub(crate) static LB_BACKENDS: HashMap<u32, LbBackend> = HashMap::pinned(LB_BACKENDS_CAPACITY, 0);
+static LB_BACKENDS: HashMap<u32, LbBackend> = HashMap::pinned(LB_BACKENDS_CAPACITY, 0);
 /// One whole Maglev table per entry: the agent writes a table with one
 /// update, and a lookup is one bounds-checked array access.
 #[map]
@@ -195,30 +195,15 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
     else {
         return Ok(TC_ACT_UNSPEC);
     };
-    let key = LbCtKey {
-        client: flow.saddr,
-        vip: flow.daddr,
-        client_port: flow.sport,
-        vip_port: flow.dport,
-        proto: flow.proto,
-        pad: [0; 3],
-    };
-    // A fresh TCP SYN always picks again, so that a reused port never
-    // follows a stale entry; any flow whose backend has gone picks again.
-    let new_connection =
-        flow.proto == IPPROTO_TCP && flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-    let pinned = if new_connection {
-        None
-    } else {
-        // SAFETY (both lookups): copied out at once.
-        unsafe { LB_CT.get(&key) }.copied().filter(|ct| {
-            unsafe { LB_BACKENDS.get(&ct.backend_id) }.is_some_and(|b| b.ip == ct.backend)
-        })
-    };
+    let FlowPin {
+        key,
+        pinned,
+        new_connection,
+    } = flow_pin(&flow);
     let backend = match pinned {
         Some(ct) => ct.backend,
         None => {
-            let Some((backend_id, backend)) = pick(&service, &key) else {
+            let Some(backend) = pin_new_flow(&service, &key) else {
                 // No backend: refuse at once rather than leave the client
                 // waiting. TCP gets a RST, UDP an ICMP port unreachable.
                 let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
@@ -228,14 +213,6 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
                 }
                 return unreachable(ctx, &flow);
             };
-            let _ = LB_CT.insert(
-                &key,
-                &LbCtValue {
-                    backend,
-                    backend_id,
-                },
-                0,
-            );
             let rev = LbRevKey {
                 backend,
                 client: flow.saddr,
@@ -252,7 +229,6 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
                 },
                 0,
             );
-            count_new_flow(backend_id);
             backend
         }
     };
@@ -275,6 +251,63 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
         );
     }
     Ok(TC_ACT_OK as i32)
+}
+
+/// A flow's conntrack key, and the backend it is pinned to if that pin
+/// still holds.
+pub(crate) struct FlowPin {
+    pub key: LbCtKey,
+    pub pinned: Option<LbCtValue>,
+    /// A TCP SYN without ACK.
+    pub new_connection: bool,
+}
+
+/// Looks `flow` up in LB_CT (VIP and published-port flows alike). A fresh
+/// TCP SYN always picks again, so that a reused port never follows a stale
+/// entry; a flow whose backend has gone picks again; a draining backend
+/// keeps its flows.
+#[inline(always)]
+pub(crate) fn flow_pin(flow: &Flow) -> FlowPin {
+    let key = LbCtKey {
+        client: flow.saddr,
+        vip: flow.daddr,
+        client_port: flow.sport,
+        vip_port: flow.dport,
+        proto: flow.proto,
+        pad: [0; 3],
+    };
+    let new_connection =
+        flow.proto == IPPROTO_TCP && flow.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    let pinned = if new_connection {
+        None
+    } else {
+        // SAFETY (both lookups): copied out at once.
+        unsafe { LB_CT.get(&key) }.copied().filter(|ct| {
+            unsafe { LB_BACKENDS.get(&ct.backend_id) }.is_some_and(|b| b.ip == ct.backend)
+        })
+    };
+    FlowPin {
+        key,
+        pinned,
+        new_connection,
+    }
+}
+
+/// Picks a backend for a flow without a pin, pins the flow to it in LB_CT
+/// and counts the new flow; `None` when the service has no active backend.
+#[inline(always)]
+pub(crate) fn pin_new_flow(service: &LbService, key: &LbCtKey) -> Option<u32> {
+    let (backend_id, backend) = pick(service, key)?;
+    let _ = LB_CT.insert(
+        key,
+        &LbCtValue {
+            backend,
+            backend_id,
+        },
+        0,
+    );
+    count_new_flow(backend_id);
+    Some(backend)
 }
 
 /// Adds one to backend `id`'s new-flow counter.
@@ -308,7 +341,7 @@ fn remix(mut h: u32) -> u32 {
 /// slots are not independent draws), and is refused when it is the only
 /// backend.
 #[inline(always)]
-pub(crate) fn pick(service: &LbService, key: &LbCtKey) -> Option<(u32, u32)> {
+fn pick(service: &LbService, key: &LbCtKey) -> Option<(u32, u32)> {
     if service.backends == 0 || service.flags & LB_SERVICE_NO_BACKENDS != 0 {
         return None;
     }

@@ -7,16 +7,27 @@
 //! backends, then leaves again. Prints one JSON object; the programs and
 //! pinned maps stay behind for the bench to send traffic through.
 //!
+//! `--trace on` then traces as `netctl trace` would while the bench sends
+//! traffic: it opens the library's `Tracer` on the pinned maps, subscribes
+//! (which sets TRACE_ON), prints the JSON object, and consumes every record
+//! (drained from TRACE_EVENTS, decoded, named, serialised to its JSON line)
+//! until its stdin closes; then switches tracing off and prints a second
+//! object with the records consumed and TRACE_STATS' emitted and lost.
+//!
 //! `cargo run --release -p netagent --example lb_program -- --bpffs DIR
-//! --netns /run/netns/NS --ifname IF --services FILE --extra IP --changes 5`
+//! --netns /run/netns/NS --ifname IF --services FILE --extra IP --changes 5
+//! [--trace on]`
 
 use std::{collections::BTreeSet, net::Ipv4Addr, path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context, Result};
 use netagent::{
+    dataplane::Datapath,
     lb::{maps::MapSizes, plan, LoadBalancer, Seen},
     model::{Endpoint, EndpointMode, Service, ServiceVip},
+    trace::{names::AddressBook, Tracer},
 };
+use tokio::sync::broadcast::error::RecvError;
 
 const NODE: &str = "bench";
 const NETWORK: &str = "benchnet";
@@ -29,12 +40,15 @@ struct Args {
     services: PathBuf,
     extra: Ipv4Addr,
     changes: usize,
+    /// Consume trace events while the bench measures.
+    trace: bool,
 }
 
 fn args() -> Result<Args> {
     let mut raw = std::env::args().skip(1);
     let (mut bpffs, mut netns, mut ifname, mut services, mut extra, mut changes) =
         (None, None, None, None, None, 5);
+    let mut trace = false;
     while let Some(flag) = raw.next() {
         let value = raw
             .next()
@@ -46,6 +60,11 @@ fn args() -> Result<Args> {
             "--services" => services = Some(PathBuf::from(value)),
             "--extra" => extra = Some(value.parse().context("--extra is not an IPv4 address")?),
             "--changes" => changes = value.parse().context("--changes is not a number")?,
+            "--trace" => match value.as_str() {
+                "on" => trace = true,
+                "off" => trace = false,
+                _ => bail!("--trace takes on or off, not {value:?}"),
+            },
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -56,6 +75,7 @@ fn args() -> Result<Args> {
         services: services.context("--services is required")?,
         extra: extra.context("--extra is required")?,
         changes,
+        trace,
     })
 }
 
@@ -143,15 +163,69 @@ fn main() -> Result<()> {
         lb.sync(&services, &endpoints, &seen)?;
         change_ms.push(ms(start));
     }
-    println!(
-        "{}",
-        serde_json::json!({
-            "services": services.len(),
-            "load_ms": load_ms,
-            "program_ms": program_ms,
-            "change_ms": change_ms,
-            "plan_ms": plan_ms,
-        })
-    );
+    let report = serde_json::json!({
+        "services": services.len(),
+        "load_ms": load_ms,
+        "program_ms": program_ms,
+        "change_ms": change_ms,
+        "plan_ms": plan_ms,
+    });
+    if args.trace {
+        return trace_until_stdin_closes(&args.bpffs, &report);
+    }
+    println!("{report}");
     Ok(())
+}
+
+/// Tracing on, as a connected `netctl trace` holds it, while the bench
+/// measures: prints `report` once the flag is set, consumes every record
+/// until stdin closes, then prints what was traced.
+fn trace_until_stdin_closes(bpffs: &std::path::Path, report: &serde_json::Value) -> Result<()> {
+    // A second handle on the pinned maps, as the agent opens its tracer
+    // next to the load balancer.
+    let mut datapath = Datapath::load(bpffs, &MapSizes::default())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (closed_tx, mut closed) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        // EOF (or an error) on stdin: the bench is done measuring.
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        let _ = closed_tx.send(());
+    });
+    runtime.block_on(async {
+        let tracer = Tracer::open(&mut datapath, NODE)?;
+        tracer.spawn(Box::new(|| Box::pin(async { AddressBook::default() })))?;
+        let subscribed = tracer.subscribe(None)?;
+        println!("{report}");
+        let mut receiver = subscribed.receiver;
+        let (mut records, mut bytes, mut skipped) = (0u64, 0u64, 0u64);
+        loop {
+            tokio::select! {
+                received = receiver.recv() => match received {
+                    Ok(traced) => {
+                        records += 1;
+                        bytes += std::hint::black_box(traced.line.len()) as u64;
+                    }
+                    Err(RecvError::Lagged(n)) => skipped += n,
+                    Err(RecvError::Closed) => break,
+                },
+                _ = &mut closed => break,
+            }
+        }
+        drop(subscribed.subscription);
+        let stats = tracer.stats();
+        println!(
+            "{}",
+            serde_json::json!({
+                "trace_records": records,
+                "trace_bytes": bytes,
+                "trace_skipped": skipped,
+                "trace_emitted": stats.emitted,
+                "trace_lost": stats.lost,
+            })
+        );
+        Ok::<_, anyhow::Error>(())
+    })
 }

@@ -17,9 +17,19 @@ pub fn root() -> PathBuf {
 
 /// `cargo args...` in the workspace root, failing on a non-zero exit.
 pub fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with_env(args, &[])
+}
+
+/// `cargo args...` with the variables `env` set.
+pub fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().copied())
+        // `cargo xtask` runs with xtask's manifest dir set, which build
+        // scripts that read it (ring's) take as a change: without it, the
+        // builds here match the ones run from a shell and are not redone.
+        .env_remove("CARGO_MANIFEST_DIR")
         .current_dir(root())
         .status()
         .with_context(|| format!("cannot run {cargo}"))?;

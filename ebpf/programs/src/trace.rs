@@ -39,10 +39,13 @@ static TRACE_STATS: PerCpuArray<u64> = PerCpuArray::pinned(TRACE_STATS_LEN, 0);
 /// Waiting bytes that make a submit wake the agent at once.
 const WAKEUP_BYTES: u64 = TRACE_RING_BYTES as u64 / 8;
 
-/// Whether anyone is tracing: the one check every call site pays.
+/// Whether anyone is tracing: the one check every call site pays. Without
+/// the `trace` feature (the benchmark's no-trace build) it is a constant
+/// `false`, so every call site compiles to nothing; the maps stay in the
+/// object, so the agent loads it unchanged.
 #[inline(always)]
 pub fn on() -> bool {
-    TRACE_ON.get(0).is_some_and(|flag| *flag != 0)
+    cfg!(feature = "trace") && TRACE_ON.get(0).is_some_and(|flag| *flag != 0)
 }
 
 /// Reports one event when someone is tracing. `before` is the packet as it

@@ -1,5 +1,6 @@
 //! `cargo xtask bench lb [--services 1,1000,10000] [--rounds R] [--seconds S]
-//! [--threads T] [--connections C]`: one client namespace opens short TCP
+//! [--threads T] [--connections C] [--variants ebpf,notrace,traceon,iptables,nft]`:
+//! one client namespace opens short TCP
 //! connections to a VIP with two real backends, the other N-1 services
 //! programmed before it as decoys, through (a) netagent's eBPF load
 //! balancer, (b) iptables DNAT written as kube-proxy's iptables mode writes
@@ -26,13 +27,22 @@
 //! `LoadBalancer::sync` with N services (planning included), driven by
 //! `agent/examples/lb_program.rs`; the anchors' through `iptables-restore`
 //! and `nft -f`, timed as processes. Medians over the rounds, which
-//! alternate between the three so that noise hits them alike.
+//! alternate between the cases (starting one further each round) so that
+//! noise hits them alike.
+//!
+//! Tracing (`netctl trace`) adds two eBPF cases: `notrace`, the programs
+//! built without their `trace` feature (the example built a second time
+//! with NETAGENT_EBPF_NO_TRACE=1 into `<target>/bench-notrace`), the
+//! reference for `ebpf` (trace code in, nobody tracing); and `traceon`,
+//! where `lb_program --trace on` holds tracing on and consumes every event
+//! through the library's `Tracer` while the traffic runs.
 
 use std::{
     collections::BTreeMap,
+    io::Read,
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -63,29 +73,57 @@ const WARMUP: usize = 200;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
+    /// Built without trace code.
+    NoTrace,
+    /// The normal build, nobody tracing.
     Ebpf,
+    /// The normal build, traced.
+    TraceOn,
     Iptables,
     Nftables,
 }
 
 impl Mode {
-    const ALL: [Mode; 3] = [Mode::Ebpf, Mode::Iptables, Mode::Nftables];
+    const ALL: [Mode; 5] = [
+        Mode::NoTrace,
+        Mode::Ebpf,
+        Mode::TraceOn,
+        Mode::Iptables,
+        Mode::Nftables,
+    ];
 
     fn name(self) -> &'static str {
         match self {
+            Mode::NoTrace => "ebpf-notrace",
             Mode::Ebpf => "ebpf",
+            Mode::TraceOn => "ebpf-traceon",
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
         }
     }
+
+    /// What `--variants` calls it.
+    fn parse(name: &str) -> Option<Mode> {
+        Some(match name {
+            "notrace" => Mode::NoTrace,
+            "ebpf" => Mode::Ebpf,
+            "traceon" => Mode::TraceOn,
+            "iptables" => Mode::Iptables,
+            "nft" | "nftables" => Mode::Nftables,
+            _ => return None,
+        })
+    }
 }
 
+#[derive(Debug)]
 struct Options {
     services: Vec<usize>,
     rounds: usize,
     seconds: u64,
     threads: usize,
     connections: usize,
+    /// The cases measured, in the order of a round.
+    variants: Vec<Mode>,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -95,6 +133,7 @@ fn parse(args: &[String]) -> Result<Options> {
         seconds: 3,
         threads: 4,
         connections: 2000,
+        variants: Mode::ALL.to_vec(),
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -121,9 +160,25 @@ fn parse(args: &[String]) -> Result<Options> {
             "--seconds" => options.seconds = number("--seconds")? as u64,
             "--threads" => options.threads = number("--threads")?,
             "--connections" => options.connections = number("--connections")?,
+            "--variants" => {
+                let mut variants = value
+                    .split(',')
+                    .map(|v| {
+                        Mode::parse(v.trim()).with_context(|| {
+                            format!(
+                                "--variants: unknown {v:?}; pick from \
+                                 ebpf,notrace,traceon,iptables,nft"
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                variants.sort();
+                variants.dedup();
+                options.variants = variants;
+            }
             other => bail!(
                 "unknown option {other}: use --services N,N,.. --rounds R --seconds S \
-                 --threads T --connections C"
+                 --threads T --connections C --variants ebpf,notrace,traceon,iptables,nft"
             ),
         }
     }
@@ -132,18 +187,52 @@ fn parse(args: &[String]) -> Result<Options> {
 
 pub fn run(args: &[String]) -> Result<()> {
     let options = parse(args)?;
-    workspace::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "netagent",
-        "--example",
-        "lb_program",
-    ])?;
+    let programs = Programs::build(&options.variants)?;
     let mut lab = Lab::up(LabSpec::nodes(0)).context("building the lab")?;
-    let result = measure(&lab, &options);
+    let result = measure(&lab, &options, &programs);
     let torn = lab.teardown();
     result.and_then(|()| torn.context("tearing down"))
+}
+
+/// The `lb_program` builds: the normal one, and the one without trace code.
+struct Programs {
+    normal: PathBuf,
+    no_trace: PathBuf,
+}
+
+impl Programs {
+    /// Builds the example (release), a second time without trace code into
+    /// a target dir of its own when `notrace` is measured: building it in
+    /// the normal one would rebuild the agent back and forth.
+    fn build(variants: &[Mode]) -> Result<Self> {
+        let build = [
+            "build",
+            "--release",
+            "-p",
+            "netagent",
+            "--example",
+            "lb_program",
+        ];
+        let example = |target: &Path| target.join("release/examples/lb_program");
+        let target = workspace::target_dir();
+        let no_trace_target = target.join("bench-notrace");
+        if variants
+            .iter()
+            .any(|m| matches!(m, Mode::Ebpf | Mode::TraceOn))
+        {
+            workspace::cargo(&build)?;
+        }
+        if variants.contains(&Mode::NoTrace) {
+            let dir = no_trace_target.display().to_string();
+            let mut args = build.to_vec();
+            args.extend(["--target-dir", &dir]);
+            workspace::cargo_with_env(&args, &[("NETAGENT_EBPF_NO_TRACE", "1")])?;
+        }
+        Ok(Self {
+            normal: example(&target),
+            no_trace: example(&no_trace_target),
+        })
+    }
 }
 
 /// `n` services, decoys first and the measured one last. Decoy k has VIP
@@ -179,26 +268,52 @@ struct Sample {
     change_ms: f64,
     /// Connections that failed in the rate phase.
     failed: u64,
+    /// With tracing on: what was traced meanwhile.
+    traced: Option<Traced>,
 }
 
-fn measure(lab: &Lab, options: &Options) -> Result<()> {
+/// What `lb_program --trace on` reports when it stops.
+#[derive(Clone, Copy, Debug, Default)]
+struct Traced {
+    /// Records the tracer consumed (decoded, named, serialised).
+    records: u64,
+    /// Events the programs wrote into the ring (TRACE_STATS).
+    emitted: u64,
+    /// Events lost to a full ring (TRACE_STATS).
+    lost: u64,
+    /// Records the consumer fell behind on (broadcast lag).
+    skipped: u64,
+}
+
+fn measure(lab: &Lab, options: &Options, programs: &Programs) -> Result<()> {
     let mut samples: BTreeMap<(usize, Mode), Vec<Sample>> = BTreeMap::new();
     for round in 1..=options.rounds {
+        // Each round starts one case further, so no case always runs first
+        // (or right after a compile burst of the neighbours).
+        let mut order = options.variants.clone();
+        let first = (round - 1) % order.len();
+        order.rotate_left(first);
         for &n in &options.services {
             let services = scenario(n);
-            for mode in Mode::ALL {
+            for &mode in &order {
                 println!(
                     "round {round}/{}: {n} services, {}",
                     options.rounds,
                     mode.name()
                 );
-                let sample = case(lab, options, mode, &services, round)
+                let sample = case(lab, options, programs, mode, &services, round)
                     .with_context(|| format!("{} with {n} services", mode.name()))?;
                 println!(
                     "  connect p50 {:.0} us, p99 {:.0} us, {:.0} conn/s, program {:.1} ms, \
                      change {:.2} ms",
                     sample.p50_us, sample.p99_us, sample.rate, sample.program_ms, sample.change_ms
                 );
+                if let Some(t) = sample.traced {
+                    println!(
+                        "  traced: {} events emitted, {} lost, {} records consumed, {} skipped",
+                        t.emitted, t.lost, t.records, t.skipped
+                    );
+                }
                 samples.entry((n, mode)).or_default().push(sample);
             }
         }
@@ -215,6 +330,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 fn case(
     lab: &Lab,
     options: &Options,
+    programs: &Programs,
     mode: Mode,
     services: &[Service],
     round: usize,
@@ -224,8 +340,16 @@ fn case(
     let bpffs = Path::new("/sys/fs/bpf")
         .join(lab.prefix())
         .join(format!("lb-{n}-{round}"));
+    let mut tracing = None;
     let programmed = match mode {
-        Mode::Ebpf => program_ebpf(lab, &topology, services, &bpffs),
+        Mode::Ebpf => program_ebpf(lab, &topology, services, &bpffs, &programs.normal),
+        Mode::NoTrace => program_ebpf(lab, &topology, services, &bpffs, &programs.no_trace),
+        Mode::TraceOn => {
+            trace_ebpf(lab, &topology, services, &bpffs, &programs.normal).map(|(done, session)| {
+                tracing = Some(session);
+                done
+            })
+        }
         Mode::Iptables => program_iptables(lab, &topology, services),
         Mode::Nftables => program_nft(lab, &topology, services),
     };
@@ -241,6 +365,7 @@ fn case(
         if failed > 0 {
             println!("  {failed} connections failed under load");
         }
+        let traced = tracing.take().map(TraceSession::finish).transpose()?;
         let us = |q| tcp_load::quantile(&latencies, q).as_secs_f64() * 1e6;
         Ok(Sample {
             p50_us: us(0.5),
@@ -249,8 +374,11 @@ fn case(
             program_ms,
             change_ms: median(changes),
             failed,
+            traced,
         })
     });
+    // A failed measurement stops the tracer (its Drop) before teardown.
+    drop(tracing);
     let torn = topology.teardown();
     // The maps go with their pins once the namespaces (and the programs
     // attached in them) are gone.
@@ -411,15 +539,14 @@ fn with_extra(services: &[Service]) -> Result<(Service, Service)> {
     Ok((grown, target))
 }
 
-/// Programs through `lb_program` (the library's `LoadBalancer`), which
-/// also attaches the programs to the client's bridge port and times the
-/// changes itself.
-fn program_ebpf(
+/// The `lb_program` command for `services`, pins under `bpffs`.
+fn lb_program(
     lab: &Lab,
     topology: &Topology,
     services: &[Service],
     bpffs: &Path,
-) -> Result<(f64, Vec<f64>)> {
+    program: &Path,
+) -> Result<Command> {
     let lines: String = services
         .iter()
         .map(|s| {
@@ -428,11 +555,8 @@ fn program_ebpf(
         })
         .collect();
     let input = write_input(lab, "lb-services.txt", &lines)?;
-    let program = workspace::target_dir()
-        .join("release")
-        .join("examples")
-        .join("lb_program");
-    let out = Command::new(&program)
+    let mut command = Command::new(program);
+    command
         .arg("--bpffs")
         .arg(bpffs)
         .arg("--netns")
@@ -440,7 +564,21 @@ fn program_ebpf(
         .args(["--ifname", "vcl", "--extra", &EXTRA_BACKEND.to_string()])
         .arg("--services")
         .arg(&input)
-        .args(["--changes", &CHANGES.to_string()])
+        .args(["--changes", &CHANGES.to_string()]);
+    Ok(command)
+}
+
+/// Programs through `lb_program` (the library's `LoadBalancer`), which
+/// also attaches the programs to the client's bridge port and times the
+/// changes itself.
+fn program_ebpf(
+    lab: &Lab,
+    topology: &Topology,
+    services: &[Service],
+    bpffs: &Path,
+    program: &Path,
+) -> Result<(f64, Vec<f64>)> {
+    let out = lb_program(lab, topology, services, bpffs, program)?
         .output()
         .with_context(|| format!("running {}", program.display()))?;
     if !out.status.success() {
@@ -449,8 +587,99 @@ fn program_ebpf(
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    programmed(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Programs as `program_ebpf`, then leaves `lb_program` running with
+/// tracing on, consuming events, until the session finishes.
+fn trace_ebpf(
+    lab: &Lab,
+    topology: &Topology,
+    services: &[Service],
+    bpffs: &Path,
+    program: &Path,
+) -> Result<((f64, Vec<f64>), TraceSession)> {
+    let child = lb_program(lab, topology, services, bpffs, program)?
+        .args(["--trace", "on"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", program.display()))?;
+    let mut session = TraceSession { child };
+    // The first line comes once tracing is on.
+    let line = session.line()?;
+    Ok((programmed(&line)?, session))
+}
+
+/// `lb_program --trace on`, running: tracing stays on while it lives.
+struct TraceSession {
+    child: Child,
+}
+
+impl TraceSession {
+    /// The next line `lb_program` prints (unbuffered: one byte at a time,
+    /// so nothing after the line is swallowed).
+    fn line(&mut self) -> Result<String> {
+        let stdout = self
+            .child
+            .stdout
+            .as_mut()
+            .context("lb_program: no stdout")?;
+        let mut line = Vec::new();
+        let mut byte = [0u8];
+        while stdout.read(&mut byte).context("reading lb_program")? == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        if line.is_empty() {
+            let mut stderr = String::new();
+            if let Some(err) = self.child.stderr.as_mut() {
+                let _ = err.read_to_string(&mut stderr);
+            }
+            bail!("lb_program --trace on failed: {}", stderr.trim());
+        }
+        Ok(String::from_utf8_lossy(&line).into_owned())
+    }
+
+    /// Closes its stdin (tracing stops) and reads what was traced.
+    fn finish(mut self) -> Result<Traced> {
+        drop(self.child.stdin.take());
+        let line = self.line()?;
+        let report: serde_json::Value =
+            serde_json::from_str(&line).context("lb_program printed no trace JSON")?;
+        let count = |key: &str| {
+            report[key]
+                .as_u64()
+                .with_context(|| format!("lb_program: no {key}"))
+        };
+        let traced = Traced {
+            records: count("trace_records")?,
+            emitted: count("trace_emitted")?,
+            lost: count("trace_lost")?,
+            skipped: count("trace_skipped")?,
+        };
+        let status = self.child.wait().context("waiting for lb_program")?;
+        if !status.success() {
+            bail!("lb_program --trace on exited with {status}");
+        }
+        Ok(traced)
+    }
+}
+
+impl Drop for TraceSession {
+    fn drop(&mut self) {
+        // Only if `finish` did not reap it: a failed measurement.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The programming times of `lb_program`'s JSON report.
+fn programmed(json: &str) -> Result<(f64, Vec<f64>)> {
     let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("lb_program printed no JSON")?;
+        serde_json::from_str(json.trim()).context("lb_program printed no JSON")?;
     let program_ms = report["program_ms"]
         .as_f64()
         .context("lb_program: no program_ms")?;
@@ -538,10 +767,16 @@ fn write_report(options: &Options, samples: &BTreeMap<(usize, Mode), Vec<Sample>
                 .unwrap_or_default(),
         )
     };
+    let has = |mode: Mode| options.variants.contains(&mode);
+    // `a / b` of a measure, when both were measured.
+    let ratio = |n: usize, a: Mode, b: Mode, f: fn(&Sample) -> f64| {
+        (has(a) && has(b)).then(|| format!("{:.3}", med(n, a, f) / med(n, b, f)))
+    };
     let mut rows = Vec::new();
     for &n in &options.services {
         let line = |f: fn(&Sample) -> f64, digits: usize| {
-            Mode::ALL
+            options
+                .variants
                 .iter()
                 .map(|&m| format!("{} {:.digits$}", m.name(), med(n, m, f)))
                 .collect::<Vec<_>>()
@@ -572,44 +807,75 @@ fn write_report(options: &Options, samples: &BTreeMap<(usize, Mode), Vec<Sample>
         options.services.iter().copied().min().unwrap_or(1),
         options.services.iter().copied().max().unwrap_or(1),
     );
-    rows.push(TableRow::new(
+    let mut push = |label: String, value: Option<String>| {
+        if let Some(value) = value {
+            rows.push(TableRow::new(label, value));
+        }
+    };
+    push(
         format!("ebpf p99 at {last} / at {first} (target <= 1.05)"),
-        format!(
-            "{:.3}",
-            med(last, Mode::Ebpf, |s| s.p99_us) / med(first, Mode::Ebpf, |s| s.p99_us)
-        ),
-    ));
+        has(Mode::Ebpf).then(|| {
+            format!(
+                "{:.3}",
+                med(last, Mode::Ebpf, |s| s.p99_us) / med(first, Mode::Ebpf, |s| s.p99_us)
+            )
+        }),
+    );
     for &n in &options.services {
-        rows.push(TableRow::new(
+        push(
             format!("N={n} ebpf / nftables conn/s (target >= 1)"),
-            format!(
-                "{:.3}",
-                med(n, Mode::Ebpf, |s| s.rate) / med(n, Mode::Nftables, |s| s.rate)
-            ),
-        ));
-        rows.push(TableRow::new(
+            ratio(n, Mode::Ebpf, Mode::Nftables, |s| s.rate),
+        );
+        push(
             format!("N={n} nftables / ebpf connect p50 (target >= 1)"),
-            format!(
-                "{:.3}",
-                med(n, Mode::Nftables, |s| s.p50_us) / med(n, Mode::Ebpf, |s| s.p50_us)
-            ),
-        ));
+            ratio(n, Mode::Nftables, Mode::Ebpf, |s| s.p50_us),
+        );
     }
-    rows.push(TableRow::new(
+    push(
         format!("N={first} ebpf / iptables conn/s (target >= 0.9)"),
-        format!(
-            "{:.3}",
-            med(first, Mode::Ebpf, |s| s.rate) / med(first, Mode::Iptables, |s| s.rate)
-        ),
-    ));
-    rows.push(TableRow::new(
+        ratio(first, Mode::Ebpf, Mode::Iptables, |s| s.rate),
+    );
+    push(
         format!("ebpf programs {last} services (target <= 1000 ms)"),
-        format!("{:.1} ms", med(last, Mode::Ebpf, |s| s.program_ms)),
-    ));
-    rows.push(TableRow::new(
+        has(Mode::Ebpf).then(|| format!("{:.1} ms", med(last, Mode::Ebpf, |s| s.program_ms))),
+    );
+    push(
         format!("ebpf one change at {last} (target <= 10 ms)"),
-        format!("{:.2} ms", med(last, Mode::Ebpf, |s| s.change_ms)),
-    ));
+        has(Mode::Ebpf).then(|| format!("{:.2} ms", med(last, Mode::Ebpf, |s| s.change_ms))),
+    );
+    // Tracing: off must be within noise of no trace code, on may cost 10%.
+    for &n in &options.services {
+        push(
+            format!("N={n} trace off / no trace conn/s (target: within noise)"),
+            ratio(n, Mode::Ebpf, Mode::NoTrace, |s| s.rate),
+        );
+        push(
+            format!("N={n} trace off / no trace connect p50"),
+            ratio(n, Mode::Ebpf, Mode::NoTrace, |s| s.p50_us),
+        );
+        push(
+            format!("N={n} trace on / trace off conn/s (target >= 0.9)"),
+            ratio(n, Mode::TraceOn, Mode::Ebpf, |s| s.rate),
+        );
+        push(
+            format!("N={n} trace on / trace off connect p50"),
+            ratio(n, Mode::TraceOn, Mode::Ebpf, |s| s.p50_us),
+        );
+        let traced: Vec<Traced> = samples
+            .get(&(n, Mode::TraceOn))
+            .map(|runs| runs.iter().filter_map(|s| s.traced).collect())
+            .unwrap_or_default();
+        push(
+            format!("N={n} traced per run: emitted / lost / consumed"),
+            (!traced.is_empty()).then(|| {
+                traced
+                    .iter()
+                    .map(|t| format!("{}/{}/{}", t.emitted, t.lost, t.records))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }),
+        );
+    }
     let data: Vec<serde_json::Value> = samples
         .iter()
         .map(|((n, mode), runs)| {
@@ -623,6 +889,12 @@ fn write_report(options: &Options, samples: &BTreeMap<(usize, Mode), Vec<Sample>
                     "program_ms": s.program_ms,
                     "change_ms": s.change_ms,
                     "failed_connections": s.failed,
+                    "traced": s.traced.map(|t| serde_json::json!({
+                        "emitted": t.emitted,
+                        "lost": t.lost,
+                        "consumed": t.records,
+                        "skipped": t.skipped,
+                    })),
                 })).collect::<Vec<_>>(),
             })
         })
@@ -635,7 +907,37 @@ fn write_report(options: &Options, samples: &BTreeMap<(usize, Mode), Vec<Sample>
             "threads": options.threads,
             "seconds": options.seconds,
             "latency_connections": options.connections,
+            "variants": options.variants.iter().map(|m| m.name()).collect::<Vec<_>>(),
             "cases": data,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_variant_by_default() {
+        assert_eq!(parse(&[]).unwrap().variants, Mode::ALL.to_vec());
+    }
+
+    #[test]
+    fn variants_pick_cases_in_a_fixed_order() {
+        let options = parse(&args(&["--variants", "traceon,nft,ebpf,notrace,ebpf"])).unwrap();
+        assert_eq!(
+            options.variants,
+            [Mode::NoTrace, Mode::Ebpf, Mode::TraceOn, Mode::Nftables]
+        );
+    }
+
+    #[test]
+    fn an_unknown_variant_is_named() {
+        let error = parse(&args(&["--variants", "ebpf,bogus"])).unwrap_err();
+        assert!(error.to_string().contains("\"bogus\""), "{error}");
+    }
 }

@@ -33,10 +33,22 @@ struct Running {
     scope: Arc<ArcSwap<Vec<String>>>,
 }
 
+/// What the table was last built from.
+#[derive(PartialEq)]
+struct TableInputs {
+    services: Vec<Service>,
+    endpoints: Vec<Endpoint>,
+    networks: Vec<Network>,
+}
+
 /// The resolvers of this node's containers, by container namespace.
 pub struct Resolvers {
     shared: Arc<DnsShared>,
     running: Mutex<BTreeMap<PathBuf, Running>>,
+    /// The periodic pass mostly finds nothing new: comparing is much cheaper
+    /// than building (and freeing) a table of every name, and a rebuild
+    /// every 2 s would compete with the resolver thread for the CPU.
+    built_from: std::sync::Mutex<Option<TableInputs>>,
 }
 
 impl Resolvers {
@@ -44,10 +56,12 @@ impl Resolvers {
         Self {
             shared: DnsShared::new(upstreams, FORWARD_BUDGET),
             running: Mutex::new(BTreeMap::new()),
+            built_from: std::sync::Mutex::new(None),
         }
     }
 
-    /// Rebuilds the table every resolver answers from.
+    /// Rebuilds the table every resolver answers from, when its inputs
+    /// changed.
     pub fn update_table(
         &self,
         services: &[Service],
@@ -66,8 +80,24 @@ impl Resolvers {
                 endpoints.push(endpoint.clone());
             }
         }
-        self.shared
-            .update(DnsTable::build(services, &endpoints, networks));
+        let inputs = TableInputs {
+            services: services.to_vec(),
+            endpoints,
+            networks: networks.to_vec(),
+        };
+        let mut built_from = self
+            .built_from
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if built_from.as_ref() == Some(&inputs) {
+            return;
+        }
+        self.shared.update(DnsTable::build(
+            &inputs.services,
+            &inputs.endpoints,
+            &inputs.networks,
+        ));
+        *built_from = Some(inputs);
     }
 
     /// Brings the resolvers in line with the local endpoints: one per

@@ -7,10 +7,12 @@
 //! - a service is on at least one network, each named once;
 //! - published ports are unique across the cluster per protocol, and a
 //!   `dnsrr` service cannot publish in ingress mode (it has no VIP for the
-//!   routing mesh to balance on), as Docker refuses it.
+//!   routing mesh to balance on), as Docker refuses it;
+//! - a service publishes on its first network, which must not be
+//!   `--internal` (no way in from outside the cluster).
 
 use super::{ControlError, CreateService, PortRef, UpdateService};
-use crate::model::{EndpointMode, PublishMode, PublishedPort, Service};
+use crate::model::{EndpointMode, Network, PublishMode, PublishedPort, Service};
 
 /// The longest DNS label.
 pub const MAX_NAME_LEN: usize = 63;
@@ -84,6 +86,23 @@ fn check_ports(mode: EndpointMode, ports: &[PublishedPort]) -> Result<(), Contro
         }
     }
     Ok(())
+}
+
+/// Published ports are reached through the service's first network:
+/// refused when that network is internal (it has no way in).
+pub fn check_publishing_network(
+    service: &str,
+    ports: &[PublishedPort],
+    first_network: Option<&Network>,
+) -> Result<(), ControlError> {
+    match (ports.first(), first_network) {
+        (Some(port), Some(network)) if network.internal => Err(ControlError::Invalid(format!(
+            "service {service} cannot publish {}: its network {} is internal (`--internal`, no way in from outside); put a non-internal network first",
+            port_label(port),
+            network.name
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Checks a create request on its own (no store needed).

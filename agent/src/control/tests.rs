@@ -465,6 +465,13 @@ async fn services_vips_ports_updates_and_restart() {
         .await
         .unwrap();
     let front = admin.create_network(network("front", None)).await.unwrap();
+    admin
+        .create_network(CreateNetwork {
+            internal: true,
+            ..network("vault", None)
+        })
+        .await
+        .unwrap();
     let block = admin.allocate_block(&web.id, &node).await.unwrap();
     admin
         .reserve_ip(&web.id, &node, ip("10.0.0.254"))
@@ -535,6 +542,15 @@ async fn services_vips_ports_updates_and_restart() {
         (
             create("x", &["web"], EndpointMode::Vip, vec![tcp8080.clone()]),
             "8080/tcp is already used by service api",
+        ),
+        (
+            create(
+                "x",
+                &["vault", "web"],
+                EndpointMode::Vip,
+                vec![port(9000, Protocol::Tcp, PublishMode::Ingress)],
+            ),
+            "cannot publish 9000/tcp: its network vault is internal",
         ),
         // Half of it would work: nothing is made.
         (

@@ -270,6 +270,20 @@ fn host_mode_answers_only_on_task_nodes_and_bad_ports_are_refused() {
         ],
         "dnsrr services cannot publish in ingress mode",
     );
+    lab.netctl_json("n1", &["overlay", "create", "backroom", "--internal"])
+        .expect("internal network");
+    refused(
+        &[
+            "service",
+            "create",
+            "hidden",
+            "--network",
+            "backroom",
+            "--publish",
+            "published=7001,target=7001",
+        ],
+        "its network backroom is internal",
+    );
 
     // `service update` moves the port: the old one closes, the new one opens.
     lab.netctl_json(

@@ -148,6 +148,7 @@ impl Core {
             let mut change = Change::new(self)?;
             service::check_against(&request, &self.services()?)?;
             let networks = self.networks_named(&request.networks)?;
+            service::check_publishing_network(&request.name, &request.ports, networks.first())?;
             let id = token::random_string(ID_LEN);
             let vips = match request.endpoint_mode {
                 EndpointMode::Vip => change.add_vips(self, &id, &networks)?,
@@ -201,6 +202,11 @@ impl Core {
                 service.vips.extend(vips);
             }
             service.networks.extend(added.into_iter().map(|n| n.name));
+            let first = match service.networks.first() {
+                Some(name) => self.networks_named(std::slice::from_ref(name))?,
+                None => Vec::new(),
+            };
+            service::check_publishing_network(&service.name, &service.ports, first.first())?;
             let committed = change.commit(self, &service, false)?;
             if committed.is_some() {
                 info!(name = %service.name, added = ?add, removed = ?remove, ports = ?service.ports, "service updated");

@@ -660,8 +660,8 @@ impl Lab {
     }
 
     /// A lab of `nodes` agents in one cluster with overlay network `appnet`
-    /// (10.10.0.0/24) and service `web` (vip) on it.
-    pub fn cluster_with_web(nodes: usize) -> Result<Lab, LabError> {
+    /// (10.10.0.0/24).
+    pub fn cluster_with_appnet(nodes: usize) -> Result<Lab, LabError> {
         let mut lab = Lab::up(LabSpec::nodes(nodes))?;
         lab.start_agents()?;
         lab.form_cluster()?;
@@ -669,6 +669,12 @@ impl Lab {
             "n1",
             &["overlay", "create", "appnet", "--subnet", "10.10.0.0/24"],
         )?;
+        Ok(lab)
+    }
+
+    /// [`Lab::cluster_with_appnet`] with service `web` (vip) on `appnet`.
+    pub fn cluster_with_web(nodes: usize) -> Result<Lab, LabError> {
+        let lab = Lab::cluster_with_appnet(nodes)?;
         lab.netctl_json("n1", &["service", "create", "web", "--network", "appnet"])?;
         Ok(lab)
     }

@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, time::Duration};
 mod common;
 
 use common::task_server::{Server, CLIENT};
-use netlab::{require_root, wait_until, Lab, LabSpec};
+use netlab::{require_root, wait_until, Lab};
 
 /// The external client's address (the lab's `ext` host).
 const EXT: &str = "198.18.0.200";
@@ -23,14 +23,7 @@ struct Scene {
 
 impl Scene {
     fn up() -> Self {
-        let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab");
-        lab.start_agents().expect("agents");
-        lab.form_cluster().expect("cluster");
-        lab.netctl_json(
-            "n1",
-            &["overlay", "create", "appnet", "--subnet", "10.10.0.0/24"],
-        )
-        .expect("overlay");
+        let mut lab = Lab::cluster_with_appnet(3).expect("cluster");
         lab.netctl_json(
             "n1",
             &[
@@ -189,14 +182,7 @@ fn a_dead_node_gets_no_new_connections_within_five_seconds() {
 #[test]
 fn host_mode_answers_only_on_task_nodes_and_bad_ports_are_refused() {
     require_root!();
-    let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab");
-    lab.start_agents().expect("agents");
-    lab.form_cluster().expect("cluster");
-    lab.netctl_json(
-        "n1",
-        &["overlay", "create", "appnet", "--subnet", "10.10.0.0/24"],
-    )
-    .expect("overlay");
+    let mut lab = Lab::cluster_with_appnet(3).expect("cluster");
     lab.netctl_json(
         "n1",
         &[

@@ -156,15 +156,21 @@ impl Scene {
     }
 }
 
-/// The datapath's backends of `web` on n1: (ip, state).
-fn datapath_backends(lab: &Lab) -> Vec<(String, String)> {
+/// The backends of `web` as `node`'s datapath holds them (`service
+/// inspect`'s `datapath` field).
+fn inspected_backends(lab: &Lab, node: &str) -> Vec<serde_json::Value> {
     let service = lab
-        .netctl_json("n1", &["service", "inspect", "web"])
+        .netctl_json(node, &["service", "inspect", "web"])
         .expect("inspect");
     service["datapath"][0]["backends"]
         .as_array()
         .cloned()
         .unwrap_or_default()
+}
+
+/// The datapath's backends of `web` on n1: (ip, state).
+fn datapath_backends(lab: &Lab) -> Vec<(String, String)> {
+    inspected_backends(lab, "n1")
         .iter()
         .map(|b| {
             (
@@ -177,13 +183,7 @@ fn datapath_backends(lab: &Lab) -> Vec<(String, String)> {
 
 /// The datapath's new-flow counters of `web` on `node`: ip -> connections.
 fn connections(lab: &Lab, node: &str) -> BTreeMap<String, u64> {
-    let service = lab
-        .netctl_json(node, &["service", "inspect", "web"])
-        .expect("inspect");
-    service["datapath"][0]["backends"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    inspected_backends(lab, node)
         .iter()
         .map(|b| {
             (

@@ -197,11 +197,6 @@ fn load(netns: &str, target: SocketAddr) -> Result<Load> {
     })
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
-}
-
 fn measure(lab: &mut Lab) -> Result<()> {
     lab.start_agents()?;
     lab.form_cluster()?;
@@ -277,8 +272,8 @@ fn measure(lab: &mut Lab) -> Result<()> {
             errors += run.errors;
         }
     }
-    let rate: Vec<f64> = rates.iter().map(|r| median(r.clone())).collect();
-    let p99: Vec<f64> = p99s.iter().map(|r| median(r.clone())).collect();
+    let rate: Vec<f64> = rates.iter().map(|r| report::median(r.clone())).collect();
+    let p99: Vec<f64> = p99s.iter().map(|r| report::median(r.clone())).collect();
     let mut rows = Vec::new();
     for (i, (label, _)) in targets.iter().enumerate() {
         rows.push(TableRow::new(

@@ -321,11 +321,6 @@ fn measure(lab: &Lab, options: &Options, programs: &Programs) -> Result<()> {
     write_report(options, &samples)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// One measurement of `mode` with `services`, in a topology of its own.
 fn case(
     lab: &Lab,
@@ -372,7 +367,7 @@ fn case(
             p99_us: us(0.99),
             rate,
             program_ms,
-            change_ms: median(changes),
+            change_ms: report::median(changes),
             failed,
             traced,
         })
@@ -760,7 +755,7 @@ fn program_nft(lab: &Lab, topology: &Topology, services: &[Service]) -> Result<(
 
 fn write_report(options: &Options, samples: &BTreeMap<(usize, Mode), Vec<Sample>>) -> Result<()> {
     let med = |n: usize, mode: Mode, f: fn(&Sample) -> f64| {
-        median(
+        report::median(
             samples
                 .get(&(n, mode))
                 .map(|v| v.iter().map(f).collect())

@@ -210,11 +210,6 @@ fn hand_built(
     Ok(container.netns)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
-}
-
 fn measure(lab: &mut Lab) -> Result<()> {
     lab.start_agents()?;
     lab.form_cluster()?;
@@ -258,9 +253,9 @@ fn measure(lab: &mut Lab) -> Result<()> {
         by_hand.push(iperf(lab, &hb1, "10.99.0.2")?);
     }
     let (ours_m, underlay_m, hand_m) = (
-        median(ours.clone()),
-        median(underlay.clone()),
-        median(by_hand.clone()),
+        report::median(ours.clone()),
+        report::median(underlay.clone()),
+        report::median(by_hand.clone()),
     );
     let gbps = |bps: f64| format!("{:.2} Gbit/s", bps / 1e9);
     let rows = vec![

@@ -5,6 +5,13 @@ use serde_json::Value;
 
 use crate::workspace;
 
+/// The median of a benchmark's rounds (the upper one of an even count; 0
+/// for none).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// One line of a benchmark's table.
 pub struct TableRow {
     pub label: String,

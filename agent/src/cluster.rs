@@ -3,7 +3,7 @@
 //! reconcile loop that keeps the kernel in step with them.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::AgentConfig,
-    control::{ClusterIdentity, ControlError, ControlPlane, Manager, ManagerClient},
+    control::{ClusterIdentity, ControlError, ControlPlane, Manager, ManagerClient, NodeRecord},
     dataplane::overlay::{Overlay, OverlayConfig, OverlayError},
     endpoint_store::{EndpointStore, StoreError},
     gossip::{Gossip, GossipConfig, GossipError, GossipView},
@@ -33,7 +33,9 @@ use crate::{
 };
 
 /// How often the reconcile loop runs when nothing wakes it earlier, and how
-/// often a node refreshes its copy of the networks from the managers.
+/// often a node refreshes its copy of the networks, services and node
+/// records from the managers (so a node's drain reaches every datapath
+/// within about this period plus one pass).
 const RECONCILE_PERIOD: Duration = Duration::from_secs(2);
 /// How long a freshly started agent lets its gossip view fill before it
 /// removes remote entries: one failure-detection period (see `gossip`).
@@ -61,6 +63,8 @@ pub struct ClusterRuntime {
     services: RwLock<Vec<Service>>,
     /// The services have been read from the managers at least once.
     services_loaded: AtomicBool,
+    /// The drained nodes (names), as last read from the managers.
+    drained: RwLock<BTreeSet<String>>,
     /// The embedded DNS of this node's containers.
     pub resolvers: Resolvers,
     /// Address blocks this node holds, by network id.
@@ -74,6 +78,7 @@ pub struct ClusterRuntime {
     /// tables).
     pub ingress: Option<Ingress>,
     kick: Arc<Notify>,
+    /// When the copies from the managers were last read (or tried).
     last_refresh: Mutex<Option<Instant>>,
     started: Instant,
 }
@@ -204,6 +209,7 @@ impl ClusterRuntime {
             networks: RwLock::new(Vec::new()),
             services: RwLock::new(Vec::new()),
             services_loaded: AtomicBool::new(false),
+            drained: RwLock::new(BTreeSet::new()),
             resolvers: Resolvers::new(config.upstream_dns.clone()),
             blocks: Mutex::new(BTreeMap::new()),
             endpoints: Mutex::new(endpoints),
@@ -255,6 +261,32 @@ impl ClusterRuntime {
         Ok(fresh)
     }
 
+    /// Reads the node records from the managers and keeps the drained
+    /// ones; on failure keeps the last copy. Whether that set changed.
+    async fn refresh_drained(&self) -> Result<bool, ControlError> {
+        let nodes: Vec<NodeRecord> = self.control.nodes().await?;
+        let fresh = crate::drain::drained_nodes(&nodes);
+        let mut drained = self.drained.write().await;
+        let changed = *drained != fresh;
+        *drained = fresh;
+        Ok(changed)
+    }
+
+    /// Makes the next reconcile pass re-read everything from the managers,
+    /// now (after a change made through this node).
+    pub async fn refresh_soon(&self) {
+        *self.last_refresh.lock().await = None;
+        self.kick();
+    }
+
+    /// How long until the copies from the managers are due for a refresh.
+    async fn refresh_due_in(&self) -> Duration {
+        match *self.last_refresh.lock().await {
+            Some(at) => RECONCILE_PERIOD.saturating_sub(at.elapsed()),
+            None => RECONCILE_PERIOD,
+        }
+    }
+
     /// The network called `name`, asking the managers if this node has not
     /// heard of it yet.
     pub async fn network(&self, name: &str) -> Result<Option<Network>, ControlError> {
@@ -294,15 +326,22 @@ impl ClusterRuntime {
             .lock()
             .await
             .is_none_or(|at| at.elapsed() >= RECONCILE_PERIOD);
+        let mut drain_changed = false;
         if stale {
-            match self.refresh_networks().await {
-                Ok(_) => *self.last_refresh.lock().await = Some(Instant::now()),
-                Err(error) => warn!(%error, "cannot refresh the networks; using the last copy"),
+            // Tried, even if it fails: the next try is a period away.
+            *self.last_refresh.lock().await = Some(Instant::now());
+            if let Err(error) = self.refresh_networks().await {
+                warn!(%error, "cannot refresh the networks; using the last copy");
             }
             if let Err(error) = self.refresh_services().await {
                 debug!(%error, "cannot refresh the services; using the last copy");
             }
+            match self.refresh_drained().await {
+                Ok(changed) => drain_changed = changed,
+                Err(error) => debug!(%error, "cannot refresh the nodes; using the last copy"),
+            }
         }
+        let drained = self.drained.read().await.clone();
         let networks = self.networks().await;
         let local_entries = self.endpoints.lock().await.all().to_vec();
         let local: Vec<_> = local_entries.iter().map(|e| e.endpoint.clone()).collect();
@@ -310,7 +349,7 @@ impl ClusterRuntime {
         // DNS first: names must follow the view even when the kernel cannot
         // be read.
         self.resolvers
-            .update_table(&self.services().await, &view, &local, &networks);
+            .update_table(&self.services().await, &view, &local, &networks, &drained);
         self.resolvers.sync(&local_entries).await;
         let mut all = local.clone();
         all.extend(
@@ -318,6 +357,9 @@ impl ClusterRuntime {
                 .values()
                 .flat_map(|n| n.endpoints.values().cloned()),
         );
+        // The load balancer and the published ports see drained nodes'
+        // tasks as draining.
+        crate::drain::drain_tasks(&mut all, &drained);
         // Never from an empty copy the managers have not confirmed.
         let services_loaded = self.services_loaded.load(Ordering::Relaxed);
         let services = self.services().await;
@@ -336,6 +378,9 @@ impl ClusterRuntime {
                 let tables = published.host_tables.clone();
                 match lb.sync_with(&services, &all, tables, &seen) {
                     Ok(()) => {
+                        if drain_changed {
+                            info!(?drained, "load balancing follows the drained nodes");
+                        }
                         if let Some(ingress) = &self.ingress {
                             if let Err(error) = ingress.sync_maps(&published, &local) {
                                 crate::ingress::log_sync_error(&error);
@@ -413,10 +458,17 @@ async fn reconcile_loop(
             Some(rt) => rt.reconcile_once().await,
             None => return,
         }
+        // Woken by the refresh falling due, not a full period after the
+        // last pass: a pass for a gossip change must not push the next
+        // refresh (and so a node's drain) back by up to a period.
+        let refresh_due = match runtime.upgrade() {
+            Some(rt) => rt.refresh_due_in().await,
+            None => return,
+        };
         tokio::select! {
             changed = view.changed() => if changed.is_err() { return },
             _ = kick.notified() => {}
-            _ = tokio::time::sleep(RECONCILE_PERIOD) => {}
+            _ = tokio::time::sleep(refresh_due) => {}
         }
     }
 }

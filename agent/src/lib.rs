@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod dns;
+pub mod drain;
 pub mod endpoint_store;
 pub mod gossip;
 pub mod ingress;

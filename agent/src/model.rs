@@ -2,6 +2,7 @@
 //! control plane stores them, gossip carries them and the API shows them.
 
 use std::{
+    collections::BTreeMap,
     fmt,
     net::{IpAddr, Ipv4Addr},
     str::FromStr,
@@ -41,12 +42,31 @@ impl fmt::Display for Role {
     }
 }
 
+/// Whether a node takes new load-balanced traffic (`netctl node update
+/// --availability`). `drain`: its tasks keep running and keep their open
+/// flows, but get no new VIP, published-port or dnsrr traffic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Availability {
     #[default]
     Active,
     Drain,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("availability {0:?} is not known: use active or drain")]
+pub struct BadAvailability(String);
+
+impl FromStr for Availability {
+    type Err = BadAvailability;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "active" => Ok(Availability::Active),
+            "drain" => Ok(Availability::Drain),
+            _ => Err(BadAvailability(text.to_owned())),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +113,9 @@ pub struct NodeInfo {
     pub availability: Availability,
     pub status: NodeStatus,
     pub addr: IpAddr,
+    /// Free-form `key=value` labels (`node update --label-add`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 //! the names of those networks only.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -39,6 +39,7 @@ struct TableInputs {
     services: Vec<Service>,
     endpoints: Vec<Endpoint>,
     networks: Vec<Network>,
+    drained: BTreeSet<String>,
 }
 
 /// The resolvers of this node's containers, by container namespace.
@@ -61,13 +62,14 @@ impl Resolvers {
     }
 
     /// Rebuilds the table every resolver answers from, when its inputs
-    /// changed.
+    /// changed. The tasks of `drained` nodes leave dnsrr answers.
     pub fn update_table(
         &self,
         services: &[Service],
         view: &GossipView,
         local: &[Endpoint],
         networks: &[Network],
+        drained: &BTreeSet<String>,
     ) {
         let mut endpoints: Vec<Endpoint> = view
             .nodes
@@ -84,6 +86,7 @@ impl Resolvers {
             services: services.to_vec(),
             endpoints,
             networks: networks.to_vec(),
+            drained: drained.clone(),
         };
         let mut built_from = self
             .built_from
@@ -92,10 +95,11 @@ impl Resolvers {
         if built_from.as_ref() == Some(&inputs) {
             return;
         }
-        self.shared.update(DnsTable::build(
+        self.shared.update(DnsTable::build_draining(
             &inputs.services,
             &inputs.endpoints,
             &inputs.networks,
+            &inputs.drained,
         ));
         *built_from = Some(inputs);
     }

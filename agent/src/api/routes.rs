@@ -17,7 +17,7 @@ use crate::{
     agent::AgentState,
     attach::{self, AttachRequest},
     cluster::ClusterRuntime,
-    control::{ControlPlane, CreateNetwork},
+    control::{ControlPlane, CreateNetwork, NodeRecord, UpdateNode},
     model::{Endpoint, Health, Network, NodeInfo, NodeStatus, Role},
 };
 
@@ -29,6 +29,10 @@ pub fn router() -> Router<Arc<AgentState>> {
         .route("/v1/cluster/join-token", get(join_token))
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{name}", get(node))
+        .route(
+            "/v1/nodes/{name}/update",
+            post(update_node).patch(update_node),
+        )
         .route("/v1/networks", post(create_network).get(networks))
         .route("/v1/networks/{name}", get(network).delete(remove_network))
         .route("/v1/endpoints", post(attach_endpoint).get(endpoints))
@@ -152,29 +156,33 @@ async fn join_token(
     Ok(Json(TokenResponse { token }))
 }
 
-async fn node_infos(rt: &ClusterRuntime) -> Result<Vec<NodeInfo>, ApiError> {
-    let view = rt.view();
-    let records = rt.control.nodes().await?;
-    Ok(records
-        .into_iter()
-        .map(|record| NodeInfo {
-            status: if view.nodes.contains_key(&record.name) {
-                NodeStatus::Ready
-            } else {
-                NodeStatus::Down
-            },
-            name: record.name,
-            id: record.id,
-            role: record.role,
-            availability: Default::default(),
-            addr: record.addr,
-        })
-        .collect())
+/// A node record with its status from this node's gossip view.
+fn node_info(view: &crate::gossip::GossipView, record: NodeRecord) -> NodeInfo {
+    NodeInfo {
+        status: if view.nodes.contains_key(&record.name) {
+            NodeStatus::Ready
+        } else {
+            NodeStatus::Down
+        },
+        name: record.name,
+        id: record.id,
+        role: record.role,
+        availability: record.availability,
+        addr: record.addr,
+        labels: record.labels,
+    }
 }
 
 async fn nodes(State(state): State<Arc<AgentState>>) -> Result<Json<Vec<NodeInfo>>, ApiError> {
     let rt = runtime(&state).await?;
-    Ok(Json(node_infos(&rt).await?))
+    let view = rt.view();
+    let records = rt.control.nodes().await?;
+    Ok(Json(
+        records
+            .into_iter()
+            .map(|record| node_info(&view, record))
+            .collect(),
+    ))
 }
 
 async fn node(
@@ -182,12 +190,22 @@ async fn node(
     Path(name): Path<String>,
 ) -> Result<Json<NodeInfo>, ApiError> {
     let rt = runtime(&state).await?;
-    node_infos(&rt)
-        .await?
-        .into_iter()
-        .find(|node| node.name == name || node.id.starts_with(&name))
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no node {name:?}: see `netctl node ls`")))
+    let record = crate::control::node::find(rt.control.nodes().await?, &name)?;
+    Ok(Json(node_info(&rt.view(), record)))
+}
+
+/// `netctl node update`: written by the managers (a worker's request is
+/// sent to them like every control-plane write); this node applies it at
+/// once, the others on their next refresh.
+async fn update_node(
+    State(state): State<Arc<AgentState>>,
+    Path(name): Path<String>,
+    Json(request): Json<UpdateNode>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    let rt = runtime(&state).await?;
+    let record = rt.control.update_node(&name, request).await?;
+    rt.refresh_soon().await;
+    Ok(Json(node_info(&rt.view(), record)))
 }
 
 async fn create_network(

@@ -22,6 +22,9 @@ use crate::{api::ApiClient, config::defaults};
 pub enum CliError {
     #[error("--host {0:?} is not a unix socket address: use unix:///path/to/netagent.sock")]
     BadHost(String),
+    /// A command-line value that is wrong; the message says what to give.
+    #[error("{0}")]
+    BadArgument(String),
     #[error(transparent)]
     Client(#[from] crate::api::ClientError),
     #[error("cannot write the output: {0}")]

@@ -4,8 +4,12 @@ use std::io::Write;
 
 use clap::Subcommand;
 
-use super::{print_json, print_list, short_id, CliError, Format};
-use crate::{api::ApiClient, model::NodeInfo};
+use super::{print_json, print_list, print_one, short_id, CliError, Format};
+use crate::{
+    api::ApiClient,
+    control::{node::parse_label, UpdateNode},
+    model::{Availability, NodeInfo},
+};
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
@@ -13,6 +17,40 @@ pub enum NodeCommand {
     Ls,
     /// Show one node (name or id prefix).
     Inspect { node: String },
+    /// Change a node's availability or labels. `drain`: its tasks keep
+    /// running and keep their open flows, but get no new load-balanced
+    /// traffic (VIPs, published ports, dnsrr answers).
+    Update {
+        node: String,
+        /// active or drain.
+        #[arg(long)]
+        availability: Option<String>,
+        /// A label KEY=VALUE (or KEY) to set (repeatable).
+        #[arg(long = "label-add")]
+        labels: Vec<String>,
+    },
+}
+
+/// The request of `node update`, checked here so that a bad value is one
+/// line and nothing is sent.
+fn update_request(availability: Option<String>, labels: &[String]) -> Result<UpdateNode, CliError> {
+    let availability = availability
+        .map(|text| text.parse::<Availability>())
+        .transpose()
+        .map_err(|e| CliError::BadArgument(e.to_string()))?;
+    let add_labels = labels
+        .iter()
+        .map(|text| parse_label(text).map_err(|e| CliError::BadArgument(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    if availability.is_none() && labels.is_empty() {
+        return Err(CliError::BadArgument(
+            "nothing to change: give --availability active|drain or --label-add KEY=VALUE".into(),
+        ));
+    }
+    Ok(UpdateNode {
+        availability,
+        add_labels,
+    })
 }
 
 pub async fn run(
@@ -46,6 +84,39 @@ pub async fn run(
                 .get(&format!("/v1/nodes/{}", super::path_segment(&node)))
                 .await?;
             print_json(out, &node)
+        }
+        NodeCommand::Update {
+            node,
+            availability,
+            labels,
+        } => {
+            let request = update_request(availability, &labels)?;
+            let path = format!("/v1/nodes/{}/update", super::path_segment(&node));
+            let node: NodeInfo = client.post(&path, &request).await?;
+            print_one(out, format, &node, &node.name)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_requests_are_checked_before_anything_is_sent() {
+        let request = update_request(Some("drain".into()), &["zone=a".into()]).unwrap();
+        assert_eq!(request.availability, Some(Availability::Drain));
+        assert_eq!(request.add_labels["zone"], "a");
+        for (availability, labels) in [
+            (Some("pause"), vec![]),
+            (Some("Drain"), vec![]),
+            (None, vec!["=x".to_owned()]),
+            (None, vec![]),
+        ] {
+            let error = update_request(availability.map(str::to_owned), &labels)
+                .unwrap_err()
+                .to_string();
+            assert!(!error.contains('\n'), "{error}");
         }
     }
 }

@@ -32,7 +32,7 @@ use super::{
     wire::{self, BlockRequest, JoinRequest, JoinResponse, ReserveRequest},
     ClusterIdentity, ControlError, ControlPlane, CreateNetwork, ManagerClient, NodeRecord,
 };
-use super::{CreateService, UpdateService};
+use super::{CreateService, UpdateNode, UpdateService};
 use crate::model::{Network, Role, Service};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -219,6 +219,16 @@ fn json<T: Serialize>(value: &T) -> Result<Option<Vec<u8>>, ControlError> {
 impl ControlPlane for ManagerClient {
     async fn nodes(&self) -> Result<Vec<NodeRecord>, ControlError> {
         self.inner.request(Method::GET, "/v1/nodes", None).await
+    }
+    async fn update_node(
+        &self,
+        id_or_name: &str,
+        request: UpdateNode,
+    ) -> Result<NodeRecord, ControlError> {
+        let path = format!("/v1/nodes/{}/update", wire::segment(id_or_name)?);
+        self.inner
+            .request(Method::POST, &path, json(&request)?)
+            .await
     }
     async fn create_network(&self, request: CreateNetwork) -> Result<Network, ControlError> {
         self.inner

@@ -42,13 +42,13 @@ use tracing::{debug, info, warn};
 use super::{
     allocator,
     ca::{self, ClusterCa, RawPublicKey},
-    identity,
+    identity, node,
     store::{Compare, Op, RedbStore, Store, Versioned},
     token::{self, Secrets},
     wire::{self, BlockRequest, JoinRequest, JoinResponse, ReserveRequest},
     ClusterIdentity, ControlError, ControlPlane, CreateNetwork, Manager, NodeRecord,
 };
-use super::{CreateService, UpdateService};
+use super::{CreateService, UpdateNode, UpdateService};
 use crate::model::{Network, Role, Service};
 
 /// The control-plane port.
@@ -640,24 +640,7 @@ impl Core {
     /// refused at once), its address blocks and its reservations.
     pub fn remove_node(&self, id_or_name: &str) -> Result<NodeRecord, ControlError> {
         self.optimistic("nodes", || {
-            let mut matching: Vec<NodeRecord> = self
-                .nodes()?
-                .into_iter()
-                .filter(|n| n.id == id_or_name || n.name == id_or_name)
-                .collect();
-            let node = match matching.len() {
-                0 => {
-                    return Err(ControlError::NotFound(format!(
-                        "no node {id_or_name}: see `netctl node ls`"
-                    )))
-                }
-                1 => matching.remove(0),
-                _ => {
-                    return Err(ControlError::Invalid(format!(
-                        "several nodes are named {id_or_name}: give the node id (`netctl node ls`)"
-                    )))
-                }
-            };
+            let node = node::find(self.nodes()?, id_or_name)?;
             if node.id == self.node_id {
                 return Err(ControlError::Invalid(
                     "a manager cannot remove itself: run `netctl cluster leave --force` on it"
@@ -693,6 +676,37 @@ impl Core {
                 info!(node = %node.name, id = %node.id, "node removed");
             }
             Ok(committed.map(|_| node.clone()))
+        })
+    }
+
+    /// `node update`: one write of the node's record, compared against the
+    /// revision it was read at.
+    pub fn update_node(
+        &self,
+        id_or_name: &str,
+        request: &UpdateNode,
+    ) -> Result<NodeRecord, ControlError> {
+        self.optimistic("nodes", || {
+            let current = node::find(self.nodes()?, id_or_name)?;
+            let key = keys::node(&current.id);
+            let revision = self.mod_revision(&key)?;
+            let updated = node::apply(current.clone(), request)?;
+            if updated == current {
+                return Ok(Some(updated));
+            }
+            let committed = self
+                .store
+                .txn(&[compare(key.clone(), revision)], &[put(key, &updated)?])?;
+            if let Some(revision) = committed {
+                info!(
+                    node = %updated.name,
+                    availability = %updated.availability,
+                    labels = updated.labels.len(),
+                    revision,
+                    "node updated"
+                );
+            }
+            Ok(committed.map(|_| updated.clone()))
         })
     }
 
@@ -754,6 +768,8 @@ impl Core {
                 name: request.node_name.clone(),
                 role,
                 addr: request.addr,
+                availability: Default::default(),
+                labels: Default::default(),
             };
             let cert = CertRecord {
                 node_id: node_id.clone(),
@@ -979,6 +995,8 @@ fn init_sync(
             name: node_name.to_owned(),
             role: Role::Manager,
             addr: advertise_addr,
+            availability: Default::default(),
+            labels: Default::default(),
         };
         let cert = CertRecord {
             node_id: node_id.clone(),
@@ -1163,6 +1181,12 @@ async fn dispatch(
     let owned: Vec<String> = segments.iter().map(|s| (*s).to_owned()).collect();
     match (method.clone(), segments.as_slice()) {
         (Method::GET, ["v1", "nodes"]) => reply(&blocking(move || core.nodes()).await?),
+        (Method::POST, ["v1", "nodes", _, "update"]) => {
+            manager_only(&node)?;
+            let request: UpdateNode = parse(&body)?;
+            let id = owned[2].clone();
+            reply(&blocking(move || core.update_node(&id, &request)).await?)
+        }
         (Method::GET, ["v1", "nodes", _, "blocks"]) => {
             let id = owned[2].clone();
             reply(&blocking(move || core.node_blocks(&id)).await?)
@@ -1236,6 +1260,15 @@ async fn dispatch(
 impl ControlPlane for Manager {
     async fn nodes(&self) -> Result<Vec<NodeRecord>, ControlError> {
         self.run(|core| core.nodes()).await
+    }
+    async fn update_node(
+        &self,
+        id_or_name: &str,
+        request: UpdateNode,
+    ) -> Result<NodeRecord, ControlError> {
+        let id_or_name = id_or_name.to_owned();
+        self.run(move |core| core.update_node(&id_or_name, &request))
+            .await
     }
     async fn create_network(&self, request: CreateNetwork) -> Result<Network, ControlError> {
         self.run(move |core| core.create_network(request)).await

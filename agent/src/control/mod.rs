@@ -6,6 +6,7 @@
 //! - `allocator`: pure rules for VNIs, subnets, gateways, blocks, `--ip`,
 //!   service VIPs;
 //! - `service`: pure rules for services (names, networks, published ports);
+//! - `node`: pure rules for node updates (availability, labels);
 //! - `ca`: the cluster CA and node certificates;
 //! - `token`: join tokens;
 //! - `manager`: the control-plane logic and the TCP 2377 mTLS server;
@@ -20,6 +21,7 @@ pub mod ca;
 mod client;
 pub mod identity;
 pub mod manager;
+pub mod node;
 pub mod service;
 pub mod store;
 pub mod token;
@@ -33,6 +35,7 @@ mod tests;
 pub use manager::CONTROL_PORT;
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
 };
@@ -40,7 +43,7 @@ use std::{
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{EndpointMode, Network, PublishedPort, Role, Service};
+use crate::model::{Availability, EndpointMode, Network, PublishedPort, Role, Service};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -99,6 +102,21 @@ pub struct NodeRecord {
     pub name: String,
     pub role: Role,
     pub addr: IpAddr,
+    /// Records written before availability existed read as active.
+    #[serde(default)]
+    pub availability: Availability,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `netctl node update`: what to change (nothing given, nothing changes).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateNode {
+    #[serde(default)]
+    pub availability: Option<Availability>,
+    /// Labels to set (an existing key gets the new value).
+    #[serde(default)]
+    pub add_labels: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -117,6 +135,14 @@ pub struct CreateNetwork {
 #[allow(async_fn_in_trait)]
 pub trait ControlPlane {
     async fn nodes(&self) -> Result<Vec<NodeRecord>, ControlError>;
+    /// Changes the availability and labels of the node `id_or_name` (one
+    /// revisioned write of its record). Refuses an unknown or ambiguous
+    /// node and a bad label, changing nothing.
+    async fn update_node(
+        &self,
+        id_or_name: &str,
+        request: UpdateNode,
+    ) -> Result<NodeRecord, ControlError>;
     /// Validates and records a network: VNI from 4096 up unless given, subnet
     /// from the default pool (10.0.0.0/8 in /24s) unless given, gateway = first
     /// host unless given. Refuses a duplicate name, an overlapping subnet, a

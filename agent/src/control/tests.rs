@@ -13,7 +13,7 @@ use super::{
     testdir::TestDir,
     *,
 };
-use crate::model::{EndpointMode, Protocol, PublishMode, Role, Service};
+use crate::model::{Availability, EndpointMode, Protocol, PublishMode, Role, Service};
 
 fn localhost() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -619,4 +619,67 @@ async fn services_vips_ports_updates_and_restart() {
     reopened.remove_service(&again.id).await.unwrap();
     reopened.remove_service("dns").await.unwrap();
     reopened.remove_network("web").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_availability_and_labels_are_revisioned_manager_only_and_survive_restart() {
+    let dir = TestDir::new("control-nodes");
+    let worker_dir = TestDir::new("control-nodes-worker");
+    let (manager, identity, server) = serve_new_cluster(&dir).await;
+    let admin = ManagerClient::new(&identity).unwrap();
+    let addr = identity.managers[0];
+    let worker_token = admin.join_token(Role::Worker, false).await.unwrap();
+    let worker_id = join(addr, &worker_token, "w1", localhost()).await.unwrap();
+    worker_id.save(worker_dir.path()).unwrap();
+    let worker = ManagerClient::new(&worker_id).unwrap();
+    let store = manager.store();
+    let drain = UpdateNode {
+        availability: Some(Availability::Drain),
+        add_labels: [("zone".to_owned(), "a".to_owned())].into(),
+    };
+
+    // A manager drains w1: one revisioned write of its record.
+    let before = store.revision().unwrap();
+    let drained = admin.update_node("w1", drain.clone()).await.unwrap();
+    assert_eq!(drained.availability, Availability::Drain);
+    assert_eq!(drained.labels["zone"], "a");
+    assert_eq!(store.revision().unwrap(), before + 1);
+    let listed = worker.nodes().await.unwrap();
+    let w1 = listed.iter().find(|n| n.name == "w1").unwrap();
+    assert_eq!(w1, &drained);
+
+    // Refused, changing nothing: from a worker, an unknown node, a bad label.
+    let before = store.revision().unwrap();
+    let error = worker
+        .update_node("w1", UpdateNode::default())
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("this node is a worker"),
+        "{error}"
+    );
+    let error = admin.update_node("w9", drain.clone()).await.unwrap_err();
+    assert!(matches!(error, ControlError::NotFound(_)), "{error}");
+    let bad = UpdateNode {
+        availability: Some(Availability::Active),
+        add_labels: [("bad key".to_owned(), String::new())].into(),
+    };
+    let error = admin.update_node("w1", bad).await.unwrap_err();
+    assert!(error.to_string().contains("label key"), "{error}");
+    // The same again changes nothing either.
+    admin.update_node("w1", drain).await.unwrap();
+    assert_eq!(store.revision().unwrap(), before);
+
+    // Back to active, by id; survives a restart.
+    let active = UpdateNode {
+        availability: Some(Availability::Active),
+        ..Default::default()
+    };
+    let back = admin.update_node(&worker_id.node_id, active).await.unwrap();
+    assert_eq!(back.availability, Availability::Active);
+    assert_eq!(back.labels["zone"], "a");
+    drop((admin, worker, store));
+    let reopened = restart(server, manager, &dir, &identity).await;
+    let nodes = reopened.nodes().await.unwrap();
+    assert_eq!(nodes.iter().find(|n| n.name == "w1"), Some(&back));
 }

@@ -7,7 +7,7 @@
 //! is attached to:
 //!
 //! * `SERVICE`: the VIP on each network (vip), or the healthy task addresses
-//!   (dnsrr, shuffled per answer);
+//!   (dnsrr, shuffled per answer) but those of drained nodes (see `drain`);
 //! * `tasks.SERVICE`: the healthy task addresses (shuffled per answer);
 //! * task/container names and aliases: the endpoint's address;
 //! * each of the above followed by `.NETWORK` (the network's name): the set of
@@ -18,7 +18,7 @@
 //! its first alias), a VIP maps to the service name.
 
 use std::{
-    collections::{hash_map::Entry, HashMap},
+    collections::{hash_map::Entry, BTreeSet, HashMap},
     net::Ipv4Addr,
 };
 
@@ -70,6 +70,17 @@ pub struct DnsTable {
 impl DnsTable {
     /// Unhealthy endpoints are left out.
     pub fn build(services: &[Service], endpoints: &[Endpoint], networks: &[Network]) -> Self {
+        Self::build_draining(services, endpoints, networks, &BTreeSet::new())
+    }
+
+    /// `build`, with the tasks of the `drained` nodes also left out of dnsrr
+    /// service answers (load balancing); they keep their other names.
+    pub fn build_draining(
+        services: &[Service],
+        endpoints: &[Endpoint],
+        networks: &[Network],
+        drained: &BTreeSet<String>,
+    ) -> Self {
         let mut table = DnsTable {
             subnets: networks
                 .iter()
@@ -108,7 +119,10 @@ impl DnsTable {
                     }
                 }
                 EndpointMode::Dnsrr => {
-                    for ep in healthy().filter(|ep| ep.service.as_deref() == Some(&service.name)) {
+                    let balanced = healthy().filter(|ep| {
+                        ep.service.as_deref() == Some(&service.name) && !drained.contains(&ep.node)
+                    });
+                    for ep in balanced {
                         table.add_name(&service.name, &ep.network, &ep.network_id, ep.ip, true);
                     }
                 }
@@ -440,6 +454,24 @@ pub(crate) mod tests {
         assert!(matches!(table.known("db", &back), Known::Name(_)));
         assert!(matches!(table.known("tasks.db", &back), Known::Name(_)));
         assert!(addrs(&table, "db", &["id-back"]).is_empty());
+    }
+
+    #[test]
+    fn drained_nodes_leave_dnsrr_answers_but_keep_their_task_names() {
+        let (services, mut endpoints, networks) = sample();
+        for ep in &mut endpoints {
+            if ep.name == "db.2" {
+                ep.node = "n2".into();
+            }
+        }
+        let drained = BTreeSet::from(["n2".to_owned()]);
+        let table = DnsTable::build_draining(&services, &endpoints, &networks, &drained);
+        assert_eq!(addrs(&table, "db", &["id-back"]), [ip("10.2.0.5")]);
+        assert_eq!(
+            addrs(&table, "tasks.db", &["id-back"]),
+            [ip("10.2.0.5"), ip("10.2.0.6")]
+        );
+        assert_eq!(addrs(&table, "db.2", &["id-back"]), [ip("10.2.0.6")]);
     }
 
     #[test]

@@ -4,80 +4,16 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead, Write},
-    process::{Child, Command, Stdio},
     time::Duration,
 };
 
 mod common;
 
-use common::task_server::{Server, CLIENT};
+use common::{
+    flow::Flow,
+    task_server::{Server, CLIENT},
+};
 use netlab::{require_root, wait_until, Container, Lab};
-
-/// One UDP socket (or one TCP connection) for its whole life: every input
-/// line sends a message and prints the answer, so that the flow keeps its
-/// 5-tuple.
-const FLOW: &str = r#"
-import socket, sys
-vip, proto = sys.argv[1], sys.argv[2]
-if proto == "tcp":
-    s = socket.create_connection((vip, 8081), timeout=2)
-else:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(2)
-for line in sys.stdin:
-    try:
-        if proto == "tcp":
-            s.sendall(b"x")
-            print(s.recv(200).decode(), flush=True)
-        else:
-            s.sendto(b"x", (vip, 9090))
-            print(s.recvfrom(200)[0].decode(), flush=True)
-    except Exception as e:
-        print("ERR", e, flush=True)
-"#;
-
-/// A long-lived flow from a container; killed (by pid) on drop.
-struct Flow {
-    child: Child,
-    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
-}
-
-impl Flow {
-    fn start(container: &Container, vip: &str, proto: &str) -> Self {
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", container.netns_path().display()))
-            .args(["--", "python3", "-c", FLOW, vip, proto])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("flow");
-        let stdout = child.stdout.take().expect("stdout");
-        Flow {
-            child,
-            lines: std::io::BufReader::new(stdout).lines(),
-        }
-    }
-
-    /// Sends one datagram; the answer (or "ERR ...").
-    fn ask(&mut self) -> String {
-        let stdin = self.child.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "go").expect("write");
-        stdin.flush().expect("flush");
-        self.lines
-            .next()
-            .and_then(Result::ok)
-            .unwrap_or_else(|| "ERR closed".into())
-    }
-}
-
-impl Drop for Flow {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Three nodes, network `appnet`, service `web` with a task (and server)
 /// on n2 and on n3, a client on n1; TCP to the VIP already reaches both.
@@ -145,7 +81,8 @@ impl Scene {
     /// A `proto` flow from the client to the VIP and the task it is pinned
     /// to (0: web1, 1: web2).
     fn pinned_flow(&self, proto: &str) -> (Flow, usize) {
-        let mut flow = Flow::start(&self.client, &self.vip, proto);
+        let port = if proto == "tcp" { "8081" } else { "9090" };
+        let mut flow = Flow::start(&self.client.netns_path(), &self.vip, proto, port);
         let first = flow.ask();
         let pinned = match first.split(' ').next() {
             Some("web1") => 0,

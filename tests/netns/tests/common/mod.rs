@@ -1,8 +1,9 @@
 //! Helpers shared by the namespace tests: those that drive
 //! `netagent::dataplane::overlay` directly against lab node namespaces, and
-//! (`task_server`) the service tests' servers and client.
+//! (`task_server`, `flow`) the service tests' servers and clients.
 #![allow(dead_code)]
 
+pub mod flow;
 pub mod task_server;
 
 use std::{net::Ipv4Addr, path::Path};

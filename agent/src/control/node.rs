@@ -1,0 +1,172 @@
+//! Pure rules for node updates (`netctl node update`). No I/O: the manager
+//! reads the node records, calls these, and commits the new record under a
+//! transaction on its key.
+//!
+//! - a node is named by its name, its id, or a prefix of its id that only
+//!   it has; a name two nodes share must be given as an id;
+//! - a label key is 1 to 128 of `[A-Za-z0-9._/-]`, starting with a letter
+//!   or digit (Docker's reverse-DNS style, `com.example.rack`); a value is
+//!   up to 256 printable characters; a node holds up to 64 labels.
+
+use super::{ControlError, NodeRecord, UpdateNode};
+
+pub const MAX_LABEL_KEY: usize = 128;
+pub const MAX_LABEL_VALUE: usize = 256;
+pub const MAX_LABELS: usize = 64;
+
+/// The one node `id_or_name` designates among `nodes`.
+pub fn find(nodes: Vec<NodeRecord>, id_or_name: &str) -> Result<NodeRecord, ControlError> {
+    let exact: Vec<&NodeRecord> = nodes
+        .iter()
+        .filter(|n| n.id == id_or_name || n.name == id_or_name)
+        .collect();
+    let candidates: Vec<&NodeRecord> = if exact.is_empty() && !id_or_name.is_empty() {
+        nodes
+            .iter()
+            .filter(|n| n.id.starts_with(id_or_name))
+            .collect()
+    } else {
+        exact
+    };
+    match candidates.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(ControlError::NotFound(format!(
+            "no node {id_or_name:?}: see `netctl node ls`"
+        ))),
+        _ => Err(ControlError::Invalid(format!(
+            "{id_or_name:?} names several nodes: give the node id (`netctl node ls`)"
+        ))),
+    }
+}
+
+/// Whether `key=value` may be a node label.
+pub fn check_label(key: &str, value: &str) -> Result<(), ControlError> {
+    let key_ok = (1..=MAX_LABEL_KEY).contains(&key.len())
+        && key
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'));
+    if !key_ok {
+        return Err(ControlError::Invalid(format!(
+            "label key {key:?} is not valid: use 1 to {MAX_LABEL_KEY} letters, digits, '.', '_', '/' or '-', starting with a letter or digit"
+        )));
+    }
+    if value.chars().count() > MAX_LABEL_VALUE || value.chars().any(char::is_control) {
+        return Err(ControlError::Invalid(format!(
+            "label {key}: its value is not valid: use up to {MAX_LABEL_VALUE} printable characters"
+        )));
+    }
+    Ok(())
+}
+
+/// `KEY=VALUE`, or `KEY` alone for an empty value (as Docker takes it).
+pub fn parse_label(text: &str) -> Result<(String, String), ControlError> {
+    let (key, value) = text.split_once('=').unwrap_or((text, ""));
+    check_label(key, value)
+        .map_err(|error| ControlError::Invalid(format!("--label-add {text:?}: {error}")))?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// `node` with `request` applied; refuses a bad label or too many.
+pub fn apply(mut node: NodeRecord, request: &UpdateNode) -> Result<NodeRecord, ControlError> {
+    for (key, value) in &request.add_labels {
+        check_label(key, value)?;
+    }
+    if let Some(availability) = request.availability {
+        node.availability = availability;
+    }
+    node.labels.extend(
+        request
+            .add_labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    if node.labels.len() > MAX_LABELS {
+        return Err(ControlError::Invalid(format!(
+            "node {} would have {} labels: a node holds up to {MAX_LABELS}",
+            node.name,
+            node.labels.len()
+        )));
+    }
+    Ok(node)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::model::{Availability, Role};
+
+    fn node(id: &str, name: &str) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            name: name.into(),
+            role: Role::Worker,
+            addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            availability: Availability::Active,
+            labels: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_node_is_found_by_name_id_or_unique_id_prefix() {
+        let nodes = || vec![node("abc1", "n1"), node("abd2", "n2"), node("x3", "n2")];
+        assert_eq!(find(nodes(), "n1").unwrap().id, "abc1");
+        assert_eq!(find(nodes(), "abd2").unwrap().name, "n2");
+        assert_eq!(find(nodes(), "abc").unwrap().id, "abc1");
+        assert!(matches!(find(nodes(), "ab"), Err(ControlError::Invalid(_))));
+        assert!(matches!(find(nodes(), "n2"), Err(ControlError::Invalid(_))));
+        assert!(matches!(
+            find(nodes(), "n9"),
+            Err(ControlError::NotFound(_))
+        ));
+        assert!(matches!(find(nodes(), ""), Err(ControlError::NotFound(_))));
+    }
+
+    #[test]
+    fn labels_are_checked_and_parsed_like_docker() {
+        assert_eq!(
+            parse_label("com.example.rack=r1").unwrap(),
+            ("com.example.rack".into(), "r1".into())
+        );
+        assert_eq!(parse_label("ssd").unwrap(), ("ssd".into(), "".into()));
+        assert_eq!(parse_label("k=a=b").unwrap(), ("k".into(), "a=b".into()));
+        for bad in ["=v", "", "-k=v", "a b=c", "k=\u{7}", &"k".repeat(129)] {
+            let error = parse_label(bad).unwrap_err().to_string();
+            assert!(!error.contains('\n'), "{error}");
+            assert!(error.contains("--label-add"), "{error}");
+        }
+    }
+
+    #[test]
+    fn an_update_sets_availability_and_merges_labels() {
+        let mut n = node("a", "n1");
+        n.labels.insert("zone".into(), "a".into());
+        let request = UpdateNode {
+            availability: Some(Availability::Drain),
+            add_labels: [("zone".into(), "b".into()), ("ssd".into(), "".into())].into(),
+        };
+        let updated = apply(n.clone(), &request).unwrap();
+        assert_eq!(updated.availability, Availability::Drain);
+        assert_eq!(updated.labels.len(), 2);
+        assert_eq!(updated.labels["zone"], "b");
+        // Nothing asked, nothing changed.
+        assert_eq!(apply(n.clone(), &UpdateNode::default()).unwrap(), n);
+        let bad = UpdateNode {
+            add_labels: [("a b".into(), "".into())].into(),
+            ..Default::default()
+        };
+        assert!(apply(n.clone(), &bad).is_err());
+        let many = UpdateNode {
+            add_labels: (0..=MAX_LABELS)
+                .map(|i| (format!("k{i}"), String::new()))
+                .collect(),
+            ..Default::default()
+        };
+        assert!(apply(n, &many).is_err());
+    }
+}

@@ -78,7 +78,10 @@ async fn remove_legacy_rule(config: &OverlayConfig, network: &Network) -> Result
         nft.commit(&changes).map_err(masquerade::error(format!(
             "removing the nf_tables published-port SNAT of VNI {vni} from table {table}"
         )))?;
-        tracing::info!(vni, "nf_tables published-port SNAT removed (now done in eBPF)");
+        tracing::info!(
+            vni,
+            "nf_tables published-port SNAT removed (now done in eBPF)"
+        );
         Ok(())
     })
     .await

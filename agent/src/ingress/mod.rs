@@ -347,9 +347,12 @@ impl Ingress {
         let ifindex = crate::dataplane::interfaces::ifindex(&name)
             .ok_or_else(|| IngressError::from(DatapathError::NoInterface(name.clone())))?;
         if !state.uplink_programs.contains(&ifindex) {
-            state
-                .datapath
-                .attach_tc(INGRESS_UPLINK_PROG, &name, Direction::Ingress, INGRESS_SLOT)?;
+            state.datapath.attach_tc(
+                INGRESS_UPLINK_PROG,
+                &name,
+                Direction::Ingress,
+                INGRESS_SLOT,
+            )?;
             state.uplink_programs.insert(ifindex);
         }
         let wanted = IngressUplink {

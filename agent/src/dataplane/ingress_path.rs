@@ -1,103 +1,64 @@
 //! The way back for published-port flows whose task runs on another node.
 //!
-//! `ingress_in` (eBPF, underlay) DNATs a published port to the task and
-//! marks the flow (`INGRESS_SNAT_MARK`) when the task is remote. Here, per
-//! network, with A = this node's ingress address on it (`ipam::ingress_address`):
+//! `ingress_in` (eBPF, underlay) DNATs a published port to the task and,
+//! when the task is remote, gives the flow this node's ingress address A on
+//! the network (`ipam::ingress_address`) as its source and hands it straight
+//! to the sandbox (see `ebpf/programs/src/ingress.rs`; the agent's
+//! `ingress` module attaches `ingress_uplink` and writes INGRESS_UPLINKS).
+//! Here, in the sandbox: `A/32 via 169.254.0.1 dev gw0 onlink`, and br0
+//! takes A's MAC (`02:42:<A>`, which other nodes send A's frames to) as its
+//! own, so that a reply arriving from vxlan0 is for the bridge itself: it
+//! goes up to the sandbox's IP stack (a frame for any other MAC would be
+//! dropped there as "other host") and is forwarded up `nagw<vni>`, where
+//! `ingress_uplink` takes it. A is not an address of the sandbox. Setting
+//! the MAC also pins it (a bridge otherwise takes its lowest port's MAC,
+//! which changes as ports come and go); `arp_notify` is turned on first so
+//! that local containers learn the new gateway MAC at once from the
+//! gratuitous ARP the change sends. The route also passes `rp_filter` for
+//! the translated packets `ingress_in` puts on gw0 (source A).
 //!
-//! - node namespace, the agent's nf_tables table, chain `postrouting`:
-//!   `oifname "nagw<vni>" meta mark 0x4e410001 counter snat to A`
-//!   (comment `netagent ingress vni <vni> snat <A>`): the task sees A as the
-//!   client, so its replies come back over the overlay to this node, where
-//!   the kernel's conntrack undoes the SNAT;
-//! - sandbox: `A/32 via 169.254.0.1 dev gw0 onlink`, and br0 takes A's MAC
-//!   (`02:42:<A>`, which other nodes send A's frames to) as its own, so that
-//!   a reply arriving from vxlan0 is for the bridge itself: it goes up to the
-//!   sandbox's IP stack (a frame for any other MAC would be dropped there as
-//!   "other host") and is forwarded to the node namespace. A is not an
-//!   address of the sandbox. Setting the MAC also pins it (a bridge otherwise
-//!   takes its lowest port's MAC, which changes as ports come and go);
-//!   `arp_notify` is turned on first so that local containers learn the new
-//!   gateway MAC at once from the gratuitous ARP the change sends.
+//! Earlier versions SNATed with an nf_tables rule in the agent's table
+//! (comment `netagent ingress vni <vni> snat <A>`): `ensure` and `remove`
+//! delete such a rule.
 //!
 //! Other nodes learn A like any endpoint (gossip, then FDB + neighbour).
 
 use std::{net::Ipv4Addr, path::Path};
 
-use netagent_common::INGRESS_SNAT_MARK;
 use rtnetlink::LinkUnspec;
 
 use super::{
     masquerade::{self, POSTROUTING},
     netlink::{self, Netlink},
     netns,
-    nftables::{Change, CmpOp, Expr, MetaKey, Rule},
+    nftables::{Change, Rule},
     overlay::{OverlayConfig, OverlayError, HINT_GENERIC},
     sandbox, uplink,
 };
 use crate::model::{Mac, Network};
 
+/// The comments of the nf_tables SNAT rules earlier versions used.
 fn tag(vni: u32) -> String {
     format!("netagent ingress vni {vni} ")
 }
 
-fn comment(vni: u32, addr: Ipv4Addr) -> String {
-    format!("{}snat {addr}", tag(vni))
-}
-
-/// `oifname "nagw<vni>" meta mark M counter snat to ADDR`.
-fn snat_exprs(vni: u32, addr: Ipv4Addr) -> Vec<Expr> {
-    // A NUL-terminated name: an exact match, not a prefix.
-    let mut oif = uplink::node_link_name(vni).into_bytes();
-    oif.push(0);
-    let mut exprs = vec![
-        Expr::meta(MetaKey::OifName),
-        Expr::cmp(CmpOp::Eq, &oif),
-        Expr::meta(MetaKey::Mark),
-        Expr::cmp(CmpOp::Eq, &INGRESS_SNAT_MARK.to_ne_bytes()),
-        Expr::counter(),
-    ];
-    exprs.extend(Expr::snat(addr));
-    exprs
-}
-
-/// What makes the rule of `vni` exactly one rule SNATing to `addr` (or none
-/// when `addr` is `None`).
-fn plan(vni: u32, addr: Option<Ipv4Addr>, rules: &[Rule]) -> Vec<Change> {
-    let wanted = addr.map(|addr| comment(vni, addr));
+/// What deletes the earlier versions' SNAT rules of `vni`.
+fn plan(vni: u32, rules: &[Rule]) -> Vec<Change> {
     let tag = tag(vni);
-    let mut present = false;
-    let mut changes = Vec::new();
-    for rule in rules {
-        let Some(c) = rule.comment.as_deref() else {
-            continue;
-        };
-        if Some(c) == wanted.as_deref() && rule.chain == POSTROUTING.name && !present {
-            present = true;
-        } else if c.starts_with(&tag) {
-            changes.push(Change::DeleteRule {
-                chain: rule.chain.clone(),
-                handle: rule.handle,
-            });
-        }
-    }
-    if let (Some(addr), Some(comment), false) = (addr, wanted, present) {
-        changes.push(Change::AddRule {
-            chain: POSTROUTING.name,
-            exprs: snat_exprs(vni, addr),
-            comment,
-        });
-    }
-    changes
+    rules
+        .iter()
+        .filter(|rule| rule.chain == POSTROUTING.name)
+        .filter(|rule| rule.comment.as_deref().is_some_and(|c| c.starts_with(&tag)))
+        .map(|rule| Change::DeleteRule {
+            chain: rule.chain.clone(),
+            handle: rule.handle,
+        })
+        .collect()
 }
 
-/// Sets the SNAT rule of `network` to `addr` (`None`: removes it). Needs the
-/// table and chain the network's masquerade created; a missing table with
-/// nothing to remove is fine.
-async fn set_rule(
-    config: &OverlayConfig,
-    network: &Network,
-    addr: Option<Ipv4Addr>,
-) -> Result<(), OverlayError> {
+/// Deletes the SNAT rule an earlier version gave `network`, if any. A
+/// missing table is fine.
+async fn remove_legacy_rule(config: &OverlayConfig, network: &Network) -> Result<(), OverlayError> {
     let vni = network.vni;
     masquerade::in_node(config, move |nft| {
         let table = nft.table().to_owned();
@@ -105,24 +66,22 @@ async fn set_rule(
             .table_exists()
             .map_err(masquerade::error(format!("looking up table {table}")))?;
         if !exists {
-            return match addr {
-                None => Ok(()),
-                Some(_) => Err(OverlayError::Config(format!(
-                    "table {table} is missing: the uplink of VNI {vni} is not set up yet"
-                ))),
-            };
+            return Ok(());
         }
         let rules = nft
             .rules()
             .map_err(masquerade::error(format!("listing the rules of {table}")))?;
-        let changes = plan(vni, addr, &rules);
+        let changes = plan(vni, &rules);
         if changes.is_empty() {
             return Ok(());
         }
         nft.commit(&changes).map_err(masquerade::error(format!(
-            "setting the published-port SNAT of VNI {vni} in table {table}"
+            "removing the nf_tables published-port SNAT of VNI {vni} from table {table}"
         )))?;
-        tracing::info!(vni, ?addr, "published-port SNAT programmed");
+        tracing::info!(
+            vni,
+            "nf_tables published-port SNAT removed (now done in eBPF)"
+        );
         Ok(())
     })
     .await
@@ -163,7 +122,7 @@ pub async fn ensure(
         .map_err(at_sb(format!("giving br0 the MAC {mac}")))?;
         tracing::info!(sandbox = name, %mac, "br0 takes the ingress address's MAC");
     }
-    set_rule(config, network, Some(addr)).await
+    remove_legacy_rule(config, network).await
 }
 
 const BR0_ARP_NOTIFY: &str = "/proc/sys/net/ipv4/conf/br0/arp_notify";
@@ -196,10 +155,10 @@ async fn link_index(nl: &Netlink, sandbox: &str, link: &str) -> Result<u32, Over
         .ok_or_else(|| OverlayError::Config(format!("{link} is missing in {sandbox}")))
 }
 
-/// Removes the SNAT rule of `network` (the sandbox's route and FDB entry go
-/// with the sandbox or are replaced by the next `ensure`).
+/// Removes what `ensure` left in the node namespace (the sandbox's route
+/// and br0's MAC go with the sandbox or are replaced by the next `ensure`).
 pub async fn remove(config: &OverlayConfig, network: &Network) -> Result<(), OverlayError> {
-    set_rule(config, network, None).await
+    remove_legacy_rule(config, network).await
 }
 
 #[cfg(test)]
@@ -215,23 +174,17 @@ mod tests {
     }
 
     #[test]
-    fn one_rule_per_network_replaced_when_the_address_changes() {
-        let a = Ipv4Addr::new(10, 10, 0, 31);
-        let changes = plan(4096, Some(a), &[]);
-        assert!(
-            matches!(&changes[..], [Change::AddRule { comment, .. }] if comment == "netagent ingress vni 4096 snat 10.10.0.31")
-        );
-        let present = [rule(7, "netagent ingress vni 4096 snat 10.10.0.31")];
-        assert!(plan(4096, Some(a), &present).is_empty());
-        let stale = [
+    fn every_earlier_snat_rule_of_the_network_goes_and_nothing_else() {
+        let rules = [
             rule(7, "netagent ingress vni 4096 snat 10.10.0.15"),
             rule(8, "netagent vni 4096 masquerade 10.10.0.0/24"),
             rule(9, "netagent ingress vni 4097 snat 10.20.0.15"),
+            rule(10, "netagent ingress vni 4096 snat 10.10.0.31"),
         ];
-        let changes = plan(4096, Some(a), &stale);
+        let changes = plan(4096, &rules);
         assert_eq!(changes.len(), 2);
         assert!(matches!(&changes[0], Change::DeleteRule { handle: 7, .. }));
-        let changes = plan(4096, None, &stale);
-        assert_eq!(changes.len(), 1);
+        assert!(matches!(&changes[1], Change::DeleteRule { handle: 10, .. }));
+        assert!(plan(4096, &rules[1..3]).is_empty());
     }
 }

@@ -104,7 +104,6 @@ const NFTA_NAT_FAMILY: u16 = 2;
 const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
 const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
 const NFTA_NAT_FLAGS: u16 = 7;
-const NFT_NAT_SNAT: u32 = 0;
 const NFT_NAT_DNAT: u32 = 1;
 /// NF_NAT_RANGE_PROTO_SPECIFIED: the port is translated too.
 const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
@@ -253,19 +252,6 @@ impl Expr {
         [
             Self::immediate(NFT_REG_1, |d| put(d, NFTA_DATA_VALUE, &addr.octets())),
             Self::immediate(NFT_REG_2, |d| put(d, NFTA_DATA_VALUE, &port.to_be_bytes())),
-            Self { name: "nat", data },
-        ]
-    }
-
-    /// `snat to ADDR` (IPv4, ports kept unless they clash): the address
-    /// goes through register 1, as `nft` does it.
-    pub fn snat(addr: Ipv4Addr) -> [Self; 2] {
-        let mut data = Vec::new();
-        put_be32(&mut data, NFTA_NAT_TYPE, NFT_NAT_SNAT);
-        put_be32(&mut data, NFTA_NAT_FAMILY, u32::from(FAMILY_IP));
-        put_be32(&mut data, NFTA_NAT_REG_ADDR_MIN, NFT_REG_1);
-        [
-            Self::immediate(NFT_REG_1, |d| put(d, NFTA_DATA_VALUE, &addr.octets())),
             Self { name: "nat", data },
         ]
     }

@@ -11,7 +11,9 @@
 //! 2. the return path of every network with an ingress-mode port: this
 //!    node's ingress address there (`ipam::ingress_address`), published in
 //!    gossip as a node-owned pseudo-endpoint so that other nodes route it
-//!    back here, and the SNAT towards remote tasks (`dataplane::ingress_path`);
+//!    back here (`dataplane::ingress_path`), `ingress_uplink` on the
+//!    network's `nagw<vni>` and its INGRESS_UPLINKS entry (which lets
+//!    `ingress_in` send flows to remote tasks from that address);
 //! 3. `sync_maps`: INGRESS_LOCAL (this node's endpoint addresses), then
 //!    INGRESS_PORTS (ports that went first, then new and changed ones).
 
@@ -24,10 +26,14 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use aya::maps::{HashMap, MapError};
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    HashMap, MapError,
+};
+use ipnet::Ipv4Net;
 use netagent_common::{
-    IngressPort, IngressPortKey, INGRESS_IN_PROG, INGRESS_LOCAL_MAP, INGRESS_OUT_PROG,
-    INGRESS_PORTS_MAP,
+    IngressPort, IngressPortKey, IngressUplink, INGRESS_IN_PROG, INGRESS_LOCAL_MAP,
+    INGRESS_OUT_PROG, INGRESS_PORTS_MAP, INGRESS_UPLINKS_MAP, INGRESS_UPLINK_PROG,
 };
 use tracing::{debug, info, warn};
 
@@ -77,6 +83,14 @@ fn be(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
 
+fn ip(be: u32) -> Ipv4Addr {
+    Ipv4Addr::from(be.to_ne_bytes())
+}
+
+fn subnet_key(net: &Ipv4Net) -> Key<u32> {
+    Key::new(u32::from(net.prefix_len()), be(net.network()))
+}
+
 struct State {
     datapath: Datapath,
     /// The programs are on the underlay (once per run: a restart replaces
@@ -86,6 +100,10 @@ struct State {
     ports: BTreeMap<IngressPortKey, IngressPort>,
     /// What INGRESS_LOCAL holds.
     local: BTreeSet<u32>,
+    /// What INGRESS_UPLINKS holds, by network subnet.
+    uplinks: BTreeMap<Ipv4Net, IngressUplink>,
+    /// The `nagw<vni>` interfaces (by index) this run put `ingress_uplink` on.
+    uplink_programs: BTreeSet<u32>,
 }
 
 pub struct Ingress {
@@ -128,6 +146,17 @@ impl Ingress {
         let local: HashMap<_, u32, u32> = HashMap::try_from(datapath.map_mut(INGRESS_LOCAL_MAP)?)
             .map_err(map_error(INGRESS_LOCAL_MAP))?;
         let local = local.keys().filter_map(Result::ok).collect();
+        let uplinks: LpmTrie<_, u32, IngressUplink> =
+            LpmTrie::try_from(datapath.map_mut(INGRESS_UPLINKS_MAP)?)
+                .map_err(map_error(INGRESS_UPLINKS_MAP))?;
+        let uplinks = uplinks
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(key, uplink)| {
+                let net = Ipv4Net::new(ip(key.data()), key.prefix_len() as u8).ok()?;
+                Some((net, uplink))
+            })
+            .collect();
         Ok(Self {
             node_addr,
             underlay: underlay.to_owned(),
@@ -136,6 +165,8 @@ impl Ingress {
                 attached: false,
                 ports,
                 local,
+                uplinks,
+                uplink_programs: BTreeSet::new(),
             }),
             published: tokio::sync::Mutex::new(BTreeMap::new()),
         })
@@ -289,11 +320,83 @@ impl Ingress {
                 rt.gossip.withdraw(&endpoint.id).await;
                 if let Some(network) = networks.iter().find(|n| n.id == id) {
                     if let Err(error) = rt.overlay.remove_ingress_path(network).await {
-                        warn!(network = %network.name, %error, "cannot remove the published-port SNAT");
+                        warn!(network = %network.name, %error, "cannot remove the published-port return path");
                     }
                 }
             }
         }
+        // Also what an earlier run left for networks no longer wanted.
+        let keep: BTreeSet<Ipv4Net> = networks
+            .iter()
+            .filter(|n| wanted.contains(&n.id))
+            .map(|n| n.subnet)
+            .collect();
+        if let Err(error) = self.forget_uplinks(&keep) {
+            warn!(%error, "cannot remove a published-port uplink");
+        }
+    }
+
+    /// Puts `ingress_uplink` on `network`'s `nagw<vni>` (once per run and
+    /// interface), then points the network's INGRESS_UPLINKS entry at it
+    /// with the ingress address `addr`: the program is there before any
+    /// flow can use the entry.
+    fn ensure_uplink(&self, network: &Network, addr: Ipv4Addr) -> Result<(), IngressError> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let name = crate::dataplane::uplink::node_link_name(network.vni);
+        let ifindex = crate::dataplane::interfaces::ifindex(&name)
+            .ok_or_else(|| IngressError::from(DatapathError::NoInterface(name.clone())))?;
+        if !state.uplink_programs.contains(&ifindex) {
+            state.datapath.attach_tc(
+                INGRESS_UPLINK_PROG,
+                &name,
+                Direction::Ingress,
+                INGRESS_SLOT,
+            )?;
+            state.uplink_programs.insert(ifindex);
+        }
+        let wanted = IngressUplink {
+            addr: be(addr),
+            ifindex,
+        };
+        if state.uplinks.get(&network.subnet) == Some(&wanted) {
+            return Ok(());
+        }
+        let mut map: LpmTrie<_, u32, IngressUplink> =
+            LpmTrie::try_from(state.datapath.map_mut(INGRESS_UPLINKS_MAP)?)
+                .map_err(map_error(INGRESS_UPLINKS_MAP))?;
+        map.insert(&subnet_key(&network.subnet), wanted, 0)
+            .map_err(map_error(INGRESS_UPLINKS_MAP))?;
+        state.uplinks.insert(network.subnet, wanted);
+        info!(network = %network.name, %addr, uplink = %name, "published-port uplink programmed");
+        Ok(())
+    }
+
+    /// Removes the INGRESS_UPLINKS entries of subnets not in `keep`.
+    fn forget_uplinks(&self, keep: &BTreeSet<Ipv4Net>) -> Result<(), IngressError> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let gone: Vec<Ipv4Net> = state
+            .uplinks
+            .keys()
+            .filter(|net| !keep.contains(*net))
+            .copied()
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let mut map: LpmTrie<_, u32, IngressUplink> =
+            LpmTrie::try_from(state.datapath.map_mut(INGRESS_UPLINKS_MAP)?)
+                .map_err(map_error(INGRESS_UPLINKS_MAP))?;
+        for net in gone {
+            match map.remove(&subnet_key(&net)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(INGRESS_UPLINKS_MAP)(error)),
+            }
+            state.uplinks.remove(&net);
+            info!(subnet = %net, "published-port uplink removed");
+        }
+        Ok(())
     }
 
     async fn ensure_return_path(
@@ -328,6 +431,8 @@ impl Ingress {
         rt.overlay
             .ensure_ingress_path(network, addr)
             .await
+            .map_err(|e| e.to_string())?;
+        self.ensure_uplink(network, addr)
             .map_err(|e| e.to_string())?;
         Ok(Endpoint::new(
             pseudo_endpoint_id(&rt.identity().node_name, network.vni),

@@ -244,11 +244,18 @@ pub const INGRESS_OUT_PROG: &str = "ingress_out";
 pub const INGRESS_PORTS_CAPACITY: u32 = 4096;
 /// How many local endpoints INGRESS_LOCAL holds.
 pub const INGRESS_LOCAL_CAPACITY: u32 = 65_536;
-/// The skb mark `ingress_in` puts on a flow whose backend is on another
-/// node: the agent's nf_tables rule SNATs such flows, as they leave for the
-/// sandbox, to the node's ingress address on that network so that replies
-/// come back through this node.
-pub const INGRESS_SNAT_MARK: u32 = 0x4e41_0001;
+/// Name of the map (LPM: network subnet) -> this node's uplink into that
+/// network's sandbox and its ingress address there.
+pub const INGRESS_UPLINKS_MAP: &str = "INGRESS_UPLINKS";
+/// Name of the map translating the replies of published-port flows to
+/// tasks on other nodes back to the client (keyed by LbRevKey: the reply
+/// as the task sends it, to the ingress address).
+pub const INGRESS_SNAT_MAP: &str = "INGRESS_SNAT";
+/// Name of the tc program on each `nagw<vni>`, packets received from the
+/// sandbox.
+pub const INGRESS_UPLINK_PROG: &str = "ingress_uplink";
+/// How many networks INGRESS_UPLINKS holds.
+pub const INGRESS_UPLINKS_CAPACITY: u32 = 4096;
 
 /// Key of INGRESS_PORTS (address and port in network byte order).
 #[repr(C)]
@@ -273,13 +280,37 @@ pub struct IngressPort {
 }
 
 /// Value of INGRESS_REV_CT (keyed by LbRevKey: the reply as the backend
-/// sends it): what the client sent to.
+/// sends it, to the client): what the client sent to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IngressRev {
     pub addr: u32,
     pub port: u16,
+    /// For a task on another node: the source port the flow has there (from
+    /// the ingress address; network byte order). 0: not translated.
+    pub snat_port: u16,
+}
+
+/// Value of INGRESS_UPLINKS.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngressUplink {
+    /// This node's ingress address on the network (network byte order).
+    pub addr: u32,
+    /// `nagw<vni>`'s interface index.
+    pub ifindex: u32,
+}
+
+/// Value of INGRESS_SNAT: the client a reply to the ingress address goes
+/// back to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngressSnat {
+    pub client: u32,
+    pub client_port: u16,
     pub pad: u16,
+    /// The interface the client's packets came in on (the underlay).
+    pub ifindex: u32,
 }
 
 #[cfg(feature = "user")]
@@ -298,6 +329,8 @@ mod pod {
     unsafe impl aya::Pod for IngressPortKey {}
     unsafe impl aya::Pod for IngressPort {}
     unsafe impl aya::Pod for IngressRev {}
+    unsafe impl aya::Pod for IngressUplink {}
+    unsafe impl aya::Pod for IngressSnat {}
 }
 
 // ---------------------------------------------------------------------------

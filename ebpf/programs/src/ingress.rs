@@ -5,33 +5,41 @@
 //! task (<overlay address>:<target port>) picked with the Maglev table and
 //! backend states of the LB_SERVICES entry the port names, and pinned in
 //! LB_CT, with the VIP load balancer's own code (`lb::flow_pin`,
-//! `lb::pin_new_flow`: new flows count per backend alike). The kernel then
-//! routes the packet to the network's uplink (`nagw<vni>`) and through the
-//! sandbox to the task, on this node or over VXLAN. The client address is
-//! kept. A flow whose task is on another node gets INGRESS_SNAT_MARK: the
-//! agent's nf_tables rule SNATs it to this node's ingress address on that
-//! network, so that the task's replies come back through this node.
+//! `lb::pin_new_flow`: new flows count per backend alike).
 //!
-//! `ingress_out` sees what the node sends, after netfilter (so the kernel's
-//! conntrack has undone that SNAT): replies found in INGRESS_REV_CT get the
-//! node address and published port back as their source.
+//! A task on this node: the kernel routes the packet to the network's
+//! uplink (`nagw<vni>`) and through the sandbox to the task, which sees the
+//! client address. A task on another node: its network's entry in
+//! INGRESS_UPLINKS gives this node's ingress address there and `nagw<vni>`;
+//! the source becomes the ingress address (port: `claim_port`, recorded in
+//! INGRESS_SNAT and INGRESS_REV_CT) so that the task's replies come back
+//! through this node, and the packet goes straight into the sandbox
+//! (`bpf_redirect_peer`), which sends it over VXLAN. `ingress_uplink`, on
+//! `nagw<vni>`, gives those replies the client back as destination and
+//! sends them straight out of the underlay (`bpf_redirect_neigh`). The node
+//! namespace's conntrack sees neither direction.
+//!
+//! `ingress_out` sees what the node sends: replies found in INGRESS_REV_CT
+//! get the node address and published port back as their source.
 //!
 //! Ports nobody published, and ports without an active task, are left alone:
 //! the node answers them as it would without us (RST, port unreachable).
 //!
-//! Both report to `netctl trace` (`trace::forwarded`, `published_reversed`,
-//! `published_closed`), for nothing but the TRACE_ON check while nobody
-//! traces.
+//! `ingress_in`/`ingress_out` report to `netctl trace` (`trace::forwarded`,
+//! `published_reversed`, `published_closed`), for nothing but the TRACE_ON
+//! check while nobody traces.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, TC_ACT_OK},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_redirect_neigh, bpf_redirect_peer},
     macros::{classifier, map},
-    maps::{HashMap, LruHashMap},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap},
     programs::TcContext,
 };
 use netagent_common::{
-    IngressPort, IngressPortKey, IngressRev, LbCtKey, LbRevKey, LbServiceKey,
-    INGRESS_LOCAL_CAPACITY, INGRESS_PORTS_CAPACITY, INGRESS_SNAT_MARK, LB_CT_CAPACITY,
+    IngressPort, IngressPortKey, IngressRev, IngressSnat, IngressUplink, LbCtKey, LbRevKey,
+    LbServiceKey, INGRESS_LOCAL_CAPACITY, INGRESS_PORTS_CAPACITY, INGRESS_UPLINKS_CAPACITY,
+    LB_CT_CAPACITY,
 };
 
 use crate::{
@@ -49,6 +57,10 @@ static INGRESS_PORTS: HashMap<IngressPortKey, IngressPort> =
 static INGRESS_LOCAL: HashMap<u32, u32> = HashMap::pinned(INGRESS_LOCAL_CAPACITY, 0);
 #[map]
 static INGRESS_REV_CT: LruHashMap<LbRevKey, IngressRev> = LruHashMap::pinned(LB_CT_CAPACITY, 0);
+#[map]
+static INGRESS_UPLINKS: LpmTrie<u32, IngressUplink> = LpmTrie::pinned(INGRESS_UPLINKS_CAPACITY, 0);
+#[map]
+static INGRESS_SNAT: LruHashMap<LbRevKey, IngressSnat> = LruHashMap::pinned(LB_CT_CAPACITY, 0);
 
 #[classifier]
 pub fn ingress_in(ctx: TcContext) -> i32 {
@@ -107,32 +119,65 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
                 trace::published_closed(ctx, flow.proto, sent, service.id);
                 return Ok(TC_ACT_UNSPEC);
             };
-            let rev = LbRevKey {
-                backend,
-                client: flow.saddr,
-                backend_port: port.target,
-                client_port: flow.sport,
-                proto: flow.proto,
-                pad: [0; 3],
-            };
-            let _ = INGRESS_REV_CT.insert(
-                &rev,
-                &IngressRev {
-                    addr: flow.daddr,
-                    port: flow.dport,
-                    pad: 0,
-                },
-                0,
-            );
             backend
         }
     };
+    let remote = unsafe { INGRESS_LOCAL.get(&backend) }.is_none();
+    let rev = LbRevKey {
+        backend,
+        client: flow.saddr,
+        backend_port: port.target,
+        client_port: flow.sport,
+        proto: flow.proto,
+        pad: [0; 3],
+    };
+    // A task on another node: through this node's uplink into the
+    // network's sandbox, from this node's ingress address there.
+    let uplink = if remote {
+        INGRESS_UPLINKS.get(&Key::new(32, backend)).copied()
+    } else {
+        None
+    };
+    let mut snat_port = 0;
+    let mut write_rev = pinned.is_none();
+    if let Some(uplink) = uplink {
+        if pinned.is_some() {
+            snat_port = unsafe { INGRESS_REV_CT.get(&rev) }.map_or(0, |r| r.snat_port);
+        }
+        if snat_port == 0 {
+            // A new flow (or one whose entry the LRU evicted).
+            let Some(claimed) = claim_port(ctx, &flow, backend, port.target, uplink.addr) else {
+                // Every port tried is another client's: the client retries.
+                return Ok(TC_ACT_SHOT);
+            };
+            snat_port = claimed;
+            write_rev = true;
+        }
+    }
+    if write_rev {
+        let _ = INGRESS_REV_CT.insert(
+            &rev,
+            &IngressRev {
+                addr: flow.daddr,
+                port: flow.dport,
+                snat_port,
+            },
+            0,
+        );
+    }
     lb::rewrite_addr(ctx, &flow, IP_DST_OFF, flow.daddr, backend)?;
     rewrite_port(ctx, &flow, flow.l4 + 2, flow.dport, port.target)?;
-    let remote = unsafe { INGRESS_LOCAL.get(&backend) }.is_none();
-    if remote {
-        ctx.set_mark(INGRESS_SNAT_MARK);
-    }
+    let verdict = match uplink {
+        Some(uplink) => {
+            lb::rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, uplink.addr)?;
+            rewrite_port(ctx, &flow, flow.l4, flow.sport, snat_port)?;
+            // Straight into the sandbox (gw0's ingress): no routing, no
+            // netfilter in the node namespace.
+            // SAFETY: a plain helper call.
+            unsafe { bpf_redirect_peer(uplink.ifindex, 0) as i32 }
+        }
+        None => TC_ACT_OK as i32,
+    };
     if trace::on() {
         let rebalanced = pinned.is_none() && flow.proto == IPPROTO_TCP && !new_connection;
         let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
@@ -148,7 +193,105 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
             service.id,
         );
     }
-    Ok(TC_ACT_OK as i32)
+    Ok(verdict)
+}
+
+/// How many source ports `claim_port` tries.
+const SNAT_ATTEMPTS: u32 = 8;
+
+/// A source port on the ingress address `snat_addr` for the new flow
+/// `flow` to `backend:target`, recorded in INGRESS_SNAT for its replies:
+/// the client's own port if no other client holds it there, else one of a
+/// few others derived from the client's address and port. An entry is
+/// never removed (LRU), so a client coming back with the same port finds
+/// its own.
+#[inline(always)]
+fn claim_port(
+    ctx: &TcContext,
+    flow: &Flow,
+    backend: u32,
+    target: u16,
+    snat_addr: u32,
+) -> Option<u16> {
+    let held_by_us = IngressSnat {
+        client: flow.saddr,
+        client_port: flow.sport,
+        pad: 0,
+        // SAFETY: the kernel hands every tc program a valid __sk_buff.
+        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+    };
+    let mut candidate = flow.sport;
+    for attempt in 0..SNAT_ATTEMPTS {
+        if candidate != 0 {
+            let key = LbRevKey {
+                backend,
+                client: snat_addr,
+                backend_port: target,
+                client_port: candidate,
+                proto: flow.proto,
+                pad: [0; 3],
+            };
+            // SAFETY: copied out at once.
+            match unsafe { INGRESS_SNAT.get(&key) }.copied() {
+                Some(held)
+                    if held.client == held_by_us.client
+                        && held.client_port == held_by_us.client_port =>
+                {
+                    if held.ifindex != held_by_us.ifindex {
+                        let _ = INGRESS_SNAT.insert(&key, &held_by_us, 0);
+                    }
+                    return Some(candidate);
+                }
+                Some(_) => {}
+                None => {
+                    if INGRESS_SNAT
+                        .insert(&key, &held_by_us, u64::from(BPF_NOEXIST))
+                        .is_ok()
+                    {
+                        return Some(candidate);
+                    }
+                }
+            }
+        }
+        // Ports 1024-65535, spread by a multiplicative hash.
+        let h = (flow.saddr ^ (u32::from(flow.sport) << 16) ^ attempt)
+            .wrapping_mul(0x9e37_79b1)
+            .rotate_left(13)
+            .wrapping_mul(0x85eb_ca6b);
+        candidate = (1024 + (h >> 16) % (65536 - 1024)) as u16;
+        candidate = candidate.to_be();
+    }
+    None
+}
+
+#[classifier]
+pub fn ingress_uplink(ctx: TcContext) -> i32 {
+    from_uplink(&ctx).unwrap_or(TC_ACT_UNSPEC)
+}
+
+/// A reply from a task on another node to this node's ingress address
+/// (it came over the overlay into the sandbox, which routed it up
+/// `nagw<vni>`): back to the client's address and port, and out of the
+/// interface the client's packets came in on, without the node
+/// namespace's routing and netfilter (`ingress_out` still runs there and
+/// restores the published source). Anything else goes on as before.
+#[inline(always)]
+fn from_uplink(ctx: &TcContext) -> Result<i32, ()> {
+    let Some(key) = lb::reply_key(ctx)? else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    // SAFETY: copied out at once.
+    let Some(snat) = (unsafe { INGRESS_SNAT.get(&key) }).copied() else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    let Some(flow) = lb::parse_flow(ctx)? else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    lb::rewrite_addr(ctx, &flow, IP_DST_OFF, flow.daddr, snat.client)?;
+    rewrite_port(ctx, &flow, flow.l4 + 2, flow.dport, snat.client_port)?;
+    // SAFETY: a plain helper call; no parameters: the kernel looks the
+    // next hop up from the (new) destination.
+    Ok(unsafe { bpf_redirect_neigh(snat.ifindex, core::ptr::null_mut(), 0, 0) } as i32)
 }
 
 /// The overlay's UDP port (see the agent's `dataplane::sandbox`), as it

@@ -246,6 +246,22 @@ impl Lab {
             ["-n", &switch, "link", "add", "sw0", "type", "bridge"],
         )?;
         cmd::run("ip", ["-n", &switch, "link", "set", "sw0", "up"])?;
+        // The switch stands for the physical network: no host netfilter on
+        // the frames it carries (with br_netfilter loaded, each would pay IP
+        // hooks and a route lookup). `-e`: fine where br_netfilter is absent.
+        cmd::run(
+            "ip",
+            [
+                "netns",
+                "exec",
+                &switch,
+                "sysctl",
+                "-qwe",
+                "net.bridge.bridge-nf-call-iptables=0",
+                "net.bridge.bridge-nf-call-ip6tables=0",
+                "net.bridge.bridge-nf-call-arptables=0",
+            ],
+        )?;
         for index in 1..=spec.nodes {
             let name = format!("n{index}");
             let addr = names::node_addr(index);

@@ -197,7 +197,7 @@ fn trace_until_stdin_closes(bpffs: &std::path::Path, report: &serde_json::Value)
     runtime.block_on(async {
         let tracer = Tracer::open(&mut datapath, NODE)?;
         tracer.spawn(Box::new(|| Box::pin(async { AddressBook::default() })))?;
-        let subscribed = tracer.subscribe(None)?;
+        let subscribed = tracer.subscribe(None, false)?;
         println!("{report}");
         let mut receiver = subscribed.receiver;
         let (mut records, mut bytes, mut skipped) = (0u64, 0u64, 0u64);

@@ -27,6 +27,10 @@ pub struct TraceStart {
     pub lost: u64,
     /// Events replayed before the live ones (`since`).
     pub replayed: usize,
+    /// Whether the datapath reports every packet now (a tracer asked for
+    /// it), else only what is new about each flow.
+    #[serde(default)]
+    pub all_packets: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

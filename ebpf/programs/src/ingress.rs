@@ -30,8 +30,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netagent_common::{
-    IngressPort, IngressPortKey, IngressRev, LbCtKey, LbRevKey, LbServiceKey,
+    trace_seen, IngressPort, IngressPortKey, IngressRev, LbCtKey, LbRevKey, LbServiceKey,
     INGRESS_LOCAL_CAPACITY, INGRESS_PORTS_CAPACITY, INGRESS_SNAT_MARK, LB_CT_CAPACITY,
+    TRACE_MODE_OFF,
 };
 
 use crate::{
@@ -120,7 +121,8 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
                 &IngressRev {
                     addr: flow.daddr,
                     port: flow.dport,
-                    pad: 0,
+                    // This packet is reported below, as a new flow.
+                    reported: trace_seen(flow.tcp_flags, false) as u16,
                 },
                 0,
             );
@@ -133,7 +135,16 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
     if remote {
         ctx.set_mark(INGRESS_SNAT_MARK);
     }
-    if trace::on() {
+    let mode = trace::mode();
+    if mode != TRACE_MODE_OFF
+        && (pinned.is_none()
+            || trace::news(
+                mode,
+                reported(&flow, backend, port.target),
+                flow.tcp_flags,
+                false,
+            ))
+    {
         let rebalanced = pinned.is_none() && flow.proto == IPPROTO_TCP && !new_connection;
         let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
         let now = tuple(flow.saddr, backend, flow.sport, port.target);
@@ -149,6 +160,23 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
         );
     }
     Ok(TC_ACT_OK as i32)
+}
+
+/// What `netctl trace` was told about the published-port `flow` sent to
+/// `backend`:`target` (its INGRESS_REV_CT entry's TRACE_SEEN_* bits), to
+/// update in place.
+#[inline(always)]
+fn reported(flow: &Flow, backend: u32, target: u16) -> Option<*mut u16> {
+    let rev = INGRESS_REV_CT.get_ptr_mut(&LbRevKey {
+        backend,
+        client: flow.saddr,
+        backend_port: target,
+        client_port: flow.sport,
+        proto: flow.proto,
+        pad: [0; 3],
+    })?;
+    // SAFETY: a field of a map value, valid for the program's run.
+    Some(unsafe { core::ptr::addr_of_mut!((*rev).reported) })
 }
 
 /// The overlay's UDP port (see the agent's `dataplane::sandbox`), as it
@@ -211,16 +239,20 @@ fn to_outside(ctx: &TcContext) -> Result<i32, ()> {
     let Some(key) = lb::reply_key(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
-    // SAFETY: copied out at once.
-    let Some(rev) = (unsafe { INGRESS_REV_CT.get(&key) }).copied() else {
+    let Some(entry) = INGRESS_REV_CT.get_ptr_mut(&key) else {
         return Ok(TC_ACT_UNSPEC);
     };
+    // SAFETY: a map value, valid for the program's run, copied out at once.
+    let rev = unsafe { *entry };
     let Some(flow) = lb::parse_flow(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
     lb::rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, rev.addr)?;
     rewrite_port(ctx, &flow, flow.l4, flow.sport, rev.port)?;
-    if trace::on() {
+    let mode = trace::mode();
+    // SAFETY: a field of the map value above.
+    let reported = unsafe { core::ptr::addr_of_mut!((*entry).reported) };
+    if mode != TRACE_MODE_OFF && trace::news(mode, Some(reported), flow.tcp_flags, true) {
         let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
         let now = tuple(rev.addr, flow.daddr, rev.port, flow.dport);
         trace::published_reversed(ctx, flow.proto, sent, now);

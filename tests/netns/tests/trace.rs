@@ -546,28 +546,37 @@ fn an_established_flow_is_reported_when_something_changes_unless_every_packet_is
     );
     assert_eq!(scene.flag(), 1);
 
-    // By default: the new flow, its first reply (the SYN-ACK) and the FIN
-    // of each side; none of the data packets or ACKs in between.
+    // By default: the new flow, its first reply (the SYN-ACK) and the
+    // client's FIN; none of the data packets or ACKs in between. (The
+    // server closes its side when it accepts the next connection: its FIN
+    // is the fourth and last event of the flow.)
     let sport = scene.talk();
-    let events = changes.wait_flow_events(sport, 4);
+    let events = changes.wait_flow_events(sport, 3);
     let verdicts = |events: &[serde_json::Value]| {
         let mut v: Vec<String> = events
             .iter()
             .map(|e| e["verdict"].as_str().expect("verdict").to_owned())
             .collect();
         v.sort();
+        v.dedup();
         v
     };
     assert_eq!(
         verdicts(&events),
-        ["reverse", "reverse", "translate", "translate-established"],
+        ["reverse", "translate", "translate-established"],
         "{events:?}"
     );
-    // A later flow has come through: nothing more of this one did.
-    let later = scene.talk();
-    changes.wait_flow_events(later, 4);
-    let events = changes.flow_events(sport);
-    assert_eq!(events.len(), 4, "{events:?}");
+    // A later flow has come through: at most the server's FIN more of
+    // this one did, out of 2 x 20 data packets and their ACKs.
+    let quiet = |tracer: &mut Tracer, sport: u64| {
+        let later = scene.talk();
+        tracer.wait_flow_events(later, 3);
+        let events = tracer.flow_events(sport);
+        assert!(events.len() <= 4, "{events:?}");
+        let new_flows = events.iter().filter(|e| e["verdict"] == "translate");
+        assert_eq!(new_flows.count(), 1, "{events:?}");
+    };
+    quiet(&mut changes, sport);
 
     // `--all-packets`: every packet of the flow, for every tracer while it
     // is connected: each message and each answer at least.
@@ -606,10 +615,8 @@ fn an_established_flow_is_reported_when_something_changes_unless_every_packet_is
     })
     .unwrap_or_else(|_| panic!("trace mode stays {}", scene.flag()));
     let sport = scene.talk();
-    changes.wait_flow_events(sport, 4);
-    let later = scene.talk();
-    changes.wait_flow_events(later, 4);
-    assert_eq!(changes.flow_events(sport).len(), 4);
+    changes.wait_flow_events(sport, 3);
+    quiet(&mut changes, sport);
     let (status, stderr) = changes.stop();
     assert!(status.success(), "{status} {stderr}");
     scene.lab.teardown().expect("teardown");

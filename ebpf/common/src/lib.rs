@@ -472,16 +472,16 @@ mod tests {
     const RST: u8 = 0x04;
     const PSH: u8 = 0x08;
 
-    /// Replays a TCP connection's packets as (flags, reply) and returns
-    /// which ones are reported, starting from the bits a new flow's entry
-    /// is written with.
-    fn reported(packets: &[(u8, bool)]) -> Vec<bool> {
+    /// Replays a connection's packets as (flags, reply) and returns which
+    /// ones are reported, starting from the bits a new flow's entry is
+    /// written with.
+    fn reported<const N: usize>(packets: [(u8, bool); N]) -> [bool; N] {
         let mut seen = trace_seen(packets[0].0, packets[0].1);
-        let mut out = vec![true];
-        for &(flags, reply) in &packets[1..] {
+        let mut out = [true; N];
+        for (i, &(flags, reply)) in packets.iter().enumerate().skip(1) {
             let news = trace_news(seen, flags, reply);
             seen |= news;
-            out.push(news != 0);
+            out[i] = news != 0;
         }
         out
     }
@@ -503,7 +503,7 @@ mod tests {
         let expected = [
             true, true, false, false, false, false, false, true, true, false,
         ];
-        assert_eq!(reported(&packets), expected);
+        assert_eq!(reported(packets), expected);
     }
 
     #[test]
@@ -516,13 +516,13 @@ mod tests {
             (RST, false),
             (RST, false),
         ];
-        assert_eq!(reported(&packets), [true, true, true, false, true, false]);
+        assert_eq!(reported(packets), [true, true, true, false, true, false]);
     }
 
     #[test]
     fn udp_reports_the_first_packet_and_the_first_reply() {
         let packets = [(0, false), (0, false), (0, true), (0, true), (0, false)];
-        assert_eq!(reported(&packets), [true, false, true, false, false]);
+        assert_eq!(reported(packets), [true, false, true, false, false]);
     }
 }
 

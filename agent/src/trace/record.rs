@@ -100,7 +100,9 @@ pub struct TraceRecord {
     pub names: BTreeMap<Ipv4Addr, String>,
     /// The packet's length on the wire.
     pub packet_len: u32,
-    /// Its first bytes (Ethernet header on), base64: what `--pcap` writes.
+    /// Its first bytes (Ethernet header on), base64: what `--pcap` writes;
+    /// empty unless a tracer asks for every packet (`--all-packets`,
+    /// `--pcap`).
     #[serde(default)]
     pub headers: String,
 }

@@ -5,10 +5,11 @@
 //! TRACE_ON flag (an array lookup the verifier inlines): while nobody traces
 //! that is all it costs. A packet of a tracked flow is reported only when
 //! `news` says so: in TRACE_MODE_CHANGES, when it shows the flow something
-//! it has not reported yet (its first reply, a first SYN, FIN or RST). Otherwise it reserves an event in the ring buffer,
-//! fills it in place (no 184-byte copy on the 512-byte stack) with the
-//! packet's first bytes for pcap, and submits it. A full ring counts the
-//! event as lost in TRACE_STATS, so a loss is never silent.
+//! it has not reported yet (its first reply, a first SYN, FIN or RST).
+//! To report, it reserves an event in the ring buffer, fills it in place (no
+//! 184-byte copy on the 512-byte stack), with the packet's first bytes for
+//! pcap while a tracer wants every packet, and submits it. A full ring
+//! counts the event as lost in TRACE_STATS, so a loss is never silent.
 //!
 //! Submitting does not wake the agent until an eighth of the ring is
 //! waiting: the agent drains it on a short timer while someone traces, so
@@ -162,10 +163,15 @@ fn record(
         (*event).service_id = service_id;
         (*event).packet_len = packet_len;
         (*event).pad2 = 0;
-        // A bounded, non-zero length the verifier can follow.
+        // A bounded, non-zero length the verifier can follow; nothing
+        // unless a tracer wants every packet (a pcap): the copy, and the
+        // agent's base64 and JSON of it, are a large share of an event's cost.
         let mut captured = packet_len;
         if captured > TRACE_CAPTURE_BYTES as u32 {
             captured = TRACE_CAPTURE_BYTES as u32;
+        }
+        if mode() != TRACE_MODE_ALL_PACKETS {
+            captured = 0;
         }
         if captured == 0
             || bpf_skb_load_bytes(

@@ -42,13 +42,15 @@ struct Args {
     changes: usize,
     /// Consume trace events while the bench measures.
     trace: bool,
+    /// Every packet, not only what is new about each flow (`--trace all`).
+    all_packets: bool,
 }
 
 fn args() -> Result<Args> {
     let mut raw = std::env::args().skip(1);
     let (mut bpffs, mut netns, mut ifname, mut services, mut extra, mut changes) =
         (None, None, None, None, None, 5);
-    let mut trace = false;
+    let (mut trace, mut all_packets) = (false, false);
     while let Some(flag) = raw.next() {
         let value = raw
             .next()
@@ -60,11 +62,14 @@ fn args() -> Result<Args> {
             "--services" => services = Some(PathBuf::from(value)),
             "--extra" => extra = Some(value.parse().context("--extra is not an IPv4 address")?),
             "--changes" => changes = value.parse().context("--changes is not a number")?,
-            "--trace" => match value.as_str() {
-                "on" => trace = true,
-                "off" => trace = false,
-                _ => bail!("--trace takes on or off, not {value:?}"),
-            },
+            "--trace" => {
+                (trace, all_packets) = match value.as_str() {
+                    "on" => (true, false),
+                    "all" => (true, true),
+                    "off" => (false, false),
+                    _ => bail!("--trace takes on, all or off, not {value:?}"),
+                }
+            }
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -76,6 +81,7 @@ fn args() -> Result<Args> {
         extra: extra.context("--extra is required")?,
         changes,
         trace,
+        all_packets,
     })
 }
 
@@ -171,7 +177,7 @@ fn main() -> Result<()> {
         "plan_ms": plan_ms,
     });
     if args.trace {
-        return trace_until_stdin_closes(&args.bpffs, &report);
+        return trace_until_stdin_closes(&args.bpffs, args.all_packets, &report);
     }
     println!("{report}");
     Ok(())
@@ -180,7 +186,11 @@ fn main() -> Result<()> {
 /// Tracing on, as a connected `netctl trace` holds it, while the bench
 /// measures: prints `report` once the flag is set, consumes every record
 /// until stdin closes, then prints what was traced.
-fn trace_until_stdin_closes(bpffs: &std::path::Path, report: &serde_json::Value) -> Result<()> {
+fn trace_until_stdin_closes(
+    bpffs: &std::path::Path,
+    all_packets: bool,
+    report: &serde_json::Value,
+) -> Result<()> {
     // A second handle on the pinned maps, as the agent opens its tracer
     // next to the load balancer.
     let mut datapath = Datapath::load(bpffs, &MapSizes::default())?;
@@ -197,7 +207,7 @@ fn trace_until_stdin_closes(bpffs: &std::path::Path, report: &serde_json::Value)
     runtime.block_on(async {
         let tracer = Tracer::open(&mut datapath, NODE)?;
         tracer.spawn(Box::new(|| Box::pin(async { AddressBook::default() })))?;
-        let subscribed = tracer.subscribe(None)?;
+        let subscribed = tracer.subscribe(None, all_packets)?;
         println!("{report}");
         let mut receiver = subscribed.receiver;
         let (mut records, mut bytes, mut skipped) = (0u64, 0u64, 0u64);

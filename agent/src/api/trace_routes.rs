@@ -56,7 +56,9 @@ async fn trace(
         subscription,
         recent,
         receiver,
-    } = tracer.subscribe(since).map_err(ApiError::internal)?;
+    } = tracer
+        .subscribe(since, filter.all_packets)
+        .map_err(ApiError::internal)?;
     let stats = tracer.stats();
     let mut pending: VecDeque<Bytes> = VecDeque::new();
     let recent: Vec<_> = recent
@@ -68,6 +70,7 @@ async fn trace(
         tracers: stats.tracers,
         lost: stats.lost,
         replayed: recent.len(),
+        all_packets: stats.all_packets > 0,
     })));
     pending.extend(recent.iter().map(|r| Bytes::copy_from_slice(&r.line)));
     let stream = Stream {

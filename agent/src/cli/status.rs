@@ -33,8 +33,8 @@ fn write_table(status: &Status, out: &mut dyn Write) -> Result<(), CliError> {
     match &status.trace {
         Some(trace) => writeln!(
             out,
-            "Trace:           {} tracer(s), {} events, {} lost (ring full)",
-            trace.tracers, trace.emitted, trace.lost
+            "Trace:           {} tracer(s) ({} for every packet), {} events, {} lost (ring full)",
+            trace.tracers, trace.all_packets, trace.emitted, trace.lost
         )?,
         None => writeln!(out, "Trace:           unavailable (see the agent's log)")?,
     }

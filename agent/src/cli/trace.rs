@@ -46,9 +46,15 @@ pub struct TraceArgs {
     /// First replay the events the agent kept from this long ago (e.g. 30s, 5m).
     #[arg(long, value_parser = since)]
     pub since: Option<Duration>,
-    /// Also write the packets' headers to this pcap file (tcpdump -r, Wireshark).
+    /// Also write the packets' headers to this pcap file (tcpdump -r,
+    /// Wireshark). Implies --all-packets.
     #[arg(long)]
     pub pcap: Option<PathBuf>,
+    /// Report every packet of each flow, not only what is new about it
+    /// (first packet, first reply, first SYN/FIN/RST each way). Costs more:
+    /// it holds for every tracer of the node while this one runs.
+    #[arg(long)]
+    pub all_packets: bool,
 }
 
 fn since(text: &str) -> Result<Duration, String> {
@@ -68,6 +74,7 @@ pub async fn run(
         port: args.port,
         verdict: args.verdict,
         since_ms: args.since.map(|d| d.as_millis() as u64),
+        all_packets: args.all_packets || args.pcap.is_some(),
     };
     filter.check()?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -143,7 +150,7 @@ pub async fn run(
 fn describe(line: &TraceLine) -> String {
     match line {
         TraceLine::Start(start) => format!(
-            "tracing on node {} ({} tracer{} connected, {} events lost so far{}); Ctrl-C to stop",
+            "tracing on node {} ({} tracer{} connected, {} events lost so far{}), {}; Ctrl-C to stop",
             start.node,
             start.tracers,
             if start.tracers == 1 { "" } else { "s" },
@@ -152,6 +159,11 @@ fn describe(line: &TraceLine) -> String {
                 format!(", {} replayed", start.replayed)
             } else {
                 String::new()
+            },
+            if start.all_packets {
+                "every packet"
+            } else {
+                "what is new about each flow (--all-packets for every packet)"
             }
         ),
         TraceLine::Lost(lost) => format!(

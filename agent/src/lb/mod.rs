@@ -37,9 +37,9 @@ use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{Array, HashMap, MapError, PerCpuArray, PerCpuValues};
 use netagent_common::{
-    LbBackend, LbMaglevTable, LbService, LbServiceKey, LB_BACKENDS_MAP, LB_BACKEND_ACTIVE,
-    LB_BACKEND_DRAINING, LB_BACKEND_FLOWS_MAP, LB_EGRESS_PROG, LB_INGRESS_PROG, LB_MAGLEV_MAP,
-    LB_SERVICES_MAP, LB_SERVICE_NO_BACKENDS,
+    IngressRev, LbBackend, LbMaglevTable, LbService, LbServiceKey, INGRESS_REV_CT_MAP,
+    LB_BACKENDS_MAP, LB_BACKEND_ACTIVE, LB_BACKEND_DRAINING, LB_BACKEND_FLOWS_MAP, LB_EGRESS_PROG,
+    LB_INGRESS_PROG, LB_MAGLEV_MAP, LB_SERVICES_MAP, LB_SERVICE_NO_BACKENDS,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
@@ -80,11 +80,15 @@ pub enum LbError {
     )]
     PinnedSize { pinned: u32, configured: u32 },
     #[error(
-        "the pinned Maglev map holds {pinned}-byte entries, this agent stores whole tables of \
-         {expected} bytes (an older agent's layout): remove the pinned LB_* maps under \
-         <bpffs>/maps and restart (drops open flows through VIPs)"
+        "the pinned map {map} holds {pinned}-byte values, this agent writes {expected} bytes \
+         (an older agent's layout): remove the pinned LB_* and INGRESS_* maps under \
+         <bpffs>/maps and restart (drops open flows through VIPs and published ports)"
     )]
-    PinnedLayout { pinned: u32, expected: u32 },
+    PinnedLayout {
+        map: &'static str,
+        pinned: u32,
+        expected: u32,
+    },
     #[error("cannot attach the load balancer in {}: {source}", netns.display())]
     Netns {
         netns: std::path::PathBuf,
@@ -96,6 +100,30 @@ impl From<DatapathError> for LbError {
     fn from(error: DatapathError) -> Self {
         LbError::Datapath(Box::new(error))
     }
+}
+
+/// The pinned map `name`'s info if it exists, after checking that its
+/// values are `T`s: aya adopts a pin without comparing layouts, and the
+/// programs would otherwise read an older agent's values with this one's.
+fn check_value_size<T>(
+    datapath: &Datapath,
+    name: &'static str,
+) -> Result<Option<aya::maps::MapInfo>, LbError> {
+    use aya::maps::Map;
+    let data = match datapath.map(name)? {
+        Map::Array(data) | Map::HashMap(data) | Map::LruHashMap(data) => data,
+        _ => return Ok(None),
+    };
+    let info = data.info().map_err(map_error(name))?;
+    let expected = std::mem::size_of::<T>() as u32;
+    if info.value_size() != expected {
+        return Err(LbError::PinnedLayout {
+            map: name,
+            pinned: info.value_size(),
+            expected,
+        });
+    }
+    Ok(Some(info))
 }
 
 fn map_error(name: &'static str) -> impl Fn(MapError) -> LbError {
@@ -207,15 +235,9 @@ impl LoadBalancer {
         // Pinned maps keep the layout and sizes they were created with (aya
         // adopts a pin without comparing them): check before anything is
         // written or attached.
-        if let aya::maps::Map::Array(maglev) = datapath.map(LB_MAGLEV_MAP)? {
-            let info = maglev.info().map_err(map_error(LB_MAGLEV_MAP))?;
-            let expected = std::mem::size_of::<LbMaglevTable>() as u32;
-            if info.value_size() != expected {
-                return Err(LbError::PinnedLayout {
-                    pinned: info.value_size(),
-                    expected,
-                });
-            }
+        check_value_size::<IngressRev>(&datapath, INGRESS_REV_CT_MAP)?;
+        let maglev = check_value_size::<LbMaglevTable>(&datapath, LB_MAGLEV_MAP)?;
+        if let Some(info) = maglev {
             if info.max_entries() != sizes.table_slots {
                 return Err(LbError::PinnedSize {
                     pinned: info.max_entries(),

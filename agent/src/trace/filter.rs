@@ -24,6 +24,11 @@ pub struct TraceFilter {
     /// Replay the events of this many last milliseconds first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_ms: Option<u64>,
+    /// Not a filter: have the datapath report every packet of a flow, not
+    /// only what is new about it (`--all-packets`, `--pcap`), for every
+    /// tracer while this one is connected.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_packets: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -92,6 +97,9 @@ impl TraceFilter {
         }
         if let Some(v) = self.since_ms {
             add("since_ms", v.to_string());
+        }
+        if self.all_packets {
+            add("all_packets", "true".to_owned());
         }
         if parts.is_empty() {
             String::new()
@@ -229,6 +237,12 @@ mod tests {
         };
         assert_eq!(filter.query(), "?network=app%20net&port=80&since_ms=30000");
         assert_eq!(TraceFilter::default().query(), "");
+        let every = TraceFilter {
+            all_packets: true,
+            ..Default::default()
+        };
+        assert_eq!(every.query(), "?all_packets=true");
+        assert!(every.matches(&record()));
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! The programs write `TraceEvent`s into the TRACE_EVENTS ring buffer while
 //! the TRACE_ON flag is set (see `ebpf/programs/src/trace.rs`). `Tracer`
 //! owns the agent's side: it sets the flag while at least one tracer is
-//! connected (and clears it at start and when the last one leaves), reads
+//! connected (and clears it at start and when the last one leaves) to
+//! TRACE_MODE_CHANGES, what is new about each flow, or to
+//! TRACE_MODE_ALL_PACKETS while a tracer asks for every packet (`--pcap`,
+//! `--all-packets`), reads
 //! the ring as it fills (`AsyncFd`), resolves addresses to task, service
 //! and node names, keeps the last `REPLAY_CAPACITY` records for `--since`,
 //! and broadcasts every record to the connected tracers, each of which
@@ -24,8 +27,8 @@ use std::{
 use aya::maps::{Array, MapData, MapError, PerCpuArray, RingBuf};
 use futures::future::BoxFuture;
 use netagent_common::{
-    TraceEvent, TRACE_EVENTS_MAP, TRACE_ON_MAP, TRACE_RING_BYTES, TRACE_STATS_MAP,
-    TRACE_STAT_EMITTED, TRACE_STAT_LOST,
+    TraceEvent, TRACE_EVENTS_MAP, TRACE_MODE_ALL_PACKETS, TRACE_MODE_CHANGES, TRACE_MODE_OFF,
+    TRACE_ON_MAP, TRACE_RING_BYTES, TRACE_STATS_MAP, TRACE_STAT_EMITTED, TRACE_STAT_LOST,
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -42,6 +45,8 @@ use record::{TraceRecord, Traced};
 pub const REPLAY_CAPACITY: usize = 4096;
 /// Records a slow tracer may fall behind before it skips some (and is told).
 const CHANNEL_CAPACITY: usize = 4096;
+/// Records encoded, then kept and sent under one lock.
+const PUBLISH_BATCH: usize = 256;
 /// How old the address book may get while events come in.
 const NAMES_MAX_AGE: Duration = Duration::from_secs(1);
 /// How often the ring is drained while someone traces: the programs only
@@ -80,6 +85,10 @@ fn map_error(name: &'static str) -> impl Fn(MapError) -> TraceError {
 pub struct TraceStats {
     /// Tracers connected now (the datapath reports only while > 0).
     pub tracers: usize,
+    /// Of those, the ones asking for every packet (else the datapath
+    /// reports only what is new about each flow).
+    #[serde(default)]
+    pub all_packets: usize,
     /// Events the datapath wrote since its maps were created.
     pub emitted: u64,
     /// Events lost because the ring was full.
@@ -91,8 +100,8 @@ pub type NameSource = Box<dyn Fn() -> BoxFuture<'static, AddressBook> + Send + S
 
 pub struct Tracer {
     node: String,
-    /// TRACE_ON, and how many tracers hold it on.
-    flag: Mutex<(Array<MapData, u32>, usize)>,
+    /// TRACE_ON, and who holds it on.
+    flag: Mutex<Holders>,
     stats: PerCpuArray<MapData, u64>,
     /// The ring, until `spawn` hands it to the reader task.
     ring: Mutex<Option<RingBuf<MapData>>>,
@@ -102,6 +111,47 @@ pub struct Tracer {
     events: broadcast::Sender<Arc<Traced>>,
     /// Tells the reader that a tracer arrived (start the drain timer).
     arrived: Arc<Notify>,
+}
+
+/// TRACE_ON and the tracers that hold it on.
+struct Holders {
+    map: Array<MapData, u32>,
+    tracers: usize,
+    /// Tracers asking for every packet.
+    all_packets: usize,
+}
+
+impl Holders {
+    fn mode(&self) -> u32 {
+        match (self.tracers, self.all_packets) {
+            (0, _) => TRACE_MODE_OFF,
+            (_, 0) => TRACE_MODE_CHANGES,
+            _ => TRACE_MODE_ALL_PACKETS,
+        }
+    }
+
+    /// Counts a tracer in (`delta` 1) or out (-1) and writes the mode when
+    /// it changes.
+    fn count(&mut self, delta: isize, all_packets: bool) -> Result<(), MapError> {
+        let before = (self.tracers, self.all_packets, self.mode());
+        self.tracers = self.tracers.saturating_add_signed(delta);
+        if all_packets {
+            self.all_packets = self.all_packets.saturating_add_signed(delta);
+        }
+        let mode = self.mode();
+        if mode != before.2 {
+            if let Err(error) = self.map.set(0, mode, 0) {
+                // A tracer that could not come in is not counted (one
+                // that leaves is, whatever the map says).
+                if delta > 0 {
+                    (self.tracers, self.all_packets) = (before.0, before.1);
+                }
+                return Err(error);
+            }
+            debug!(mode, "trace mode");
+        }
+        Ok(())
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -132,10 +182,15 @@ impl Tracer {
             Array::try_from(take(TRACE_ON_MAP)?).map_err(map_error(TRACE_ON_MAP))?;
         let stats =
             PerCpuArray::try_from(take(TRACE_STATS_MAP)?).map_err(map_error(TRACE_STATS_MAP))?;
-        flag.set(0, 0, 0).map_err(map_error(TRACE_ON_MAP))?;
+        flag.set(0, TRACE_MODE_OFF, 0)
+            .map_err(map_error(TRACE_ON_MAP))?;
         Ok(Arc::new(Self {
             node: node.to_owned(),
-            flag: Mutex::new((flag, 0)),
+            flag: Mutex::new(Holders {
+                map: flag,
+                tracers: 0,
+                all_packets: 0,
+            }),
             stats,
             ring: Mutex::new(Some(ring)),
             replay: Mutex::new(VecDeque::with_capacity(REPLAY_CAPACITY)),
@@ -166,20 +221,22 @@ impl Tracer {
         Ok(())
     }
 
-    /// A new tracer: tracing is on until the returned guard drops. Also
-    /// returns the kept records of the last `since`, and the live stream.
-    pub fn subscribe(self: &Arc<Self>, since: Option<Duration>) -> Result<Subscribed, TraceError> {
-        {
-            let mut flag = lock(&self.flag);
-            if flag.1 == 0 {
-                flag.0.set(0, 1, 0).map_err(map_error(TRACE_ON_MAP))?;
-                debug!("tracing on");
-            }
-            flag.1 += 1;
-        }
+    /// A new tracer: tracing is on until the returned guard drops, for
+    /// every packet while an `all_packets` tracer is connected, else for
+    /// what is new about each flow. Also returns the kept records of the
+    /// last `since`, and the live stream.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        since: Option<Duration>,
+        all_packets: bool,
+    ) -> Result<Subscribed, TraceError> {
+        lock(&self.flag)
+            .count(1, all_packets)
+            .map_err(map_error(TRACE_ON_MAP))?;
         self.arrived.notify_one();
         let subscription = Subscription {
             tracer: self.clone(),
+            all_packets,
         };
         let replay = lock(&self.replay);
         let receiver = self.events.subscribe();
@@ -208,33 +265,37 @@ impl Tracer {
                 .map(|values| values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
                 .unwrap_or(0)
         };
+        let (tracers, all_packets) = {
+            let flag = lock(&self.flag);
+            (flag.tracers, flag.all_packets)
+        };
         TraceStats {
-            tracers: lock(&self.flag).1,
+            tracers,
+            all_packets,
             emitted: sum(TRACE_STAT_EMITTED),
             lost: sum(TRACE_STAT_LOST),
         }
     }
 
-    fn unsubscribe(&self) {
-        let mut flag = lock(&self.flag);
-        flag.1 = flag.1.saturating_sub(1);
-        if flag.1 == 0 {
-            match flag.0.set(0, 0, 0) {
-                Ok(()) => debug!("tracing off"),
-                Err(error) => warn!(%error, "cannot switch tracing off"),
-            }
+    fn unsubscribe(&self, all_packets: bool) {
+        if let Err(error) = lock(&self.flag).count(-1, all_packets) {
+            warn!(%error, "cannot lower the trace mode");
         }
     }
 
-    fn publish(&self, record: TraceRecord) {
-        let record = Arc::new(Traced::new(record));
+    /// Keeps and sends a batch of records, encoded before the lock is
+    /// taken, under one lock.
+    fn publish(&self, records: impl Iterator<Item = TraceRecord>) {
+        let batch: Vec<Arc<Traced>> = records.map(|r| Arc::new(Traced::new(r))).collect();
         let mut replay = lock(&self.replay);
-        if replay.len() == REPLAY_CAPACITY {
-            replay.pop_front();
+        for record in batch {
+            if replay.len() == REPLAY_CAPACITY {
+                replay.pop_front();
+            }
+            replay.push_back(record.clone());
+            // No receiver is fine: the record stays for `--since`.
+            let _ = self.events.send(record);
         }
-        replay.push_back(record.clone());
-        // No receiver is fine: the record stays for `--since`.
-        let _ = self.events.send(record);
     }
 }
 
@@ -250,11 +311,12 @@ pub struct Subscribed {
 /// Keeps tracing on while it lives.
 pub struct Subscription {
     tracer: Arc<Tracer>,
+    all_packets: bool,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.tracer.unsubscribe();
+        self.tracer.unsubscribe(self.all_packets);
     }
 }
 
@@ -270,14 +332,17 @@ async fn read_ring(
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // One more drain after the last tracer leaves picks up the remainder.
     let mut was_tracing = false;
+    // Reused from drain to drain: no allocation per batch once grown.
+    let mut events = Vec::new();
     loop {
         let tracing = match tracer.upgrade() {
-            Some(tracer) => lock(&tracer.flag).1 > 0,
+            Some(tracer) => lock(&tracer.flag).tracers > 0,
             None => return,
         };
         let timer = tracing || was_tracing;
         was_tracing = tracing;
-        let events = tokio::select! {
+        events.clear();
+        tokio::select! {
             ready = ring.readable_mut() => {
                 let mut guard = match ready {
                     Ok(guard) => guard,
@@ -286,13 +351,12 @@ async fn read_ring(
                         return;
                     }
                 };
-                let events = take_events(guard.get_inner_mut());
+                take_events(guard.get_inner_mut(), &mut events);
                 guard.clear_ready();
-                events
             }
-            _ = drain.tick(), if timer => take_events(ring.get_mut()),
+            _ = drain.tick(), if timer => take_events(ring.get_mut(), &mut events),
             () = arrived.notified(), if !timer => continue,
-        };
+        }
         let Some(tracer) = tracer.upgrade() else {
             return;
         };
@@ -304,21 +368,23 @@ async fn read_ring(
             book_at = Some(Instant::now());
         }
         let offset = wall_offset_ns();
-        for event in &events {
-            tracer.publish(book.resolve(event, &tracer.node, offset));
+        for batch in events.chunks(PUBLISH_BATCH) {
+            tracer.publish(
+                batch
+                    .iter()
+                    .map(|event| book.resolve(event, &tracer.node, offset)),
+            );
         }
     }
 }
 
-/// Everything waiting in the ring.
-fn take_events(ring: &mut RingBuf<MapData>) -> Vec<TraceEvent> {
-    let mut events = Vec::new();
+/// Everything waiting in the ring, into `events`.
+fn take_events(ring: &mut RingBuf<MapData>, events: &mut Vec<TraceEvent>) {
     while let Some(item) = ring.next() {
         if let Some(event) = decode::event(&item) {
             events.push(event);
         }
     }
-    events
 }
 
 /// Nanoseconds since the Unix epoch.

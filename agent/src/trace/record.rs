@@ -27,6 +27,10 @@ pub struct TraceStart {
     pub lost: u64,
     /// Events replayed before the live ones (`since`).
     pub replayed: usize,
+    /// Whether the datapath reports every packet now (a tracer asked for
+    /// it), else only what is new about each flow.
+    #[serde(default)]
+    pub all_packets: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +100,9 @@ pub struct TraceRecord {
     pub names: BTreeMap<Ipv4Addr, String>,
     /// The packet's length on the wire.
     pub packet_len: u32,
-    /// Its first bytes (Ethernet header on), base64: what `--pcap` writes.
+    /// Its first bytes (Ethernet header on), base64: what `--pcap` writes;
+    /// empty unless a tracer asks for every packet (`--all-packets`,
+    /// `--pcap`).
     #[serde(default)]
     pub headers: String,
 }

@@ -187,7 +187,9 @@ pub struct LbRevKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LbRevValue {
     pub vip: u32,
-    pub pad: u32,
+    /// TRACE_SEEN_* bits: what `netctl trace` has already been told about
+    /// the flow, both directions (see `trace_news`).
+    pub reported: u32,
 }
 
 /// The hash that picks a flow's Maglev slot: the same 5-tuple always lands
@@ -289,6 +291,9 @@ pub struct IngressRev {
     /// For a task on another node: the source port the flow has there (from
     /// the ingress address; network byte order). 0: not translated.
     pub snat_port: u16,
+    /// TRACE_SEEN_* bits, as LbRevValue::reported.
+    pub reported: u16,
+    pub pad: u16,
 }
 
 /// Value of INGRESS_UPLINKS.
@@ -341,9 +346,55 @@ mod pod {
 // at least one `netctl trace` is connected, so the check is all it costs
 // otherwise. TRACE_STATS counts, per CPU, the events written and those lost
 // because the ring was full.
+//
+// By default (TRACE_MODE_CHANGES) a flow is reported only when something
+// new happens to it, as Cilium's monitor aggregation does: its first packet
+// (backend chosen), its first reply, and the first SYN, FIN and RST of each
+// direction; drops and passes always. The reverse conntrack entry of the
+// flow (LbRevValue, IngressRev) keeps TRACE_SEEN_* bits of what was already
+// reported, so that an ACK or data packet of an established flow costs a
+// lookup and a compare, and no ring write. TRACE_MODE_ALL_PACKETS (a pcap
+// or `--all-packets` tracer connected) reports every packet.
 
-/// Name of the flag array (one u32: non-zero while someone traces).
+/// Name of the flag array (one u32, TRACE_MODE_*).
 pub const TRACE_ON_MAP: &str = "TRACE_ON";
+/// TRACE_ON: nobody traces.
+pub const TRACE_MODE_OFF: u32 = 0;
+/// TRACE_ON: report what is new about a flow (see above).
+pub const TRACE_MODE_CHANGES: u32 = 1;
+/// TRACE_ON: report every packet.
+pub const TRACE_MODE_ALL_PACKETS: u32 = 2;
+
+/// TRACE_SEEN_*: the first SYN, FIN, RST sent by the client (the bits are
+/// the TCP flags' own).
+pub const TRACE_SEEN_FIN: u32 = 0x01;
+pub const TRACE_SEEN_SYN: u32 = 0x02;
+pub const TRACE_SEEN_RST: u32 = 0x04;
+/// TRACE_SEEN_*: the flow's first reply.
+pub const TRACE_SEEN_REPLY: u32 = 0x08;
+/// TRACE_SEEN_*: the first SYN, FIN, RST of the replies (the client's bits
+/// shifted by this).
+pub const TRACE_SEEN_REPLY_SHIFT: u32 = 4;
+
+/// The TRACE_SEEN_* bits a packet with `tcp_flags` (0 for UDP) sets, in
+/// the client's direction or the replies' (`reply`).
+#[inline(always)]
+pub fn trace_seen(tcp_flags: u8, reply: bool) -> u32 {
+    let flags = u32::from(tcp_flags) & (TRACE_SEEN_FIN | TRACE_SEEN_SYN | TRACE_SEEN_RST);
+    if reply {
+        (flags << TRACE_SEEN_REPLY_SHIFT) | TRACE_SEEN_REPLY
+    } else {
+        flags
+    }
+}
+
+/// What a packet tells that `reported` (a flow's TRACE_SEEN_* bits) does
+/// not hold yet: 0 when it is nothing new, so not reported in
+/// TRACE_MODE_CHANGES.
+#[inline(always)]
+pub fn trace_news(reported: u32, tcp_flags: u8, reply: bool) -> u32 {
+    trace_seen(tcp_flags, reply) & !reported
+}
 /// Name of the ring buffer the events go to.
 pub const TRACE_EVENTS_MAP: &str = "TRACE_EVENTS";
 /// Name of the per-CPU counters (index TRACE_STAT_*).
@@ -444,6 +495,70 @@ pub struct TraceEvent {
     /// The packet's first bytes, from the Ethernet header on, as the program
     /// passed it on.
     pub headers: [u8; TRACE_CAPTURE_BYTES],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const FIN: u8 = 0x01;
+    const RST: u8 = 0x04;
+    const PSH: u8 = 0x08;
+
+    /// Replays a connection's packets as (flags, reply) and returns which
+    /// ones are reported, starting from the bits a new flow's entry is
+    /// written with.
+    fn reported<const N: usize>(packets: [(u8, bool); N]) -> [bool; N] {
+        let mut seen = trace_seen(packets[0].0, packets[0].1);
+        let mut out = [true; N];
+        for (i, &(flags, reply)) in packets.iter().enumerate().skip(1) {
+            let news = trace_news(seen, flags, reply);
+            seen |= news;
+            out[i] = news != 0;
+        }
+        out
+    }
+
+    #[test]
+    fn a_short_connection_reports_its_opening_and_closing_only() {
+        let packets = [
+            (SYN, false),
+            (SYN | ACK, true),
+            (ACK, false),
+            (PSH | ACK, false),
+            (ACK, true),
+            (PSH | ACK, true),
+            (ACK, false),
+            (FIN | ACK, false),
+            (FIN | ACK, true),
+            (ACK, false),
+        ];
+        let expected = [
+            true, true, false, false, false, false, false, true, true, false,
+        ];
+        assert_eq!(reported(packets), expected);
+    }
+
+    #[test]
+    fn a_rst_and_a_repeated_fin_each_direction() {
+        let packets = [
+            (SYN, false),
+            (SYN | ACK, true),
+            (FIN | ACK, true),
+            (FIN | ACK, true),
+            (RST, false),
+            (RST, false),
+        ];
+        assert_eq!(reported(packets), [true, true, true, false, true, false]);
+    }
+
+    #[test]
+    fn udp_reports_the_first_packet_and_the_first_reply() {
+        let packets = [(0, false), (0, false), (0, true), (0, true), (0, false)];
+        assert_eq!(reported(packets), [true, false, true, false, false]);
+    }
 }
 
 #[cfg(feature = "user")]

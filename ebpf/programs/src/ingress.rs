@@ -37,9 +37,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netagent_common::{
-    IngressPort, IngressPortKey, IngressRev, IngressSnat, IngressUplink, LbCtKey, LbRevKey,
-    LbServiceKey, INGRESS_LOCAL_CAPACITY, INGRESS_PORTS_CAPACITY, INGRESS_UPLINKS_CAPACITY,
-    LB_CT_CAPACITY,
+    trace_seen, IngressPort, IngressPortKey, IngressRev, IngressSnat, IngressUplink, LbCtKey,
+    LbRevKey, LbServiceKey, INGRESS_LOCAL_CAPACITY, INGRESS_PORTS_CAPACITY,
+    INGRESS_UPLINKS_CAPACITY, LB_CT_CAPACITY, TRACE_MODE_OFF,
 };
 
 use crate::{
@@ -161,6 +161,14 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
                 addr: flow.daddr,
                 port: flow.dport,
                 snat_port,
+                // A new flow is reported below; an entry the LRU evicted
+                // is written afresh and its packet reported as news.
+                reported: if pinned.is_none() {
+                    trace_seen(flow.tcp_flags, false) as u16
+                } else {
+                    0
+                },
+                pad: 0,
             },
             0,
         );
@@ -178,7 +186,16 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
         }
         None => TC_ACT_OK as i32,
     };
-    if trace::on() {
+    let mode = trace::mode();
+    if mode != TRACE_MODE_OFF
+        && (pinned.is_none()
+            || trace::news(
+                mode,
+                reported(&flow, backend, port.target),
+                flow.tcp_flags,
+                false,
+            ))
+    {
         let rebalanced = pinned.is_none() && flow.proto == IPPROTO_TCP && !new_connection;
         let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
         let now = tuple(flow.saddr, backend, flow.sport, port.target);
@@ -294,6 +311,23 @@ fn from_uplink(ctx: &TcContext) -> Result<i32, ()> {
     Ok(unsafe { bpf_redirect_neigh(snat.ifindex, core::ptr::null_mut(), 0, 0) } as i32)
 }
 
+/// What `netctl trace` was told about the published-port `flow` sent to
+/// `backend`:`target` (its INGRESS_REV_CT entry's TRACE_SEEN_* bits), to
+/// update in place.
+#[inline(always)]
+fn reported(flow: &Flow, backend: u32, target: u16) -> Option<*mut u16> {
+    let rev = INGRESS_REV_CT.get_ptr_mut(&LbRevKey {
+        backend,
+        client: flow.saddr,
+        backend_port: target,
+        client_port: flow.sport,
+        proto: flow.proto,
+        pad: [0; 3],
+    })?;
+    // SAFETY: a field of a map value, valid for the program's run.
+    Some(unsafe { core::ptr::addr_of_mut!((*rev).reported) })
+}
+
 /// The overlay's UDP port (see the agent's `dataplane::sandbox`), as it
 /// sits in the packet.
 const VXLAN_PORT_BE: u16 = 4789u16.to_be();
@@ -354,16 +388,20 @@ fn to_outside(ctx: &TcContext) -> Result<i32, ()> {
     let Some(key) = lb::reply_key(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
-    // SAFETY: copied out at once.
-    let Some(rev) = (unsafe { INGRESS_REV_CT.get(&key) }).copied() else {
+    let Some(entry) = INGRESS_REV_CT.get_ptr_mut(&key) else {
         return Ok(TC_ACT_UNSPEC);
     };
+    // SAFETY: a map value, valid for the program's run, copied out at once.
+    let rev = unsafe { *entry };
     let Some(flow) = lb::parse_flow(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
     lb::rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, rev.addr)?;
     rewrite_port(ctx, &flow, flow.l4, flow.sport, rev.port)?;
-    if trace::on() {
+    let mode = trace::mode();
+    // SAFETY: a field of the map value above.
+    let reported = unsafe { core::ptr::addr_of_mut!((*entry).reported) };
+    if mode != TRACE_MODE_OFF && trace::news(mode, Some(reported), flow.tcp_flags, true) {
         let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
         let now = tuple(rev.addr, flow.daddr, rev.port, flow.dport);
         trace::published_reversed(ctx, flow.proto, sent, now);

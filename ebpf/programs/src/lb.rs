@@ -27,9 +27,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netagent_common::{
-    lb_flow_hash, LbBackend, LbCtKey, LbCtValue, LbMaglevTable, LbRevKey, LbRevValue, LbService,
-    LbServiceKey, LB_BACKENDS_CAPACITY, LB_CT_CAPACITY, LB_SERVICES_CAPACITY,
-    LB_SERVICE_NO_BACKENDS, LB_TABLE_SLOTS,
+    lb_flow_hash, trace_seen, LbBackend, LbCtKey, LbCtValue, LbMaglevTable, LbRevKey, LbRevValue,
+    LbService, LbServiceKey, LB_BACKENDS_CAPACITY, LB_CT_CAPACITY, LB_SERVICES_CAPACITY,
+    LB_SERVICE_NO_BACKENDS, LB_TABLE_SLOTS, TRACE_MODE_OFF,
 };
 
 use crate::trace::{self, tuple};
@@ -213,19 +213,12 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
                 }
                 return unreachable(ctx, &flow);
             };
-            let rev = LbRevKey {
-                backend,
-                client: flow.saddr,
-                backend_port: flow.dport,
-                client_port: flow.sport,
-                proto: flow.proto,
-                pad: [0; 3],
-            };
             let _ = LB_REV_CT.insert(
-                &rev,
+                &rev_key(&flow, backend),
                 &LbRevValue {
                     vip: flow.daddr,
-                    pad: 0,
+                    // This packet is reported below, as a new flow.
+                    reported: trace_seen(flow.tcp_flags, false),
                 },
                 0,
             );
@@ -236,7 +229,10 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
     let octets = backend.to_ne_bytes();
     let mac = [0x02, 0x42, octets[0], octets[1], octets[2], octets[3]];
     ctx.store(0, &mac, 0).map_err(|_| ())?;
-    if trace::on() {
+    let mode = trace::mode();
+    if mode != TRACE_MODE_OFF
+        && (pinned.is_none() || trace::news(mode, reported(&flow, backend), flow.tcp_flags, false))
+    {
         let rebalanced = pinned.is_none() && flow.proto == IPPROTO_TCP && !new_connection;
         let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
         let now = tuple(flow.saddr, backend, flow.sport, flow.dport);
@@ -251,6 +247,28 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
         );
     }
     Ok(TC_ACT_OK as i32)
+}
+
+/// The LB_REV_CT key of the replies of `flow`, translated to `backend`.
+#[inline(always)]
+fn rev_key(flow: &Flow, backend: u32) -> LbRevKey {
+    LbRevKey {
+        backend,
+        client: flow.saddr,
+        backend_port: flow.dport,
+        client_port: flow.sport,
+        proto: flow.proto,
+        pad: [0; 3],
+    }
+}
+
+/// What `netctl trace` was told about `flow` (its reverse entry's
+/// TRACE_SEEN_* bits), to update in place.
+#[inline(always)]
+fn reported(flow: &Flow, backend: u32) -> Option<*mut u32> {
+    let rev = LB_REV_CT.get_ptr_mut(&rev_key(flow, backend))?;
+    // SAFETY: a field of a map value, valid for the program's run.
+    Some(unsafe { core::ptr::addr_of_mut!((*rev).reported) })
 }
 
 /// A flow's conntrack key, and the backend it is pinned to if that pin
@@ -415,19 +433,26 @@ fn to_container(ctx: &TcContext) -> Result<i32, ()> {
     let Some(key) = reply_key(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
-    // SAFETY: copied out at once.
-    let Some(vip) = (unsafe { LB_REV_CT.get(&key) }).map(|rev| rev.vip) else {
+    let Some(rev) = LB_REV_CT.get_ptr_mut(&key) else {
         return Ok(TC_ACT_UNSPEC);
     };
+    // SAFETY: a map value, valid for the program's run; the VIP is copied
+    // out at once.
+    let vip = unsafe { (*rev).vip };
     // A reply of a balanced flow (rare next to all other traffic): now the
     // full parse, for the checksum offsets.
     let Some(flow) = parse_flow(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
     rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, vip)?;
-    let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
-    let now = tuple(vip, flow.daddr, flow.sport, flow.dport);
-    trace::reversed(ctx, flow.proto, sent, now);
+    let mode = trace::mode();
+    // SAFETY: a field of the map value above.
+    let reported = unsafe { core::ptr::addr_of_mut!((*rev).reported) };
+    if mode != TRACE_MODE_OFF && trace::news(mode, Some(reported), flow.tcp_flags, true) {
+        let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
+        let now = tuple(vip, flow.daddr, flow.sport, flow.dport);
+        trace::reversed(ctx, flow.proto, sent, now);
+    }
     Ok(TC_ACT_OK as i32)
 }
 

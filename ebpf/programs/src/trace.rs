@@ -3,10 +3,13 @@
 //!
 //! A program calls `emit` where it acts on a packet. `emit` first reads the
 //! TRACE_ON flag (an array lookup the verifier inlines): while nobody traces
-//! that is all it costs. Otherwise it reserves an event in the ring buffer,
-//! fills it in place (no 184-byte copy on the 512-byte stack) with the
-//! packet's first bytes for pcap, and submits it. A full ring counts the
-//! event as lost in TRACE_STATS, so a loss is never silent.
+//! that is all it costs. A packet of a tracked flow is reported only when
+//! `news` says so: in TRACE_MODE_CHANGES, when it shows the flow something
+//! it has not reported yet (its first reply, a first SYN, FIN or RST).
+//! To report, it reserves an event in the ring buffer, fills it in place (no
+//! 184-byte copy on the 512-byte stack), with the packet's first bytes for
+//! pcap while a tracer wants every packet, and submits it. A full ring
+//! counts the event as lost in TRACE_STATS, so a loss is never silent.
 //!
 //! Submitting does not wake the agent until an eighth of the ring is
 //! waiting: the agent drains it on a short timer while someone traces, so
@@ -23,12 +26,12 @@ use netagent_common::{
     TraceEvent, TraceTuple, TRACE_CAPTURE_BYTES, TRACE_FLAG_PUBLISHED, TRACE_FLAG_REMOTE_TASK,
     TRACE_KIND_ARP_REPLY, TRACE_KIND_DROP, TRACE_KIND_FORWARD, TRACE_KIND_FORWARD_ESTABLISHED,
     TRACE_KIND_PASS, TRACE_KIND_REVERSE, TRACE_KIND_TRANSLATE, TRACE_KIND_TRANSLATE_ESTABLISHED,
-    TRACE_REASON_MALFORMED, TRACE_REASON_NONE, TRACE_REASON_NO_BACKEND, TRACE_REASON_NO_CONNTRACK,
-    TRACE_REASON_UNSUPPORTED, TRACE_RING_BYTES, TRACE_STATS_LEN, TRACE_STAT_EMITTED,
-    TRACE_STAT_LOST,
+    TRACE_MODE_ALL_PACKETS, TRACE_MODE_OFF, TRACE_REASON_MALFORMED, TRACE_REASON_NONE,
+    TRACE_REASON_NO_BACKEND, TRACE_REASON_NO_CONNTRACK, TRACE_REASON_UNSUPPORTED, TRACE_RING_BYTES,
+    TRACE_STATS_LEN, TRACE_STAT_EMITTED, TRACE_STAT_LOST,
 };
 
-/// Index 0: non-zero while at least one tracer is connected (set by the agent).
+/// Index 0: TRACE_MODE_* (set by the agent while tracers are connected).
 #[map]
 static TRACE_ON: Array<u32> = Array::pinned(1, 0);
 #[map]
@@ -45,7 +48,44 @@ const WAKEUP_BYTES: u64 = TRACE_RING_BYTES as u64 / 8;
 /// object, so the agent loads it unchanged.
 #[inline(always)]
 pub fn on() -> bool {
-    cfg!(feature = "trace") && TRACE_ON.get(0).is_some_and(|flag| *flag != 0)
+    mode() != TRACE_MODE_OFF
+}
+
+/// TRACE_MODE_*: off, what is new about a flow, or every packet.
+#[inline(always)]
+pub fn mode() -> u32 {
+    if !cfg!(feature = "trace") {
+        return TRACE_MODE_OFF;
+    }
+    TRACE_ON.get(0).copied().unwrap_or(TRACE_MODE_OFF)
+}
+
+/// Whether a packet of a tracked flow is to be reported in `mode` (not
+/// off), `reported` being the flow's TRACE_SEEN_* bits, which it updates:
+/// every packet in TRACE_MODE_ALL_PACKETS, else only news
+/// (`netagent_common::trace_news`). No `reported` (the reverse entry has
+/// gone): reported, as news.
+#[inline(always)]
+pub fn news<T: Copy + Into<u32> + TryFrom<u32>>(
+    mode: u32,
+    reported: Option<*mut T>,
+    tcp_flags: u8,
+    reply: bool,
+) -> bool {
+    let Some(reported) = reported else {
+        return true;
+    };
+    // SAFETY: a pointer into a map value, valid for the program's run; a
+    // racing writer on another CPU at worst reports a packet twice.
+    let seen: u32 = unsafe { *reported }.into();
+    let news = netagent_common::trace_news(seen, tcp_flags, reply);
+    if news != 0 {
+        if let Ok(updated) = T::try_from(seen | news) {
+            // SAFETY: as above.
+            unsafe { *reported = updated };
+        }
+    }
+    mode == TRACE_MODE_ALL_PACKETS || news != 0
 }
 
 /// Reports one event when someone is tracing. `before` is the packet as it
@@ -123,10 +163,15 @@ fn record(
         (*event).service_id = service_id;
         (*event).packet_len = packet_len;
         (*event).pad2 = 0;
-        // A bounded, non-zero length the verifier can follow.
+        // A bounded, non-zero length the verifier can follow; nothing
+        // unless a tracer wants every packet (a pcap): the copy, and the
+        // agent's base64 and JSON of it, are a large share of an event's cost.
         let mut captured = packet_len;
         if captured > TRACE_CAPTURE_BYTES as u32 {
             captured = TRACE_CAPTURE_BYTES as u32;
+        }
+        if mode() != TRACE_MODE_ALL_PACKETS {
+            captured = 0;
         }
         if captured == 0
             || bpf_skb_load_bytes(

@@ -2,7 +2,10 @@
 //! VIP flow (translation, reverse translation, refusal when there is no
 //! backend) to every connected tracer, with names resolved, filtered per
 //! tracer, into a pcap file tcpdump reads, replayed with `--since`; and
-//! while nobody traces, the datapath writes no event at all.
+//! while nobody traces, the datapath writes no event at all. By default a
+//! flow is reported only when something new happens to it (its opening and
+//! closing, not each data packet); `--all-packets` and `--pcap` get every
+//! packet.
 
 use std::{
     io::{BufRead, BufReader, Read},
@@ -243,7 +246,8 @@ fn a_vip_flow_is_traced_with_names_filters_pcap_and_replay() {
         &["--format", "json", "trace", "--verdict", "drop"],
     );
     assert_eq!(scene.trace_status().0, 3);
-    assert_eq!(scene.flag(), 1);
+    // The pcap tracer wants every packet: the datapath reports them all.
+    assert_eq!(scene.flag(), 2);
 
     assert_eq!(scene.ask("tcp", &scene.vip), "web1");
     let refused_tcp = scene.ask("tcp", &scene.empty_vip);
@@ -459,6 +463,165 @@ fn nobody_tracing_means_no_events_and_bad_filters_are_refused() {
     scene.lab.teardown().expect("teardown");
 }
 
+/// `python3 -c TALK host n`: one TCP connection to host:8081, `n` messages
+/// each answered, then closed; prints the connection's local port.
+const TALK: &str = r#"
+import socket, sys
+host, n = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection((host, 8081), timeout=2)
+for _ in range(n):
+    s.sendall(b"x")
+    s.recv(200)
+print(s.getsockname()[1])
+s.close()
+"#;
+
+/// Messages of one `TALK` connection: far more data packets each way than
+/// the opening and closing of the flow.
+const MESSAGES: usize = 20;
+
+impl Scene {
+    /// One `TALK` connection to the `web` VIP; its client port.
+    fn talk(&self) -> u64 {
+        let out = self
+            .lab
+            .exec(
+                &self.client.netns,
+                &["python3", "-c", TALK, &self.vip, &MESSAGES.to_string()],
+            )
+            .expect("talk");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("talk: {text} {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+impl Tracer {
+    /// The events read so far of the client flow from `sport` (both ways).
+    fn flow_events(&self, sport: u64) -> Vec<serde_json::Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["before"]["sport"] == sport || e["before"]["dport"] == sport)
+            .collect()
+    }
+
+    /// Reads lines until `n` events of the client flow from `sport` came
+    /// (10 s at most).
+    fn wait_flow_events(&mut self, sport: u64, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.flow_events(sport);
+            if events.len() >= n {
+                return events;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                panic!(
+                    "{}: {} events of flow :{sport}, not {n}:\n{}",
+                    self.what,
+                    events.len(),
+                    self.seen.join("\n")
+                );
+            };
+            if let Ok(line) = self.lines.recv_timeout(left) {
+                self.seen.push(line);
+            }
+        }
+    }
+}
+
+#[test]
+fn an_established_flow_is_reported_when_something_changes_unless_every_packet_is_asked() {
+    require_root!();
+    let mut scene = Scene::up();
+    let mut changes = Tracer::start(
+        &scene.lab,
+        "n1",
+        &["--format", "json", "trace", "--service", "web"],
+    );
+    assert!(
+        changes.seen[0].contains(r#""all_packets":false"#),
+        "{:?}",
+        changes.seen
+    );
+    assert_eq!(scene.flag(), 1);
+
+    // By default: the new flow, its first reply (the SYN-ACK) and the
+    // client's FIN; none of the data packets or ACKs in between. (The
+    // server closes its side when it accepts the next connection: its FIN
+    // is the fourth and last event of the flow.)
+    let sport = scene.talk();
+    let events = changes.wait_flow_events(sport, 3);
+    let verdicts = |events: &[serde_json::Value]| {
+        let mut v: Vec<String> = events
+            .iter()
+            .map(|e| e["verdict"].as_str().expect("verdict").to_owned())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    assert_eq!(
+        verdicts(&events),
+        ["reverse", "translate", "translate-established"],
+        "{events:?}"
+    );
+    // A later flow has come through: at most the server's FIN more of
+    // this one did, out of 2 x 20 data packets and their ACKs.
+    let quiet = |tracer: &mut Tracer, sport: u64| {
+        let later = scene.talk();
+        tracer.wait_flow_events(later, 3);
+        let events = tracer.flow_events(sport);
+        assert!(events.len() <= 4, "{events:?}");
+        let new_flows = events.iter().filter(|e| e["verdict"] == "translate");
+        assert_eq!(new_flows.count(), 1, "{events:?}");
+    };
+    quiet(&mut changes, sport);
+
+    // `--all-packets`: every packet of the flow, for every tracer while it
+    // is connected: each message and each answer at least.
+    let mut every = Tracer::start(
+        &scene.lab,
+        "n1",
+        &[
+            "--format",
+            "json",
+            "trace",
+            "--all-packets",
+            "--port",
+            "8081",
+        ],
+    );
+    assert!(
+        every.seen[0].contains(r#""all_packets":true"#),
+        "{:?}",
+        every.seen
+    );
+    assert_eq!(scene.flag(), 2);
+    let sport = scene.talk();
+    let events = every.wait_flow_events(sport, 2 * MESSAGES);
+    let established = events
+        .iter()
+        .filter(|e| e["verdict"] == "translate-established")
+        .count();
+    assert!(established >= MESSAGES, "{events:?}");
+    changes.wait_flow_events(sport, 2 * MESSAGES);
+
+    // The all-packets tracer gone, flows are reported by what changes again.
+    let (status, stderr) = every.stop();
+    assert!(status.success(), "{status} {stderr}");
+    wait_until(Duration::from_secs(10), || {
+        (scene.flag() == 1).then_some(())
+    })
+    .unwrap_or_else(|_| panic!("trace mode stays {}", scene.flag()));
+    let sport = scene.talk();
+    changes.wait_flow_events(sport, 3);
+    quiet(&mut changes, sport);
+    let (status, stderr) = changes.stop();
+    assert!(status.success(), "{status} {stderr}");
+    scene.lab.teardown().expect("teardown");
+}
+
 /// Sends `n` datagrams of one UDP flow to host:9, as fast as it can.
 const FLOOD: &str = r#"
 import socket, sys
@@ -475,10 +638,11 @@ for _ in range(n):
 fn events_the_full_ring_could_not_hold_are_counted_and_reported() {
     require_root!();
     let mut scene = Scene::up();
+    // Every packet: by default one flow's datagrams are reported once.
     let mut tracer = Tracer::start(
         &scene.lab,
         "n1",
-        &["--format", "json", "trace", "--port", "9"],
+        &["--format", "json", "trace", "--port", "9", "--all-packets"],
     );
     // With the agent stopped nothing drains the ring: 40,000 events of one
     // flow cannot fit in its ~21,800 places.

@@ -1,5 +1,5 @@
 //! `cargo xtask bench lb [--services 1,1000,10000] [--rounds R] [--seconds S]
-//! [--threads T] [--connections C] [--variants ebpf,notrace,traceon,iptables,nft]`:
+//! [--threads T] [--connections C] [--variants ebpf,notrace,traceon,traceall,iptables,nft]`:
 //! one client namespace opens short TCP
 //! connections to a VIP with two real backends, the other N-1 services
 //! programmed before it as decoys, through (a) netagent's eBPF load
@@ -34,8 +34,11 @@
 //! built without their `trace` feature (the example built a second time
 //! with NETAGENT_EBPF_NO_TRACE=1 into `<target>/bench-notrace`), the
 //! reference for `ebpf` (trace code in, nobody tracing); and `traceon`,
-//! where `lb_program --trace on` holds tracing on and consumes every event
-//! through the library's `Tracer` while the traffic runs.
+//! where `lb_program --trace on` holds tracing on (the default mode: what
+//! is new about each flow) and consumes every event through the library's
+//! `Tracer` while the traffic runs; `traceall` (not in the default set) the
+//! same with every packet reported (`--trace all`, as `netctl trace
+//! --all-packets` or `--pcap`).
 
 use std::{
     collections::BTreeMap,
@@ -77,8 +80,10 @@ enum Mode {
     NoTrace,
     /// The normal build, nobody tracing.
     Ebpf,
-    /// The normal build, traced.
+    /// The normal build, traced (what is new about each flow).
     TraceOn,
+    /// The normal build, traced packet by packet (`--all-packets`).
+    TraceAll,
     Iptables,
     Nftables,
 }
@@ -97,6 +102,7 @@ impl Mode {
             Mode::NoTrace => "ebpf-notrace",
             Mode::Ebpf => "ebpf",
             Mode::TraceOn => "ebpf-traceon",
+            Mode::TraceAll => "ebpf-traceall",
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
         }
@@ -108,6 +114,7 @@ impl Mode {
             "notrace" => Mode::NoTrace,
             "ebpf" => Mode::Ebpf,
             "traceon" => Mode::TraceOn,
+            "traceall" => Mode::TraceAll,
             "iptables" => Mode::Iptables,
             "nft" | "nftables" => Mode::Nftables,
             _ => return None,
@@ -167,7 +174,7 @@ fn parse(args: &[String]) -> Result<Options> {
                         Mode::parse(v.trim()).with_context(|| {
                             format!(
                                 "--variants: unknown {v:?}; pick from \
-                                 ebpf,notrace,traceon,iptables,nft"
+                                 ebpf,notrace,traceon,traceall,iptables,nft"
                             )
                         })
                     })
@@ -178,7 +185,7 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             other => bail!(
                 "unknown option {other}: use --services N,N,.. --rounds R --seconds S \
-                 --threads T --connections C --variants ebpf,notrace,traceon,iptables,nft"
+                 --threads T --connections C --variants ebpf,notrace,traceon,traceall,iptables,nft"
             ),
         }
     }
@@ -218,7 +225,7 @@ impl Programs {
         let no_trace_target = target.join("bench-notrace");
         if variants
             .iter()
-            .any(|m| matches!(m, Mode::Ebpf | Mode::TraceOn))
+            .any(|m| matches!(m, Mode::Ebpf | Mode::TraceOn | Mode::TraceAll))
         {
             workspace::cargo(&build)?;
         }
@@ -339,11 +346,14 @@ fn case(
     let programmed = match mode {
         Mode::Ebpf => program_ebpf(lab, &topology, services, &bpffs, &programs.normal),
         Mode::NoTrace => program_ebpf(lab, &topology, services, &bpffs, &programs.no_trace),
-        Mode::TraceOn => {
-            trace_ebpf(lab, &topology, services, &bpffs, &programs.normal).map(|(done, session)| {
-                tracing = Some(session);
-                done
-            })
+        Mode::TraceOn | Mode::TraceAll => {
+            let all = mode == Mode::TraceAll;
+            trace_ebpf(lab, &topology, services, &bpffs, &programs.normal, all).map(
+                |(done, session)| {
+                    tracing = Some(session);
+                    done
+                },
+            )
         }
         Mode::Iptables => program_iptables(lab, &topology, services),
         Mode::Nftables => program_nft(lab, &topology, services),
@@ -586,16 +596,19 @@ fn program_ebpf(
 }
 
 /// Programs as `program_ebpf`, then leaves `lb_program` running with
-/// tracing on, consuming events, until the session finishes.
+/// tracing on (`all_packets`: every packet), consuming events, until the
+/// session finishes.
 fn trace_ebpf(
     lab: &Lab,
     topology: &Topology,
     services: &[Service],
     bpffs: &Path,
     program: &Path,
+    all_packets: bool,
 ) -> Result<((f64, Vec<f64>), TraceSession)> {
+    let mode = if all_packets { "all" } else { "on" };
     let child = lb_program(lab, topology, services, bpffs, program)?
-        .args(["--trace", "on"])
+        .args(["--trace", mode])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -856,20 +869,26 @@ fn write_report(options: &Options, samples: &BTreeMap<(usize, Mode), Vec<Sample>
             format!("N={n} trace on / trace off connect p50"),
             ratio(n, Mode::TraceOn, Mode::Ebpf, |s| s.p50_us),
         );
-        let traced: Vec<Traced> = samples
-            .get(&(n, Mode::TraceOn))
-            .map(|runs| runs.iter().filter_map(|s| s.traced).collect())
-            .unwrap_or_default();
         push(
-            format!("N={n} traced per run: emitted / lost / consumed"),
-            (!traced.is_empty()).then(|| {
-                traced
-                    .iter()
-                    .map(|t| format!("{}/{}/{}", t.emitted, t.lost, t.records))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }),
+            format!("N={n} trace every packet / trace off conn/s"),
+            ratio(n, Mode::TraceAll, Mode::Ebpf, |s| s.rate),
         );
+        for (mode, what) in [(Mode::TraceOn, "traced"), (Mode::TraceAll, "traced all")] {
+            let traced: Vec<Traced> = samples
+                .get(&(n, mode))
+                .map(|runs| runs.iter().filter_map(|s| s.traced).collect())
+                .unwrap_or_default();
+            push(
+                format!("N={n} {what} per run: emitted / lost / consumed"),
+                (!traced.is_empty()).then(|| {
+                    traced
+                        .iter()
+                        .map(|t| format!("{}/{}/{}", t.emitted, t.lost, t.records))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }),
+            );
+        }
     }
     let data: Vec<serde_json::Value> = samples
         .iter()

@@ -12,8 +12,7 @@
 //! Why: per query the cost was the receive and send system calls and the
 //! runtime's wake-ups; a batch costs one `epoll_wait`, one `recvmmsg` and
 //! one `sendmmsg` whatever its size, and the thread never shares a core's
-//! run queue with the runtime's tasks. It runs at nice [`NICE`], so that a
-//! busy machine delays it less (the latency's tail is that delay).
+//! run queue with the runtime's tasks.
 //!
 //! Membership: a socket joins with [`UdpLoop::register`] and leaves when its
 //! [`Registration`] is dropped. The members are held by `Arc`; the loop
@@ -54,12 +53,6 @@ const MAX_EVENTS: usize = 64;
 const WAKE: u64 = 0;
 /// Pause after an unexpected `epoll_wait` failure, not to spin.
 const FAILURE_BACKOFF: Duration = Duration::from_millis(100);
-/// The thread's nice value. When the CPUs are busy, a query waits for this
-/// thread to be scheduled, and that wait is the tail of the latency: a
-/// heavier weight lets it run (and preempt on wake-up) ahead of the
-/// agent's other threads and of ordinary processes, without a real-time
-/// class that could starve them. It uses little CPU per query anyway.
-const NICE: libc::c_int = -10;
 
 /// One container's UDP socket and what answering on it needs.
 struct Member {
@@ -246,22 +239,7 @@ fn size_receive_buffer(socket: &UdpSocket) {
 }
 
 /// The thread: wait for ready sockets, serve a batch of each, until stopped.
-/// Gives the calling thread [`NICE`]; a failure (no CAP_SYS_NICE) only
-/// costs latency under load, so it is logged, not fatal.
-fn raise_priority() {
-    // SAFETY: plain system calls about the calling thread.
-    let result = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, NICE)
-    };
-    if result < 0 {
-        let error = io::Error::last_os_error();
-        tracing::warn!(%error, nice = NICE, "dns: cannot raise the UDP loop's priority");
-    }
-}
-
 fn run(poller: &Poller) {
-    raise_priority();
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
     let mut ready: Vec<Arc<Member>> = Vec::with_capacity(MAX_EVENTS);
     let mut batch = Batch::default();

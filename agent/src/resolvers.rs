@@ -1,5 +1,5 @@
 //! The embedded DNS of this node's containers: one resolver per container
-//! namespace (127.0.0.11, redirected to a private port), all answering from
+//! namespace (127.0.0.11, steered to a private port), all answering from
 //! one table that follows the gossip view and the services.
 //!
 //! A container's scope is the set of networks its endpoints are on: it sees
@@ -14,7 +14,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     dataplane::dns_redirect,
@@ -28,6 +28,9 @@ use crate::{
 pub const FORWARD_BUDGET: Duration = Duration::from_secs(4);
 
 struct Running {
+    /// Detaches 127.0.0.11:53 from the resolver when dropped (first, so no
+    /// query is steered to a closing socket).
+    _steering: dns_redirect::Steering,
     /// Kept for its lifetime: dropping it stops the resolver.
     _resolver: ContainerResolver,
     scope: Arc<ArcSwap<Vec<String>>>,
@@ -123,9 +126,6 @@ impl Resolvers {
             .collect();
         for netns in gone {
             running.remove(&netns);
-            if let Err(error) = dns_redirect::remove_redirect(&netns).await {
-                debug!(netns = %netns.display(), %error, "DNS redirect not removed (container gone?)");
-            }
             info!(netns = %netns.display(), "container resolver stopped");
         }
         for (netns, scope) in wanted {
@@ -145,14 +145,16 @@ impl Resolvers {
     }
 
     async fn start(&self, netns: &Path, scope: Vec<String>) -> Result<Running, String> {
-        let (udp, tcp) = dns_redirect::open_resolver_sockets(netns)
-            .await
-            .map_err(|error| error.to_string())?;
+        let dns_redirect::ResolverSockets { udp, tcp, steering } =
+            dns_redirect::open_resolver_sockets(netns)
+                .await
+                .map_err(|error| error.to_string())?;
         let scope = Arc::new(ArcSwap::from_pointee(scope));
         let resolver = ContainerResolver::spawn(self.shared.clone(), udp, tcp, scope.clone())
             .map_err(|error| error.to_string())?;
         info!(netns = %netns.display(), "container resolver at 127.0.0.11");
         Ok(Running {
+            _steering: steering,
             _resolver: resolver,
             scope,
         })

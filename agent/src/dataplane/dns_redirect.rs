@@ -1,131 +1,224 @@
-//! The resolver's sockets inside a container's namespace, and the redirect
-//! from 127.0.0.11:53 to them, so that a process in the container can still
+//! The resolver's sockets inside a container's namespace, and the steering
+//! of 127.0.0.11:53 to them, so that a process in the container can still
 //! bind port 53 itself (as with Docker).
 //!
-//! The resolver listens on 127.0.0.11:P (UDP and TCP, one free port P); one
-//! nf_tables table owned by the agent, in the container's namespace, sends
-//! the container's queries there:
+//! The resolver listens on 127.0.0.11:P (UDP and TCP, one free port P). Two
+//! eBPF programs of their own object (`ebpf/programs/src/dns_steer.rs`),
+//! loaded once per container namespace, send the container's queries there
+//! without NAT, so without a conntrack entry per query:
 //!
-//! ```text
-//! table ip netagent_dns {
-//!   chain output { type nat hook output priority dstnat; policy accept;
-//!     ip daddr 127.0.0.11 udp dport 53 counter dnat to 127.0.0.11:P comment "netagent dns udp"
-//!     ip daddr 127.0.0.11 tcp dport 53 counter dnat to 127.0.0.11:P comment "netagent dns tcp"
-//!   }
-//! }
-//! ```
+//! - `dns_steer` (sk_lookup, attached to the namespace) hands packets for
+//!   127.0.0.11:53 to the sockets the agent put in its socket map;
+//! - `dns_reply_port` (tcx egress on the namespace's `lo`) gives the UDP
+//!   replies, sent from 127.0.0.11:P, the source port 53 (TCP needs nothing:
+//!   an accepted connection's local address is the one the client asked for).
 //!
-//! Replies need no rule: conntrack un-NATs them (source back to :53).
-//! Opening again replaces the table in one transaction (a restarted agent
-//! gets a new port); nothing is forked or executed, and the namespace is
-//! entered on dedicated threads only (`netns::run_in`).
+//! Both links are owned by the [`Steering`] handle, not pinned: they go when
+//! it is dropped, and with the agent's process, like the sockets they lead
+//! to, so nothing is left behind and a restarted agent starts afresh.
+//! Agents before this one used an nf_tables DNAT (table ip netagent_dns);
+//! opening removes such a table. Nothing is forked or executed, and the
+//! namespace is entered on dedicated threads only (`netns::run_in`).
 
 use std::{
     io,
     net::{Ipv4Addr, TcpListener, UdpSocket},
+    os::fd::OwnedFd,
     path::Path,
+};
+
+use aya::{
+    maps::SockMap,
+    programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, SkLookup, TcAttachType},
+    Ebpf, EbpfLoader,
 };
 
 use super::{
     netlink::{self, Netlink},
-    netns::{self, NetnsError},
-    nftables::{Chain, Change, CmpOp, Expr, Hook, MetaKey, Nft, FAMILY_IP},
+    netns,
+    nftables::{Change, Nft, FAMILY_IP},
     overlay::{OverlayError, HINT_GENERIC},
 };
 
+/// The steering object compiled by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netagent-dns-ebpf"));
+
 /// Where containers send their queries.
 pub const RESOLVER_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
-/// The agent's table in every container namespace.
-pub const TABLE: &str = "netagent_dns";
-const DNS_PORT: u16 = 53;
-const OUTPUT: Chain = Chain {
-    name: "output",
-    kind: "nat",
-    hook: Hook::Output,
-    // NF_IP_PRI_NAT_DST ("dstnat")
-    priority: -100,
-};
+/// The nf_tables table of earlier agents (a DNAT), removed on sight.
+pub const LEGACY_TABLE: &str = "netagent_dns";
+pub const STEER_PROGRAM: &str = "dns_steer";
+pub const REPLY_PROGRAM: &str = "dns_reply_port";
+const SOCKETS_MAP: &str = "DNS_SOCKETS";
+const PORT_GLOBAL: &str = "RESOLVER_PORT";
+/// The slots of DNS_SOCKETS (as in `dns_steer.rs`).
+const UDP_SLOT: u32 = 0;
+const TCP_SLOT: u32 = 1;
 /// How many ports to try when the UDP socket's port is taken for TCP.
 const BIND_ATTEMPTS: usize = 8;
-const HINT_NFT: &str = "check that the agent runs as root and the kernel has nf_tables NAT (nf_tables, nft_nat), then see `nft list table ip netagent_dns` in the container's namespace";
+const HINT_BPF: &str = "check that the agent runs as root and the kernel has sk_lookup and tcx (Linux 6.6 or later), then see `bpftool link` and `bpftool net` in the container's namespace";
+const HINT_NFT: &str = "check that the agent runs as root, then see `nft list table ip netagent_dns` in the container's namespace";
 const HINT_SOCKET: &str =
     "check that the agent runs as root and that lo is up in the container's namespace";
 
-/// IPPROTO_UDP, IPPROTO_TCP.
-#[derive(Clone, Copy, Debug)]
-enum Proto {
-    Udp = 17,
-    Tcp = 6,
+/// A container's resolver sockets and the steering that leads to them.
+pub struct ResolverSockets {
+    pub udp: UdpSocket,
+    pub tcp: TcpListener,
+    pub steering: Steering,
 }
 
-impl Proto {
-    fn name(self) -> &'static str {
-        match self {
-            Proto::Udp => "udp",
-            Proto::Tcp => "tcp",
-        }
+/// The steering programs of one container namespace, attached for as long
+/// as this lives: dropping it detaches them (and 127.0.0.11:53 then goes
+/// unanswered, as it does with no resolver).
+pub struct Steering {
+    /// Owns the programs, their links and the socket map.
+    _ebpf: Ebpf,
+    program_ids: ProgramIds,
+}
+
+/// The kernel's ids of one instance's programs, as `bpftool prog` and
+/// `bpftool link` show them (several namespaces' instances share names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgramIds {
+    pub steer: u32,
+    pub reply: u32,
+}
+
+impl Steering {
+    pub fn program_ids(&self) -> ProgramIds {
+        self.program_ids
     }
 }
 
-/// `ip daddr 127.0.0.11 <proto> dport 53 counter dnat to 127.0.0.11:<port>`.
-fn redirect_exprs(proto: Proto, port: u16) -> Vec<Expr> {
-    let mut exprs = vec![
-        // IPv4 destination address: network header bytes 16..20.
-        Expr::network_header(16, 4),
-        Expr::cmp(CmpOp::Eq, &RESOLVER_ADDR.octets()),
-        Expr::meta(MetaKey::L4Proto),
-        Expr::cmp(CmpOp::Eq, &[proto as u8]),
-        // Destination port: transport header bytes 2..4 (UDP and TCP).
-        Expr::transport_header(2, 2),
-        Expr::cmp(CmpOp::Eq, &DNS_PORT.to_be_bytes()),
-        Expr::counter(),
-    ];
-    exprs.extend(Expr::dnat(RESOLVER_ADDR, port));
-    exprs
-}
-
-/// The transaction that installs the redirect to `port`, replacing the
-/// table whether or not it exists (add, delete, add: the `nft -f` idiom).
-fn plan_install(port: u16) -> Vec<Change> {
-    let mut changes = vec![
-        Change::AddTable,
-        Change::DeleteTable,
-        Change::AddTable,
-        Change::AddChain(OUTPUT),
-    ];
-    changes.extend([Proto::Udp, Proto::Tcp].map(|proto| Change::AddRule {
-        chain: OUTPUT.name,
-        exprs: redirect_exprs(proto, port),
-        comment: format!("netagent dns {}", proto.name()),
-    }));
-    changes
+impl std::fmt::Debug for Steering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Steering")
+            .field("program_ids", &self.program_ids)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Opens, inside `container_netns`, a UDP socket and a TCP listener on
 /// 127.0.0.11 at one free port P (the same for both; non-blocking), and
-/// installs the redirect 127.0.0.11:53 → 127.0.0.11:P for UDP and TCP in the
-/// container's nftables (one table owned by the agent). Replaces an existing
-/// redirect (a restarted agent gets a new port). Brings `lo` up if needed.
+/// steers 127.0.0.11:53 (UDP and TCP) to them. Opening again steers to the
+/// new sockets once the old [`Steering`] is dropped (the newest link runs
+/// last and its pick wins meanwhile). Brings `lo` up if needed.
 pub async fn open_resolver_sockets(
     container_netns: &Path,
-) -> Result<(UdpSocket, TcpListener), OverlayError> {
+) -> Result<ResolverSockets, OverlayError> {
     // A bad path fails here, before anything is made.
-    netns::open(container_netns).map_err(OverlayError::container_netns)?;
+    let netns_fd = netns::open(container_netns).map_err(OverlayError::container_netns)?;
     let label = container_netns.display().to_string();
     lo_up(container_netns, &label).await?;
-    let (udp, tcp, port) = netns::run_in(Some(container_netns), {
+    let (sockets, port) = netns::run_in(Some(container_netns), {
         let label = label.clone();
         move || {
-            Ok(bind_pair(&label).and_then(|(udp, tcp, port)| {
-                install(&label, port)?;
-                Ok((udp, tcp, port))
-            }))
+            Ok(remove_legacy_table(&label)
+                .and_then(|()| bind_pair(&label))
+                .and_then(|(udp, tcp, port)| {
+                    let steering = Steering::attach(&label, &netns_fd, &udp, &tcp, port)?;
+                    Ok((ResolverSockets { udp, tcp, steering }, port))
+                }))
         }
     })
     .await
     .map_err(OverlayError::container_netns)??;
-    tracing::info!(netns = %label, port, "dns redirect installed (127.0.0.11:53 to the resolver port)");
-    Ok((udp, tcp))
+    let ids = sockets.steering.program_ids;
+    tracing::info!(
+        netns = %label,
+        port,
+        steer_prog_id = ids.steer,
+        reply_prog_id = ids.reply,
+        "dns steering attached (127.0.0.11:53 to the resolver port)"
+    );
+    Ok(sockets)
+}
+
+impl Steering {
+    /// Loads an instance for `port`, fills its socket map, attaches the
+    /// reply rewrite, then the steering (so the first steered query's reply
+    /// is already right). On failure, what was attached goes with the
+    /// instance. Runs inside the namespace (tcx finds `lo` there).
+    fn attach(
+        label: &str,
+        netns_fd: &OwnedFd,
+        udp: &UdpSocket,
+        tcp: &TcpListener,
+        port: u16,
+    ) -> Result<Self, OverlayError> {
+        let fail = |what: &str| {
+            let (what, netns) = (what.to_owned(), label.to_owned());
+            move |source: Box<dyn std::error::Error + Send + Sync>| OverlayError::Bpf {
+                what,
+                netns,
+                source,
+                hint: HINT_BPF,
+            }
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global(PORT_GLOBAL, &port, true)
+            .load(OBJECT)
+            .map_err(|e| fail("loading the dns steering object")(e.into()))?;
+        let mut sockets: SockMap<_> = ebpf
+            .map_mut(SOCKETS_MAP)
+            .ok_or_else(|| fail("finding its socket map")(SOCKETS_MAP.into()))?
+            .try_into()
+            .map_err(|e: aya::maps::MapError| fail("opening its socket map")(e.into()))?;
+        sockets
+            .set(UDP_SLOT, udp, 0)
+            .map_err(|e| fail("putting the UDP socket in the socket map")(e.into()))?;
+        sockets
+            .set(TCP_SLOT, tcp, 0)
+            .map_err(|e| fail("putting the TCP listener in the socket map")(e.into()))?;
+
+        let reply: &mut SchedClassifier = ebpf
+            .program_mut(REPLY_PROGRAM)
+            .ok_or_else(|| fail("finding the reply program")(REPLY_PROGRAM.into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| {
+                fail("opening the reply program")(e.into())
+            })?;
+        reply
+            .load()
+            .map_err(|e| fail("loading the reply program")(e.into()))?;
+        let reply_id = reply
+            .info()
+            .map_err(|e| fail("reading the reply program's id")(e.into()))?
+            .id();
+        reply
+            .attach_with_options(
+                "lo",
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|e| fail("attaching the reply program to lo (tcx egress)")(e.into()))?;
+
+        let steer: &mut SkLookup = ebpf
+            .program_mut(STEER_PROGRAM)
+            .ok_or_else(|| fail("finding the steering program")(STEER_PROGRAM.into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| {
+                fail("opening the steering program")(e.into())
+            })?;
+        steer
+            .load()
+            .map_err(|e| fail("loading the steering program")(e.into()))?;
+        let steer_id = steer
+            .info()
+            .map_err(|e| fail("reading the steering program's id")(e.into()))?
+            .id();
+        steer
+            .attach(netns_fd)
+            .map_err(|e| fail("attaching the steering program (sk_lookup)")(e.into()))?;
+        Ok(Self {
+            _ebpf: ebpf,
+            program_ids: ProgramIds {
+                steer: steer_id,
+                reply: reply_id,
+            },
+        })
+    }
 }
 
 /// Brings `lo` up: 127.0.0.11 is bound there.
@@ -193,77 +286,21 @@ fn bind_pair(label: &str) -> Result<(UdpSocket, TcpListener, u16), OverlayError>
     ))(io::ErrorKind::AddrInUse.into()))
 }
 
-/// Replaces the table with the redirect to `port`. Runs inside the namespace.
-fn install(label: &str, port: u16) -> Result<(), OverlayError> {
-    Nft::open(FAMILY_IP, TABLE)
-        .and_then(|mut nft| nft.commit(&plan_install(port)))
-        .map_err(OverlayError::nftables(
-            format!("installing the dns redirect to {RESOLVER_ADDR}:{port} (table ip {TABLE})"),
-            label,
-            HINT_NFT,
-        ))
-}
-
-/// Removes the redirect table from `container_netns`; absent is no error,
-/// and neither is a namespace that is gone (its table went with it).
-pub async fn remove_redirect(container_netns: &Path) -> Result<(), OverlayError> {
-    let label = container_netns.display().to_string();
-    let deleted = netns::run_in(Some(container_netns), || {
-        Ok(Nft::open(FAMILY_IP, TABLE).and_then(|mut nft| nft.commit(&[Change::DeleteTable])))
-    })
-    .await;
-    match deleted {
-        Ok(Ok(())) => {
-            tracing::info!(netns = %label, "dns redirect removed");
+/// Removes the DNAT table of earlier agents, which would send queries to
+/// their dead port before any lookup; absent is no error. Runs inside the
+/// namespace.
+fn remove_legacy_table(label: &str) -> Result<(), OverlayError> {
+    match Nft::open(FAMILY_IP, LEGACY_TABLE).and_then(|mut nft| nft.commit(&[Change::DeleteTable]))
+    {
+        Ok(()) => {
+            tracing::info!(netns = %label, "removed the dns DNAT table of an earlier agent");
             Ok(())
         }
-        Ok(Err(error)) if error.is(libc::ENOENT) => Ok(()),
-        Ok(Err(error)) => Err(OverlayError::nftables(
-            format!("deleting table ip {TABLE}"),
+        Err(error) if error.is(libc::ENOENT) => Ok(()),
+        Err(error) => Err(OverlayError::nftables(
+            format!("deleting table ip {LEGACY_TABLE}"),
             label,
             HINT_NFT,
         )(error)),
-        Err(NetnsError::Open { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            tracing::debug!(netns = %label, "namespace gone: no dns redirect to remove");
-            Ok(())
-        }
-        Err(error) => Err(OverlayError::container_netns(error)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn install_replaces_the_table_in_one_transaction() {
-        let changes = plan_install(40000);
-        assert!(matches!(
-            changes.as_slice(),
-            [
-                Change::AddTable,
-                Change::DeleteTable,
-                Change::AddTable,
-                Change::AddChain(Chain {
-                    name: "output",
-                    hook: Hook::Output,
-                    priority: -100,
-                    ..
-                }),
-                Change::AddRule { .. },
-                Change::AddRule { .. },
-            ]
-        ));
-    }
-
-    #[test]
-    fn rules_match_the_protocol_before_the_port() {
-        let udp = redirect_exprs(Proto::Udp, 40000);
-        let tcp = redirect_exprs(Proto::Tcp, 40000);
-        assert_eq!(udp.len(), 10);
-        assert_eq!(udp[3], Expr::cmp(CmpOp::Eq, &[17]));
-        assert_eq!(tcp[3], Expr::cmp(CmpOp::Eq, &[6]));
-        assert_eq!(udp[5], Expr::cmp(CmpOp::Eq, &[0, 53]));
-        assert_eq!(&udp[7..], &Expr::dnat(RESOLVER_ADDR, 40000));
     }
 }

@@ -80,6 +80,13 @@ pub enum OverlayError {
         source: NetnsError,
     },
     #[error("{what} in {netns} failed: {source}; {hint}")]
+    Bpf {
+        what: String,
+        netns: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+        hint: &'static str,
+    },
+    #[error("{what} in {netns} failed: {source}; {hint}")]
     Socket {
         what: String,
         netns: String,

@@ -1,12 +1,15 @@
-//! The embedded resolver's sockets in a container namespace and the redirect
-//! 127.0.0.11:53 → 127.0.0.11:P, driven through
+//! The embedded resolver's sockets in a container namespace and the steering
+//! of 127.0.0.11:53 to 127.0.0.11:P (eBPF sk_lookup, replies given port 53
+//! back on lo), driven through
 //! `netagent::dataplane::dns_redirect` against a lab container. A tiny
 //! DNS-ish echo stands in for the resolver; queries never leave the
 //! container namespace, and nothing is made in the root namespace.
 
-use std::{net::Ipv4Addr, path::Path, process::Command, time::Duration};
+use std::{net::Ipv4Addr, os::unix::fs::MetadataExt, path::Path, process::Command, time::Duration};
 
-use netagent::dataplane::dns_redirect::{open_resolver_sockets, remove_redirect, TABLE};
+use netagent::dataplane::dns_redirect::{
+    open_resolver_sockets, ProgramIds, ResolverSockets, LEGACY_TABLE, REPLY_PROGRAM, STEER_PROGRAM,
+};
 use netlab::{require_root, wait_until, Lab, LabSpec};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -111,6 +114,43 @@ fn tables(lab: &Lab, netns: &str) -> Vec<String> {
         .collect()
 }
 
+/// The names of the programs of the eBPF links that run the instance
+/// `ids`, as `bpftool` shows them to an operator, with a check that the
+/// sk_lookup one is attached to `path`'s namespace.
+fn links(ids: ProgramIds, path: &Path) -> Vec<String> {
+    let inode = std::fs::metadata(path).expect("netns inode").ino();
+    let bpftool = |what: &str| -> serde_json::Value {
+        let out = Command::new("bpftool")
+            .args(["-j", what, "show"])
+            .output()
+            .expect("bpftool");
+        serde_json::from_slice(&out.stdout).expect("bpftool json")
+    };
+    let programs = bpftool("prog");
+    let name_of = |id: &serde_json::Value| {
+        programs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|prog| &prog["id"] == id)
+            .and_then(|prog| prog["name"].as_str())
+            .unwrap_or("?")
+            .to_owned()
+    };
+    let mut names = Vec::new();
+    for link in bpftool("link").as_array().into_iter().flatten() {
+        let prog_id = &link["prog_id"];
+        if prog_id == ids.steer {
+            assert_eq!(link["netns_ino"], inode, "sk_lookup link elsewhere: {link}");
+        } else if prog_id != ids.reply {
+            continue;
+        }
+        names.push(name_of(prog_id));
+    }
+    names.sort();
+    names
+}
+
 /// Whether a process in `netns` can bind port 53 on `addr` (UDP and TCP).
 fn can_bind_53(lab: &Lab, netns: &str, addr: &str) -> (bool, String) {
     let script = format!(
@@ -129,17 +169,31 @@ async fn queries_to_127_0_0_11_reach_the_resolver_and_port_53_stays_free() {
     let path = c1.netns_path();
     // The agent brings lo up itself.
     stdout(&lab, &c1.netns, &["ip", "link", "set", "lo", "down"]);
+    // An earlier agent's DNAT to a port nobody serves: opening removes it.
+    stdout(&lab, &c1.netns, &["nft", &format!(
+        "add table ip {LEGACY_TABLE}; add chain ip {LEGACY_TABLE} output {{ type nat hook output priority -100; }}; \
+         add rule ip {LEGACY_TABLE} output ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:9"
+    )]);
 
-    let (udp, tcp) = open_resolver_sockets(&path).await.expect("open");
+    let ResolverSockets {
+        udp,
+        tcp,
+        steering: first_steering,
+    } = open_resolver_sockets(&path).await.expect("open");
     let first_port = udp.local_addr().expect("udp addr").port();
     assert_eq!(tcp.local_addr().expect("tcp addr").port(), first_port);
+    assert_ne!(first_port, 53);
     assert_eq!(
         udp.local_addr().expect("udp addr").ip(),
         Ipv4Addr::new(127, 0, 0, 11)
     );
     let first = serve(udp, tcp, Ipv4Addr::new(192, 0, 2, 1));
+    // dig takes the UDP answer only from 127.0.0.11:53.
     assert_answers(&lab, &c1.netns, Ipv4Addr::new(192, 0, 2, 1));
-    assert_eq!(tables(&lab, &c1.netns), [format!("table ip {TABLE}")]);
+    // No NAT: no table at all (the earlier agent's is gone).
+    assert!(tables(&lab, &c1.netns).is_empty());
+    let first_ids = first_steering.program_ids();
+    assert_eq!(links(first_ids, &path), [REPLY_PROGRAM, STEER_PROGRAM]);
 
     // The container's own processes can still bind port 53.
     for addr in ["0.0.0.0", "127.0.0.11"] {
@@ -147,45 +201,45 @@ async fn queries_to_127_0_0_11_reach_the_resolver_and_port_53_stays_free() {
         assert!(ok, "binding {addr}:53 in the container failed: {out}");
     }
 
-    // Opening again replaces the redirect: the new port answers.
-    let (udp, tcp) = open_resolver_sockets(&path).await.expect("open again");
+    // Opening again (a restarted resolver): the newest sockets answer, with
+    // the old steering still attached and once it is gone.
+    let ResolverSockets {
+        udp,
+        tcp,
+        steering: second_steering,
+    } = open_resolver_sockets(&path).await.expect("open again");
     let second_port = udp.local_addr().expect("udp addr").port();
     assert_ne!(second_port, first_port);
     let second = serve(udp, tcp, Ipv4Addr::new(192, 0, 2, 2));
     assert_answers(&lab, &c1.netns, Ipv4Addr::new(192, 0, 2, 2));
-    assert_eq!(tables(&lab, &c1.netns), [format!("table ip {TABLE}")]);
+    drop(first_steering);
+    assert!(links(first_ids, &path).is_empty());
+    assert_answers(&lab, &c1.netns, Ipv4Addr::new(192, 0, 2, 2));
+    let second_ids = second_steering.program_ids();
+    assert_eq!(links(second_ids, &path), [REPLY_PROGRAM, STEER_PROGRAM]);
 
-    // Removal leaves no table, twice over; queries to :53 then go unanswered.
-    remove_redirect(&path).await.expect("remove");
-    assert!(tables(&lab, &c1.netns).is_empty());
-    remove_redirect(&path).await.expect("remove again");
+    // Dropping the steering detaches it: nothing left, queries to :53 go
+    // unanswered.
+    drop(second_steering);
+    assert!(links(second_ids, &path).is_empty());
     let after = dig(&lab, &c1.netns, false);
     assert!(
         !after.contains("192.0.2."),
         "answered after removal: {after}"
     );
 
-    // A missing namespace: an error for open, nothing to do for remove.
+    // A missing namespace: an error, nothing made.
     let missing = Path::new("/run/netns").join(format!("{}-missing", lab.prefix()));
     let error = open_resolver_sockets(&missing)
         .await
-        .expect_err("missing netns");
+        .err()
+        .expect("missing netns");
     assert!(
         error
             .to_string()
             .contains("cannot open container namespace"),
         "{error}"
     );
-    remove_redirect(&missing)
-        .await
-        .expect("remove in a missing netns");
-
-    // Nothing in the root namespace.
-    let root = Command::new("nft")
-        .args(["list", "tables"])
-        .output()
-        .expect("nft in the root namespace");
-    assert!(!String::from_utf8_lossy(&root.stdout).contains(TABLE));
 
     for task in first.iter().chain(&second) {
         task.abort();

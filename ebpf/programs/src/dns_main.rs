@@ -11,17 +11,4 @@
 #[cfg(target_arch = "bpf")]
 mod dns_steer;
 
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects any path that could reach here.
-    loop {}
-}
-
-#[cfg(not(target_arch = "bpf"))]
-fn main() {}
-
-#[cfg(target_arch = "bpf")]
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+netagent_ebpf::object_root!();

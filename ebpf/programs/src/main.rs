@@ -15,18 +15,4 @@ mod lb;
 #[cfg(target_arch = "bpf")]
 mod trace;
 
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects any path that could reach here; this only satisfies
-    // the compiler.
-    loop {}
-}
-
-#[cfg(not(target_arch = "bpf"))]
-fn main() {}
-
-#[cfg(target_arch = "bpf")]
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+netagent_ebpf::object_root!();

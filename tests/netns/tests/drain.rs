@@ -10,7 +10,7 @@ mod common;
 
 use common::{
     flow::Flow,
-    task_server::{task_of, Server, CLIENT},
+    task_server::{start_web_tasks, task_of, Server, CLIENT},
 };
 use netlab::{require_root, wait_until, Container, Lab};
 
@@ -48,19 +48,7 @@ impl Scene {
             )
             .expect("service");
         let vip = service["vips"][0]["addr"].as_str().expect("vip").to_owned();
-        let mut servers = Vec::new();
-        for (node, n) in [("n2", 1), ("n3", 2)] {
-            let name = format!("web{n}");
-            let (container, _) = lab
-                .attach_container_with(
-                    node,
-                    &name,
-                    "appnet",
-                    &["--service", "web", "--name", &format!("web.{n}")],
-                )
-                .expect("task");
-            servers.push(Server::start(&container, &name));
-        }
+        let servers = start_web_tasks(&mut lab, &["n2", "n3"]);
         let (client, _) = lab
             .attach_container("n1", "client", "appnet")
             .expect("client");

@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 mod common;
 
-use common::task_server::{Server, CLIENT};
+use common::task_server::{start_web_tasks, Server, CLIENT};
 use netlab::{require_root, wait_until, Lab};
 
 /// The external client's address (the lab's `ext` host).
@@ -39,19 +39,7 @@ impl Scene {
             ],
         )
         .expect("service");
-        let mut servers = Vec::new();
-        for (node, n) in [("n2", 1), ("n3", 2)] {
-            let name = format!("web{n}");
-            let (container, _) = lab
-                .attach_container_with(
-                    node,
-                    &name,
-                    "appnet",
-                    &["--service", "web", "--name", &format!("web.{n}")],
-                )
-                .expect("task");
-            servers.push(Server::start(&container, &name));
-        }
+        let servers = start_web_tasks(&mut lab, &["n2", "n3"]);
         Scene {
             lab,
             _servers: servers,

@@ -7,7 +7,7 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use netlab::Container;
+use netlab::{Container, Lab};
 
 /// Answers on TCP 8080 and UDP 9090 with "<name> <client address>", and
 /// on TCP 8081 once per message for as long as the connection lasts.
@@ -102,6 +102,25 @@ impl Server {
                 .stderr(Stdio::null()),
         ))
     }
+}
+
+/// One task of the service `web` on each of `nodes`, numbered from 1 in
+/// that order: container `web<n>`, task name `web.<n>`, running [`SERVER`].
+pub fn start_web_tasks(lab: &mut Lab, nodes: &[&str]) -> Vec<Server> {
+    let mut servers = Vec::new();
+    for (n, node) in (1..).zip(nodes) {
+        let name = format!("web{n}");
+        let (container, _) = lab
+            .attach_container_with(
+                node,
+                &name,
+                "appnet",
+                &["--service", "web", "--name", &format!("web.{n}")],
+            )
+            .expect("task");
+        servers.push(Server::start(&container, &name));
+    }
+    servers
 }
 
 impl Drop for Server {

@@ -90,9 +90,9 @@ pub struct TraceRecord {
     /// sees the client's address) or `remote` (over the overlay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
-    /// For a `remote` task: the node's ingress address the kernel SNATs
-    /// the flow to after the datapath (the source the task sees; the
-    /// kernel may change the source port too), when known.
+    /// For a `remote` task: the node's ingress address `ingress_in` SNATs
+    /// the flow to after `after` (the source the task sees; the source
+    /// port may change too when another client holds it), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snat: Option<Ipv4Addr>,
     /// Names of the addresses above: task, `service (vip)` or node.

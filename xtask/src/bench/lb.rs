@@ -766,8 +766,71 @@ fn program_nft(lab: &Lab, topology: &Topology, services: &[Service]) -> Result<(
     Ok((program_ms, changes))
 }
 
+/// A metric of one sample.
+type Metric = fn(&Sample) -> f64;
+
+/// The rows giving every variant's median at each N: what, metric, digits.
+const PER_VARIANT: [(&str, Metric, usize); 5] = [
+    ("connect p50 (us)", |s| s.p50_us, 0),
+    ("connect p99 (us)", |s| s.p99_us, 0),
+    ("connections/s", |s| s.rate, 0),
+    ("program N services (ms)", |s| s.program_ms, 1),
+    ("one backend change (ms)", |s| s.change_ms, 2),
+];
+
+/// The ratios against nftables at each N: what, a, b, metric (a / b).
+const VS_NFTABLES: [(&str, Mode, Mode, Metric); 2] = [
+    (
+        "ebpf / nftables conn/s (target >= 1)",
+        Mode::Ebpf,
+        Mode::Nftables,
+        |s| s.rate,
+    ),
+    (
+        "nftables / ebpf connect p50 (target >= 1)",
+        Mode::Nftables,
+        Mode::Ebpf,
+        |s| s.p50_us,
+    ),
+];
+
+/// The tracing ratios at each N: off must be within noise of no trace
+/// code, on may cost 10%.
+const TRACING: [(&str, Mode, Mode, Metric); 5] = [
+    (
+        "trace off / no trace conn/s (target: within noise)",
+        Mode::Ebpf,
+        Mode::NoTrace,
+        |s| s.rate,
+    ),
+    (
+        "trace off / no trace connect p50",
+        Mode::Ebpf,
+        Mode::NoTrace,
+        |s| s.p50_us,
+    ),
+    (
+        "trace on / trace off conn/s (target >= 0.9)",
+        Mode::TraceOn,
+        Mode::Ebpf,
+        |s| s.rate,
+    ),
+    (
+        "trace on / trace off connect p50",
+        Mode::TraceOn,
+        Mode::Ebpf,
+        |s| s.p50_us,
+    ),
+    (
+        "trace every packet / trace off conn/s",
+        Mode::TraceAll,
+        Mode::Ebpf,
+        |s| s.rate,
+    ),
+];
+
 fn write_report(options: &Options, samples: &BTreeMap<(usize, Mode), Vec<Sample>>) -> Result<()> {
-    let med = |n: usize, mode: Mode, f: fn(&Sample) -> f64| {
+    let med = |n: usize, mode: Mode, f: Metric| {
         report::median(
             samples
                 .get(&(n, mode))
@@ -777,12 +840,12 @@ fn write_report(options: &Options, samples: &BTreeMap<(usize, Mode), Vec<Sample>
     };
     let has = |mode: Mode| options.variants.contains(&mode);
     // `a / b` of a measure, when both were measured.
-    let ratio = |n: usize, a: Mode, b: Mode, f: fn(&Sample) -> f64| {
+    let ratio = |n: usize, a: Mode, b: Mode, f: Metric| {
         (has(a) && has(b)).then(|| format!("{:.3}", med(n, a, f) / med(n, b, f)))
     };
     let mut rows = Vec::new();
     for &n in &options.services {
-        let line = |f: fn(&Sample) -> f64, digits: usize| {
+        let line = |f: Metric, digits: usize| {
             options
                 .variants
                 .iter()
@@ -790,26 +853,9 @@ fn write_report(options: &Options, samples: &BTreeMap<(usize, Mode), Vec<Sample>
                 .collect::<Vec<_>>()
                 .join(" | ")
         };
-        rows.push(TableRow::new(
-            format!("N={n} connect p50 (us)"),
-            line(|s| s.p50_us, 0),
-        ));
-        rows.push(TableRow::new(
-            format!("N={n} connect p99 (us)"),
-            line(|s| s.p99_us, 0),
-        ));
-        rows.push(TableRow::new(
-            format!("N={n} connections/s"),
-            line(|s| s.rate, 0),
-        ));
-        rows.push(TableRow::new(
-            format!("N={n} program N services (ms)"),
-            line(|s| s.program_ms, 1),
-        ));
-        rows.push(TableRow::new(
-            format!("N={n} one backend change (ms)"),
-            line(|s| s.change_ms, 2),
-        ));
+        for (what, metric, digits) in PER_VARIANT {
+            rows.push(TableRow::new(format!("N={n} {what}"), line(metric, digits)));
+        }
     }
     let (first, last) = (
         options.services.iter().copied().min().unwrap_or(1),
@@ -830,14 +876,9 @@ fn write_report(options: &Options, samples: &BTreeMap<(usize, Mode), Vec<Sample>
         }),
     );
     for &n in &options.services {
-        push(
-            format!("N={n} ebpf / nftables conn/s (target >= 1)"),
-            ratio(n, Mode::Ebpf, Mode::Nftables, |s| s.rate),
-        );
-        push(
-            format!("N={n} nftables / ebpf connect p50 (target >= 1)"),
-            ratio(n, Mode::Nftables, Mode::Ebpf, |s| s.p50_us),
-        );
+        for (what, a, b, metric) in VS_NFTABLES {
+            push(format!("N={n} {what}"), ratio(n, a, b, metric));
+        }
     }
     push(
         format!("N={first} ebpf / iptables conn/s (target >= 0.9)"),
@@ -851,28 +892,10 @@ fn write_report(options: &Options, samples: &BTreeMap<(usize, Mode), Vec<Sample>
         format!("ebpf one change at {last} (target <= 10 ms)"),
         has(Mode::Ebpf).then(|| format!("{:.2} ms", med(last, Mode::Ebpf, |s| s.change_ms))),
     );
-    // Tracing: off must be within noise of no trace code, on may cost 10%.
     for &n in &options.services {
-        push(
-            format!("N={n} trace off / no trace conn/s (target: within noise)"),
-            ratio(n, Mode::Ebpf, Mode::NoTrace, |s| s.rate),
-        );
-        push(
-            format!("N={n} trace off / no trace connect p50"),
-            ratio(n, Mode::Ebpf, Mode::NoTrace, |s| s.p50_us),
-        );
-        push(
-            format!("N={n} trace on / trace off conn/s (target >= 0.9)"),
-            ratio(n, Mode::TraceOn, Mode::Ebpf, |s| s.rate),
-        );
-        push(
-            format!("N={n} trace on / trace off connect p50"),
-            ratio(n, Mode::TraceOn, Mode::Ebpf, |s| s.p50_us),
-        );
-        push(
-            format!("N={n} trace every packet / trace off conn/s"),
-            ratio(n, Mode::TraceAll, Mode::Ebpf, |s| s.rate),
-        );
+        for (what, a, b, metric) in TRACING {
+            push(format!("N={n} {what}"), ratio(n, a, b, metric));
+        }
         for (mode, what) in [(Mode::TraceOn, "traced"), (Mode::TraceAll, "traced all")] {
             let traced: Vec<Traced> = samples
                 .get(&(n, mode))

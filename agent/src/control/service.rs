@@ -124,20 +124,7 @@ pub fn check_against(request: &CreateService, existing: &[Service]) -> Result<()
             other.name, other.name
         )));
     }
-    for port in &request.ports {
-        let owner = existing.iter().find(|s| {
-            s.ports
-                .iter()
-                .any(|p| p.published == port.published && p.protocol == port.protocol)
-        });
-        if let Some(owner) = owner {
-            return Err(ControlError::Conflict(format!(
-                "published port {} is already used by service {}: choose another published port",
-                port_label(port),
-                owner.name
-            )));
-        }
-    }
+    check_ports_free(existing, &request.ports, None)?;
     Ok(())
 }
 
@@ -231,9 +218,21 @@ pub fn plan_ports(
         .collect();
     ports.extend(request.add_ports.iter().cloned());
     check_ports(service.endpoint_mode, &ports)?;
-    for port in &request.add_ports {
+    check_ports_free(existing, &request.add_ports, Some(&service.id))?;
+    Ok(ports)
+}
+
+/// Refuses a published port another service of `existing` already holds
+/// (the service `updating`, if any, does not count): a published port is
+/// unique in the cluster, per protocol.
+fn check_ports_free(
+    existing: &[Service],
+    ports: &[PublishedPort],
+    updating: Option<&str>,
+) -> Result<(), ControlError> {
+    for port in ports {
         let owner = existing.iter().find(|s| {
-            s.id != service.id
+            Some(s.id.as_str()) != updating
                 && s.ports
                     .iter()
                     .any(|p| p.published == port.published && p.protocol == port.protocol)
@@ -246,7 +245,7 @@ pub fn plan_ports(
             )));
         }
     }
-    Ok(ports)
+    Ok(())
 }
 
 /// Request builders shared by the control-plane tests.

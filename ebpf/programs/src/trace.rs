@@ -202,6 +202,18 @@ fn count(index: u32) {
     }
 }
 
+/// The kind and reason of a translated packet: `new` for a flow's first
+/// (with `no-conntrack` when `rebalanced`: a mid-flow TCP packet had no
+/// usable entry), `established` for the others.
+#[inline(always)]
+fn flow_kind(established: bool, rebalanced: bool, new: u8, continued: u8) -> (u8, u8) {
+    match (established, rebalanced) {
+        (true, _) => (continued, TRACE_REASON_NONE),
+        (false, true) => (new, TRACE_REASON_NO_CONNTRACK),
+        (false, false) => (new, TRACE_REASON_NONE),
+    }
+}
+
 // What the load balancer reports (`lb.rs`), one call each.
 
 /// A packet to a VIP translated to its backend: a new flow (`rebalanced`
@@ -217,11 +229,12 @@ pub fn translated(
     now: TraceTuple,
     service_id: u32,
 ) {
-    let (kind, reason) = match (established, rebalanced) {
-        (true, _) => (TRACE_KIND_TRANSLATE_ESTABLISHED, TRACE_REASON_NONE),
-        (false, true) => (TRACE_KIND_TRANSLATE, TRACE_REASON_NO_CONNTRACK),
-        (false, false) => (TRACE_KIND_TRANSLATE, TRACE_REASON_NONE),
-    };
+    let (kind, reason) = flow_kind(
+        established,
+        rebalanced,
+        TRACE_KIND_TRANSLATE,
+        TRACE_KIND_TRANSLATE_ESTABLISHED,
+    );
     emit(ctx, kind, reason, proto, sent, now, service_id);
 }
 
@@ -308,11 +321,12 @@ pub fn forwarded(
     now: TraceTuple,
     service_id: u32,
 ) {
-    let (kind, reason) = match (established, rebalanced) {
-        (true, _) => (TRACE_KIND_FORWARD_ESTABLISHED, TRACE_REASON_NONE),
-        (false, true) => (TRACE_KIND_FORWARD, TRACE_REASON_NO_CONNTRACK),
-        (false, false) => (TRACE_KIND_FORWARD, TRACE_REASON_NONE),
-    };
+    let (kind, reason) = flow_kind(
+        established,
+        rebalanced,
+        TRACE_KIND_FORWARD,
+        TRACE_KIND_FORWARD_ESTABLISHED,
+    );
     let flags = if remote {
         TRACE_FLAG_PUBLISHED | TRACE_FLAG_REMOTE_TASK
     } else {

@@ -292,8 +292,7 @@ pub struct IngressRev {
     /// the ingress address; network byte order). 0: not translated.
     pub snat_port: u16,
     /// TRACE_SEEN_* bits, as LbRevValue::reported.
-    pub reported: u16,
-    pub pad: u16,
+    pub reported: u32,
 }
 
 /// Value of INGRESS_UPLINKS.

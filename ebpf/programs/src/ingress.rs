@@ -96,22 +96,23 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
     let Some(flow) = lb::parse_flow(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
-    let Some(service) = (unsafe { LB_SERVICES.get(&LbServiceKey { vip: port.service }) }).copied()
-    else {
-        // The port's table is being (re)written: as good as no task.
-        let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
-        trace::published_closed(ctx, flow.proto, sent, 0);
-        return Ok(TC_ACT_UNSPEC);
-    };
     // As for VIPs (same conntrack, same pick).
     let FlowPin {
         key,
         pinned,
         new_connection,
     } = lb::flow_pin(&flow);
-    let backend = match pinned {
-        Some(ct) => ct.backend,
+    let (backend, new_flow_service) = match pinned {
+        Some(ct) => (ct.backend, None),
         None => {
+            let Some(service) =
+                (unsafe { LB_SERVICES.get(&LbServiceKey { vip: port.service }) }).copied()
+            else {
+                // The port's table is being (re)written: as good as no task.
+                let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
+                trace::published_closed(ctx, flow.proto, sent, 0);
+                return Ok(TC_ACT_UNSPEC);
+            };
             // No active task: leave the packet to the node (it answers as
             // for any closed port).
             let Some(backend) = lb::pin_new_flow(&service, &key) else {
@@ -119,18 +120,20 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
                 trace::published_closed(ctx, flow.proto, sent, service.id);
                 return Ok(TC_ACT_UNSPEC);
             };
-            backend
+            (backend, Some(service.id))
         }
     };
     let remote = unsafe { INGRESS_LOCAL.get(&backend) }.is_none();
-    let rev = LbRevKey {
-        backend,
-        client: flow.saddr,
-        backend_port: port.target,
-        client_port: flow.sport,
-        proto: flow.proto,
-        pad: [0; 3],
+    let rev = lb::rev_key(&flow, backend, port.target);
+    // A pinned flow's reverse entry, read once: its SNAT port and what
+    // `netctl trace` was told. None for a new flow, or when the LRU evicted
+    // it (then it is written afresh, or the replies would not be restored).
+    let entry = match pinned {
+        Some(_) => INGRESS_REV_CT.get_ptr_mut(&rev),
+        None => None,
     };
+    // SAFETY: a map value, valid for the program's run.
+    let mut snat_port = entry.map_or(0, |e| unsafe { (*e).snat_port });
     // A task on another node: through this node's uplink into the
     // network's sandbox, from this node's ingress address there.
     let uplink = if remote {
@@ -138,37 +141,24 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
     } else {
         None
     };
-    let mut snat_port = 0;
-    let mut write_rev = pinned.is_none();
     if let Some(uplink) = uplink {
-        if pinned.is_some() {
-            snat_port = unsafe { INGRESS_REV_CT.get(&rev) }.map_or(0, |r| r.snat_port);
-        }
         if snat_port == 0 {
-            // A new flow (or one whose entry the LRU evicted).
             let Some(claimed) = claim_port(ctx, &flow, backend, port.target, uplink.addr) else {
                 // Every port tried is another client's: the client retries.
                 return Ok(TC_ACT_SHOT);
             };
             snat_port = claimed;
-            write_rev = true;
         }
     }
-    if write_rev {
+    if entry.is_none() {
         let _ = INGRESS_REV_CT.insert(
             &rev,
             &IngressRev {
                 addr: flow.daddr,
                 port: flow.dport,
                 snat_port,
-                // A new flow is reported below; an entry the LRU evicted
-                // is written afresh and its packet reported as news.
-                reported: if pinned.is_none() {
-                    trace_seen(flow.tcp_flags, false) as u16
-                } else {
-                    0
-                },
-                pad: 0,
+                // This packet is reported below, as news.
+                reported: trace_seen(flow.tcp_flags, false),
             },
             0,
         );
@@ -187,18 +177,17 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
         None => TC_ACT_OK as i32,
     };
     let mode = trace::mode();
-    if mode != TRACE_MODE_OFF
-        && (pinned.is_none()
-            || trace::news(
-                mode,
-                reported(&flow, backend, port.target),
-                flow.tcp_flags,
-                false,
-            ))
-    {
+    // SAFETY: a field of the map value above.
+    let reported = entry.map(|e| unsafe { core::ptr::addr_of_mut!((*e).reported) });
+    if mode != TRACE_MODE_OFF && trace::news(mode, reported, flow.tcp_flags, false) {
         let rebalanced = pinned.is_none() && flow.proto == IPPROTO_TCP && !new_connection;
         let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
         let now = tuple(flow.saddr, backend, flow.sport, port.target);
+        // An established flow's service only while tracing (the pin is
+        // all its packets need).
+        let service_id = new_flow_service.unwrap_or_else(|| {
+            unsafe { LB_SERVICES.get(&LbServiceKey { vip: port.service }) }.map_or(0, |s| s.id)
+        });
         trace::forwarded(
             ctx,
             pinned.is_some(),
@@ -207,7 +196,7 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
             flow.proto,
             sent,
             now,
-            service.id,
+            service_id,
         );
     }
     Ok(verdict)
@@ -309,23 +298,6 @@ fn from_uplink(ctx: &TcContext) -> Result<i32, ()> {
     // SAFETY: a plain helper call; no parameters: the kernel looks the
     // next hop up from the (new) destination.
     Ok(unsafe { bpf_redirect_neigh(snat.ifindex, core::ptr::null_mut(), 0, 0) } as i32)
-}
-
-/// What `netctl trace` was told about the published-port `flow` sent to
-/// `backend`:`target` (its INGRESS_REV_CT entry's TRACE_SEEN_* bits), to
-/// update in place.
-#[inline(always)]
-fn reported(flow: &Flow, backend: u32, target: u16) -> Option<*mut u16> {
-    let rev = INGRESS_REV_CT.get_ptr_mut(&LbRevKey {
-        backend,
-        client: flow.saddr,
-        backend_port: target,
-        client_port: flow.sport,
-        proto: flow.proto,
-        pad: [0; 3],
-    })?;
-    // SAFETY: a field of a map value, valid for the program's run.
-    Some(unsafe { core::ptr::addr_of_mut!((*rev).reported) })
 }
 
 /// The overlay's UDP port (see the agent's `dataplane::sandbox`), as it

@@ -214,7 +214,7 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
                 return unreachable(ctx, &flow);
             };
             let _ = LB_REV_CT.insert(
-                &rev_key(&flow, backend),
+                &rev_key(&flow, backend, flow.dport),
                 &LbRevValue {
                     vip: flow.daddr,
                     // This packet is reported below, as a new flow.
@@ -249,13 +249,14 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
     Ok(TC_ACT_OK as i32)
 }
 
-/// The LB_REV_CT key of the replies of `flow`, translated to `backend`.
+/// The reverse-conntrack key (LB_REV_CT, INGRESS_REV_CT) of the replies of
+/// `flow`, translated to `backend`:`backend_port`.
 #[inline(always)]
-fn rev_key(flow: &Flow, backend: u32) -> LbRevKey {
+pub(crate) fn rev_key(flow: &Flow, backend: u32, backend_port: u16) -> LbRevKey {
     LbRevKey {
         backend,
         client: flow.saddr,
-        backend_port: flow.dport,
+        backend_port,
         client_port: flow.sport,
         proto: flow.proto,
         pad: [0; 3],
@@ -266,7 +267,7 @@ fn rev_key(flow: &Flow, backend: u32) -> LbRevKey {
 /// TRACE_SEEN_* bits), to update in place.
 #[inline(always)]
 fn reported(flow: &Flow, backend: u32) -> Option<*mut u32> {
-    let rev = LB_REV_CT.get_ptr_mut(&rev_key(flow, backend))?;
+    let rev = LB_REV_CT.get_ptr_mut(&rev_key(flow, backend, flow.dport))?;
     // SAFETY: a field of a map value, valid for the program's run.
     Some(unsafe { core::ptr::addr_of_mut!((*rev).reported) })
 }

@@ -66,24 +66,17 @@ pub fn mode() -> u32 {
 /// (`netagent_common::trace_news`). No `reported` (the reverse entry has
 /// gone): reported, as news.
 #[inline(always)]
-pub fn news<T: Copy + Into<u32> + TryFrom<u32>>(
-    mode: u32,
-    reported: Option<*mut T>,
-    tcp_flags: u8,
-    reply: bool,
-) -> bool {
+pub fn news(mode: u32, reported: Option<*mut u32>, tcp_flags: u8, reply: bool) -> bool {
     let Some(reported) = reported else {
         return true;
     };
     // SAFETY: a pointer into a map value, valid for the program's run; a
     // racing writer on another CPU at worst reports a packet twice.
-    let seen: u32 = unsafe { *reported }.into();
+    let seen = unsafe { *reported };
     let news = netagent_common::trace_news(seen, tcp_flags, reply);
     if news != 0 {
-        if let Ok(updated) = T::try_from(seen | news) {
-            // SAFETY: as above.
-            unsafe { *reported = updated };
-        }
+        // SAFETY: as above.
+        unsafe { *reported = seen | news };
     }
     mode == TRACE_MODE_ALL_PACKETS || news != 0
 }

@@ -29,8 +29,7 @@ use rtnetlink::LinkUnspec;
 
 use super::{
     masquerade::{self, POSTROUTING},
-    netlink::{self, Netlink},
-    netns,
+    netlink, netns,
     nftables::{Change, Rule},
     overlay::{OverlayConfig, OverlayError, HINT_GENERIC},
     sandbox, uplink,
@@ -98,8 +97,7 @@ pub async fn ensure(
     let nl = &opened.netlink;
     let name = opened.name.as_str();
     let at_sb = |what: String| OverlayError::netlink(what, name, HINT_GENERIC);
-    let gw = link_index(nl, name, uplink::SANDBOX_LINK).await?;
-    let br = link_index(nl, name, sandbox::BRIDGE).await?;
+    let gw = sandbox::link_index(&opened, uplink::SANDBOX_LINK).await?;
     nl.replace_onlink_route(addr, 32, uplink::NODE_ADDR, gw)
         .await
         .map_err(at_sb(format!(
@@ -110,8 +108,13 @@ pub async fn ensure(
     let br_link = nl
         .link(sandbox::BRIDGE)
         .await
-        .map_err(at_sb(format!("looking up {}", sandbox::BRIDGE)))?;
-    if br_link.as_ref().and_then(netlink::link_mac) != Some(mac) {
+        .map_err(at_sb(format!("looking up {}", sandbox::BRIDGE)))?
+        .ok_or_else(|| OverlayError::LinkMissing {
+            link: sandbox::BRIDGE,
+            sandbox: name.to_owned(),
+        })?;
+    let br = br_link.header.index;
+    if netlink::link_mac(&br_link) != Some(mac) {
         notify_on_address_change(&opened.path, name).await?;
         nl.set_link(
             LinkUnspec::new_with_index(br)
@@ -141,18 +144,6 @@ async fn notify_on_address_change(sandbox: &Path, label: &str) -> Result<(), Ove
         netns: label.to_owned(),
         source,
     })
-}
-
-async fn link_index(nl: &Netlink, sandbox: &str, link: &str) -> Result<u32, OverlayError> {
-    nl.link(link)
-        .await
-        .map_err(OverlayError::netlink(
-            format!("looking up {link}"),
-            sandbox,
-            HINT_GENERIC,
-        ))?
-        .map(|l| l.header.index)
-        .ok_or_else(|| OverlayError::Config(format!("{link} is missing in {sandbox}")))
 }
 
 /// Removes what `ensure` left in the node namespace (the sandbox's route

@@ -124,7 +124,11 @@ fn links(ids: ProgramIds, path: &Path) -> Vec<String> {
             .args(["-j", what, "show"])
             .output()
             .expect("bpftool");
-        serde_json::from_slice(&out.stdout).expect("bpftool json")
+        assert!(out.status.success(), "bpftool {what} show failed: {out:?}");
+        // A list, else an empty answer would pass for "no links".
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+        assert!(list.is_array(), "bpftool {what} show: not a list: {list}");
+        list
     };
     let programs = bpftool("prog");
     let name_of = |id: &serde_json::Value| {

@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 mod common;
 
-use common::task_server::{start_web_tasks, Server, CLIENT};
+use common::task_server::{every_answer, start_web_tasks, Server, CLIENT};
 use netlab::{require_root, wait_until, Lab};
 
 /// The external client's address (the lab's `ext` host).
@@ -161,7 +161,7 @@ fn a_dead_node_gets_no_new_connections_within_five_seconds() {
     let mut last = Vec::new();
     let gone = wait_until(Duration::from_secs(5), || {
         last = ask(&scene.lab, "tcp", &host, "18080", 8);
-        last.iter().all(|l| l.starts_with("web1 ")).then_some(())
+        every_answer(&last, 8, |l| l.starts_with("web1 ")).then_some(())
     });
     assert!(gone.is_ok(), "after 5 s: {last:?}");
     scene.lab.teardown().expect("teardown");
@@ -196,16 +196,14 @@ fn host_mode_answers_only_on_task_nodes_and_bad_ports_are_refused() {
     let mut last = Vec::new();
     wait_until(Duration::from_secs(20), || {
         last = ask(&lab, "tcp", &addr("n2"), "28080", 4);
-        last.iter()
-            .all(|l| l == &format!("api1 {EXT}"))
-            .then_some(())
+        every_answer(&last, 4, |l| l == format!("api1 {EXT}")).then_some(())
     })
     .unwrap_or_else(|_| panic!("n2:28080: {last:?}\n{}", lab.agent_logs(30)));
     // The others do not open the port.
     for node in ["n1", "n3"] {
         let answers = ask(&lab, "tcp", &addr(node), "28080", 2);
         assert!(
-            answers.iter().all(|l| l.contains("refused")),
+            every_answer(&answers, 2, |l| l.contains("refused")),
             "{node}:28080 must be closed: {answers:?}"
         );
     }
@@ -276,7 +274,9 @@ fn host_mode_answers_only_on_task_nodes_and_bad_ports_are_refused() {
     wait_until(Duration::from_secs(10), || {
         let old = ask(&lab, "tcp", &addr("n2"), "28080", 1);
         let new = ask(&lab, "tcp", &addr("n2"), "28081", 1);
-        (old[0].contains("refused") && new[0] == format!("api1 {EXT}")).then_some(())
+        (every_answer(&old, 1, |l| l.contains("refused"))
+            && every_answer(&new, 1, |l| l == format!("api1 {EXT}")))
+        .then_some(())
     })
     .unwrap_or_else(|_| panic!("after the update\n{}", lab.agent_logs(20)));
     lab.teardown().expect("teardown");

@@ -75,6 +75,12 @@ pub fn task_of(answer: &str) -> &str {
     }
 }
 
+/// Whether [`CLIENT`] printed `count` answers and each satisfies `each`:
+/// a client that printed nothing (it could not run) never passes.
+pub fn every_answer(answers: &[String], count: usize, each: impl Fn(&str) -> bool) -> bool {
+    answers.len() == count && answers.iter().all(|a| each(a))
+}
+
 /// A process that dies with the test (SIGTERM when the test process goes).
 pub fn spawn_dying_with_us(command: &mut Command) -> Child {
     // SAFETY: prctl is async-signal-safe.

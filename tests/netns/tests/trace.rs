@@ -61,6 +61,19 @@ impl Tracer {
         tracer
     }
 
+    /// `netctl --format json trace FILTER...` on `node`, started as above.
+    fn json(lab: &Lab, node: &str, filter: &[&str]) -> Self {
+        let mut args = vec!["--format", "json", "trace"];
+        args.extend_from_slice(filter);
+        Self::start(lab, node, &args)
+    }
+
+    /// Its first line says whether the datapath reports every packet.
+    fn assert_all_packets(&self, all: bool) {
+        let want = format!(r#""all_packets":{all}"#);
+        assert!(self.seen[0].contains(&want), "{:?}", self.seen);
+    }
+
     /// Reads lines until one satisfies `check` (10 s at most); returns it.
     fn wait_for(&mut self, what: &str, check: impl Fn(&str) -> bool) -> String {
         if let Some(line) = self.seen.iter().find(|l| check(l)) {
@@ -235,16 +248,8 @@ fn a_vip_flow_is_traced_with_names_filters_pcap_and_replay() {
     // Three tracers at once, each with its own filter; all get the stream.
     let mut all = Tracer::start(&scene.lab, "n1", &["trace", "--pcap", &pcap_arg]);
     assert!(all.seen[0].starts_with("tracing on node"), "{:?}", all.seen);
-    let mut web = Tracer::start(
-        &scene.lab,
-        "n1",
-        &["--format", "json", "trace", "--service", "web"],
-    );
-    let mut drops = Tracer::start(
-        &scene.lab,
-        "n1",
-        &["--format", "json", "trace", "--verdict", "drop"],
-    );
+    let mut web = Tracer::json(&scene.lab, "n1", &["--service", "web"]);
+    let mut drops = Tracer::json(&scene.lab, "n1", &["--verdict", "drop"]);
     assert_eq!(scene.trace_status().0, 3);
     // The pcap tracer wants every packet: the datapath reports them all.
     assert_eq!(scene.flag(), 2);
@@ -363,19 +368,7 @@ fn a_vip_flow_is_traced_with_names_filters_pcap_and_replay() {
     );
 
     // --since replays the drop that already happened.
-    let mut late = Tracer::start(
-        &scene.lab,
-        "n1",
-        &[
-            "--format",
-            "json",
-            "trace",
-            "--verdict",
-            "drop",
-            "--since",
-            "5m",
-        ],
-    );
+    let mut late = Tracer::json(&scene.lab, "n1", &["--verdict", "drop", "--since", "5m"]);
     let start: serde_json::Value = serde_json::from_str(&late.seen[0]).expect("start line");
     assert_eq!(start["type"], "start");
     assert!(start["replayed"].as_u64() >= Some(2), "{start}");
@@ -407,7 +400,7 @@ fn nobody_tracing_means_no_events_and_bad_filters_are_refused() {
         "events written while nobody traced"
     );
 
-    let mut tracer = Tracer::start(&scene.lab, "n1", &["--format", "json", "trace"]);
+    let mut tracer = Tracer::json(&scene.lab, "n1", &[]);
     assert_eq!(scene.flag(), 1);
     assert_eq!(scene.ask("tcp", &scene.vip), "web1");
     tracer.wait_event("an event", |e| e["verdict"] == "translate");
@@ -534,16 +527,8 @@ impl Tracer {
 fn an_established_flow_is_reported_when_something_changes_unless_every_packet_is_asked() {
     require_root!();
     let mut scene = Scene::up();
-    let mut changes = Tracer::start(
-        &scene.lab,
-        "n1",
-        &["--format", "json", "trace", "--service", "web"],
-    );
-    assert!(
-        changes.seen[0].contains(r#""all_packets":false"#),
-        "{:?}",
-        changes.seen
-    );
+    let mut changes = Tracer::json(&scene.lab, "n1", &["--service", "web"]);
+    changes.assert_all_packets(false);
     assert_eq!(scene.flag(), 1);
 
     // By default: the new flow, its first reply (the SYN-ACK) and the
@@ -580,23 +565,8 @@ fn an_established_flow_is_reported_when_something_changes_unless_every_packet_is
 
     // `--all-packets`: every packet of the flow, for every tracer while it
     // is connected: each message and each answer at least.
-    let mut every = Tracer::start(
-        &scene.lab,
-        "n1",
-        &[
-            "--format",
-            "json",
-            "trace",
-            "--all-packets",
-            "--port",
-            "8081",
-        ],
-    );
-    assert!(
-        every.seen[0].contains(r#""all_packets":true"#),
-        "{:?}",
-        every.seen
-    );
+    let mut every = Tracer::json(&scene.lab, "n1", &["--all-packets", "--port", "8081"]);
+    every.assert_all_packets(true);
     assert_eq!(scene.flag(), 2);
     let sport = scene.talk();
     let events = every.wait_flow_events(sport, 2 * MESSAGES);
@@ -639,11 +609,7 @@ fn events_the_full_ring_could_not_hold_are_counted_and_reported() {
     require_root!();
     let mut scene = Scene::up();
     // Every packet: by default one flow's datagrams are reported once.
-    let mut tracer = Tracer::start(
-        &scene.lab,
-        "n1",
-        &["--format", "json", "trace", "--port", "9", "--all-packets"],
-    );
+    let mut tracer = Tracer::json(&scene.lab, "n1", &["--port", "9", "--all-packets"]);
     // With the agent stopped nothing drains the ring: 40,000 events of one
     // flow cannot fit in its ~21,800 places.
     let agent = scene.lab.node("n1").expect("n1").agent().expect("agent");
@@ -744,11 +710,7 @@ fn a_published_port_flow_is_traced_on_the_entry_node() {
     })
     .unwrap_or_else(|_| panic!("n1:18080 never answered: {last}\n{}", lab.agent_logs(30)));
 
-    let json = |filter: &[&str]| {
-        let mut args = vec!["--format", "json", "trace"];
-        args.extend_from_slice(filter);
-        Tracer::start(&lab, "n1", &args)
-    };
+    let json = |filter: &[&str]| Tracer::json(&lab, "n1", filter);
     let mut by_service = json(&["--service", "web"]);
     let mut by_port = json(&["--port", "18080"]);
     let mut by_ip = json(&["--ip", EXT]);
@@ -807,11 +769,7 @@ fn a_published_port_flow_is_traced_on_the_entry_node() {
     });
 
     // On n2, the task's own node: a forward to a local task, no SNAT.
-    let mut on_n2 = Tracer::start(
-        &lab,
-        "n2",
-        &["--format", "json", "trace", "--port", "18080"],
-    );
+    let mut on_n2 = Tracer::json(&lab, "n2", &["--port", "18080"]);
     let n2 = lab.node("n2").expect("n2").addr.to_string();
     let out = lab
         .exec(

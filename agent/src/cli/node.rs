@@ -28,12 +28,19 @@ pub enum NodeCommand {
         /// A label KEY=VALUE (or KEY) to set (repeatable).
         #[arg(long = "label-add")]
         labels: Vec<String>,
+        /// A label KEY to remove (repeatable); the node must have it.
+        #[arg(long = "label-rm")]
+        remove_labels: Vec<String>,
     },
 }
 
 /// The request of `node update`, checked here so that a bad value is one
 /// line and nothing is sent.
-fn update_request(availability: Option<String>, labels: &[String]) -> Result<UpdateNode, CliError> {
+fn update_request(
+    availability: Option<String>,
+    labels: &[String],
+    remove_labels: &[String],
+) -> Result<UpdateNode, CliError> {
     let availability = availability
         .map(|text| text.parse::<Availability>())
         .transpose()
@@ -42,14 +49,16 @@ fn update_request(availability: Option<String>, labels: &[String]) -> Result<Upd
         .iter()
         .map(|text| parse_label(text).map_err(|e| CliError::BadArgument(e.to_string())))
         .collect::<Result<_, _>>()?;
-    if availability.is_none() && labels.is_empty() {
+    if availability.is_none() && labels.is_empty() && remove_labels.is_empty() {
         return Err(CliError::BadArgument(
-            "nothing to change: give --availability active|drain or --label-add KEY=VALUE".into(),
+            "nothing to change: give --availability active|drain, --label-add KEY=VALUE or --label-rm KEY"
+                .into(),
         ));
     }
     Ok(UpdateNode {
         availability,
         add_labels,
+        remove_labels: remove_labels.iter().cloned().collect(),
     })
 }
 
@@ -89,8 +98,9 @@ pub async fn run(
             node,
             availability,
             labels,
+            remove_labels,
         } => {
-            let request = update_request(availability, &labels)?;
+            let request = update_request(availability, &labels, &remove_labels)?;
             let path = format!("/v1/nodes/{}/update", super::path_segment(&node));
             let node: NodeInfo = client.post(&path, &request).await?;
             print_one(out, format, &node, &node.name)
@@ -104,16 +114,19 @@ mod tests {
 
     #[test]
     fn update_requests_are_checked_before_anything_is_sent() {
-        let request = update_request(Some("drain".into()), &["zone=a".into()]).unwrap();
+        let request =
+            update_request(Some("drain".into()), &["zone=a".into()], &["ssd".into()]).unwrap();
         assert_eq!(request.availability, Some(Availability::Drain));
         assert_eq!(request.add_labels["zone"], "a");
+        assert!(request.remove_labels.contains("ssd"));
+        assert!(update_request(None, &[], &["ssd".into()]).is_ok());
         for (availability, labels) in [
             (Some("pause"), vec![]),
             (Some("Drain"), vec![]),
             (None, vec!["=x".to_owned()]),
             (None, vec![]),
         ] {
-            let error = update_request(availability.map(str::to_owned), &labels)
+            let error = update_request(availability.map(str::to_owned), &labels, &[])
                 .unwrap_err()
                 .to_string();
             assert!(!error.contains('\n'), "{error}");

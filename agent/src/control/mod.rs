@@ -35,7 +35,7 @@ mod tests;
 pub use manager::CONTROL_PORT;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
 };
@@ -117,6 +117,9 @@ pub struct UpdateNode {
     /// Labels to set (an existing key gets the new value).
     #[serde(default)]
     pub add_labels: BTreeMap<String, String>,
+    /// Label keys to remove; each must be on the node.
+    #[serde(default)]
+    pub remove_labels: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

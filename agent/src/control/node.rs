@@ -70,10 +70,29 @@ pub fn parse_label(text: &str) -> Result<(String, String), ControlError> {
     Ok((key.to_owned(), value.to_owned()))
 }
 
-/// `node` with `request` applied; refuses a bad label or too many.
+/// `node` with `request` applied; refuses a bad label, too many, the removal
+/// of a label the node does not have (as Docker does), or a key both added
+/// and removed.
 pub fn apply(mut node: NodeRecord, request: &UpdateNode) -> Result<NodeRecord, ControlError> {
     for (key, value) in &request.add_labels {
         check_label(key, value)?;
+    }
+    if let Some(key) = request
+        .remove_labels
+        .iter()
+        .find(|key| request.add_labels.contains_key(*key))
+    {
+        return Err(ControlError::Invalid(format!(
+            "label {key} is both added and removed: give it to --label-add or --label-rm, not both"
+        )));
+    }
+    for key in &request.remove_labels {
+        if node.labels.remove(key).is_none() {
+            return Err(ControlError::Invalid(format!(
+                "node {} has no label {key:?}: see `netctl node inspect {}`",
+                node.name, node.name
+            )));
+        }
     }
     if let Some(availability) = request.availability {
         node.availability = availability;
@@ -149,11 +168,28 @@ mod tests {
         let request = UpdateNode {
             availability: Some(Availability::Drain),
             add_labels: [("zone".into(), "b".into()), ("ssd".into(), "".into())].into(),
+            ..Default::default()
         };
         let updated = apply(n.clone(), &request).unwrap();
         assert_eq!(updated.availability, Availability::Drain);
         assert_eq!(updated.labels.len(), 2);
         assert_eq!(updated.labels["zone"], "b");
+        let remove = UpdateNode {
+            remove_labels: ["ssd".into()].into(),
+            ..Default::default()
+        };
+        let removed = apply(updated.clone(), &remove).unwrap();
+        assert_eq!(removed.labels.keys().collect::<Vec<_>>(), ["zone"]);
+        // A label the node does not have, or one both added and removed.
+        let error = apply(removed, &remove).unwrap_err().to_string();
+        assert!(error.contains("has no label \"ssd\""), "{error}");
+        let both = UpdateNode {
+            add_labels: [("ssd".into(), "".into())].into(),
+            remove_labels: ["ssd".into()].into(),
+            ..Default::default()
+        };
+        let error = apply(updated, &both).unwrap_err().to_string();
+        assert!(error.contains("both added and removed"), "{error}");
         // Nothing asked, nothing changed.
         assert_eq!(apply(n.clone(), &UpdateNode::default()).unwrap(), n);
         let bad = UpdateNode {

@@ -636,6 +636,7 @@ async fn node_availability_and_labels_are_revisioned_manager_only_and_survive_re
     let drain = UpdateNode {
         availability: Some(Availability::Drain),
         add_labels: [("zone".to_owned(), "a".to_owned())].into(),
+        ..Default::default()
     };
 
     // A manager drains w1: one revisioned write of its record.
@@ -663,6 +664,7 @@ async fn node_availability_and_labels_are_revisioned_manager_only_and_survive_re
     let bad = UpdateNode {
         availability: Some(Availability::Active),
         add_labels: [("bad key".to_owned(), String::new())].into(),
+        ..Default::default()
     };
     let error = admin.update_node("w1", bad).await.unwrap_err();
     assert!(error.to_string().contains("label key"), "{error}");

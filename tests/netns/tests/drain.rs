@@ -206,6 +206,11 @@ fn a_drained_node_gets_no_new_connections_within_five_seconds_and_keeps_its_open
         &["--availability", "active", "--label-add", "=x", "n3"],
         "label key",
     );
+    refused(
+        "n1",
+        &["--availability", "active", "--label-rm", "zone", "n3"],
+        "has no label",
+    );
     refused("n1", &["n3"], "nothing to change");
     // A worker's request goes to the managers, which refuse it.
     refused(
@@ -215,12 +220,25 @@ fn a_drained_node_gets_no_new_connections_within_five_seconds_and_keeps_its_open
     );
     assert_eq!(scene.node("n3"), n3, "a refused update changed n3");
 
-    // Active again: new connections reach web2 again everywhere.
+    // Active again, without its label: new connections reach web2 again
+    // everywhere.
     let active = scene
         .lab
-        .netctl_json("n1", &["node", "update", "--availability", "active", "n3"])
+        .netctl_json(
+            "n1",
+            &[
+                "node",
+                "update",
+                "--availability",
+                "active",
+                "--label-rm",
+                "rack",
+                "n3",
+            ],
+        )
         .expect("active");
     assert_eq!(active["availability"], "active", "{active}");
+    assert!(active["labels"].get("rack").is_none(), "{active}");
     wait_until(Duration::from_secs(10), || {
         last = scene.new_connections_reach();
         last.push(scene.host_port_of_n3());

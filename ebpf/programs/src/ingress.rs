@@ -37,9 +37,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netagent_common::{
-    trace_seen, IngressPort, IngressPortKey, IngressRev, IngressSnat, IngressUplink, LbCtKey,
-    LbRevKey, LbServiceKey, INGRESS_LOCAL_CAPACITY, INGRESS_PORTS_CAPACITY,
-    INGRESS_UPLINKS_CAPACITY, LB_CT_CAPACITY, TRACE_MODE_OFF,
+    lb_flow_hash, trace_seen, IngressPort, IngressPortKey, IngressRemote, IngressRev, IngressSnat,
+    IngressUplink, LbCtKey, LbRevKey, LbServiceKey, INGRESS_LOCAL_CAPACITY, INGRESS_PORTS_CAPACITY,
+    INGRESS_REMOTE_CAPACITY, INGRESS_UPLINKS_CAPACITY, LB_CT_CAPACITY, TRACE_MODE_OFF, VXLAN_PORT,
 };
 
 use crate::{
@@ -48,6 +48,7 @@ use crate::{
         LB_SERVICES, TCP_FLAG_ACK, TCP_FLAG_SYN, TC_ACT_UNSPEC,
     },
     trace::{self, tuple},
+    vxlan::{self, Encap},
 };
 
 #[map]
@@ -61,6 +62,8 @@ static INGRESS_REV_CT: LruHashMap<LbRevKey, IngressRev> = LruHashMap::pinned(LB_
 static INGRESS_UPLINKS: LpmTrie<u32, IngressUplink> = LpmTrie::pinned(INGRESS_UPLINKS_CAPACITY, 0);
 #[map]
 static INGRESS_SNAT: LruHashMap<LbRevKey, IngressSnat> = LruHashMap::pinned(LB_CT_CAPACITY, 0);
+#[map]
+static INGRESS_REMOTE: HashMap<u32, IngressRemote> = HashMap::pinned(INGRESS_REMOTE_CAPACITY, 0);
 
 #[classifier]
 pub fn ingress_in(ctx: TcContext) -> i32 {
@@ -165,17 +168,10 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
     }
     lb::rewrite_addr(ctx, &flow, IP_DST_OFF, flow.daddr, backend)?;
     rewrite_port(ctx, &flow, flow.l4 + 2, flow.dport, port.target)?;
-    let verdict = match uplink {
-        Some(uplink) => {
-            lb::rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, uplink.addr)?;
-            rewrite_port(ctx, &flow, flow.l4, flow.sport, snat_port)?;
-            // Straight into the sandbox (gw0's ingress): no routing, no
-            // netfilter in the node namespace.
-            // SAFETY: a plain helper call.
-            unsafe { bpf_redirect_peer(uplink.ifindex, 0) as i32 }
-        }
-        None => TC_ACT_OK as i32,
-    };
+    if let Some(uplink) = &uplink {
+        lb::rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, uplink.addr)?;
+        rewrite_port(ctx, &flow, flow.l4, flow.sport, snat_port)?;
+    }
     let mode = trace::mode();
     // SAFETY: a field of the map value above.
     let reported = entry.map(|e| unsafe { core::ptr::addr_of_mut!((*e).reported) });
@@ -199,7 +195,45 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
             service_id,
         );
     }
-    Ok(verdict)
+    // Reported before: `netctl trace` captures the packet as the task
+    // gets it, whichever way it goes.
+    Ok(match uplink {
+        Some(uplink) => to_task_node(ctx, &key, backend, &uplink),
+        None => TC_ACT_OK as i32,
+    })
+}
+
+/// Sends a packet translated for `backend`, a task on another node, on
+/// its way: wrapped in VXLAN here and straight out of the underlay to the
+/// task's node when INGRESS_REMOTE knows it and the packet fits; else
+/// into the network's sandbox (gw0's ingress), whose vxlan device sends
+/// it. Either way no routing and no netfilter in the node namespace for
+/// the packet itself.
+#[inline(always)]
+fn to_task_node(ctx: &TcContext, key: &LbCtKey, backend: u32, uplink: &IngressUplink) -> i32 {
+    // SAFETY: copied out at once.
+    if let Some(remote) = unsafe { INGRESS_REMOTE.get(&backend) }.copied() {
+        // The task's node sends the replies to the ingress address's MAC,
+        // which is its own 02:42:<address> (see `dataplane::ingress_path`).
+        let a = uplink.addr.to_ne_bytes();
+        let ingress_mac = [0x02, 0x42, a[0], a[1], a[2], a[3]];
+        // The published port's address: this node's on the underlay.
+        let outer_src = key.vip;
+        match vxlan::encapsulate(ctx, outer_src, &remote, ingress_mac, lb_flow_hash(key)) {
+            Encap::Done => {
+                // SAFETY: the kernel hands every tc program a valid
+                // __sk_buff; a plain helper call (the kernel finds the next
+                // hop from the outer destination).
+                return unsafe {
+                    bpf_redirect_neigh((*ctx.skb.skb).ifindex, core::ptr::null_mut(), 0, 0)
+                } as i32;
+            }
+            Encap::Broken => return TC_ACT_SHOT,
+            Encap::Declined => {}
+        }
+    }
+    // SAFETY: a plain helper call.
+    unsafe { bpf_redirect_peer(uplink.ifindex, 0) as i32 }
 }
 
 /// How many source ports `claim_port` tries.
@@ -302,7 +336,7 @@ fn from_uplink(ctx: &TcContext) -> Result<i32, ()> {
 
 /// The overlay's UDP port (see the agent's `dataplane::sandbox`), as it
 /// sits in the packet.
-const VXLAN_PORT_BE: u16 = 4789u16.to_be();
+const VXLAN_PORT_BE: u16 = VXLAN_PORT.to_be();
 
 /// A packet straight to a task (not through a published port) whose reply
 /// tuple is still in INGRESS_REV_CT: that entry belongs to an earlier

@@ -93,6 +93,9 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
     // SAFETY (every map lookup here): the value is copied out at once; the
     // agent only replaces whole entries.
     let Some(port) = (unsafe { INGRESS_PORTS.get(&port_key) }).copied() else {
+        if seen.proto == IPPROTO_UDP && seen.client_port == VXLAN_PORT_BE {
+            return from_task_node(ctx);
+        }
         forget_stale(ctx, &seen);
         return Ok(TC_ACT_UNSPEC);
     };
@@ -324,6 +327,38 @@ fn from_uplink(ctx: &TcContext) -> Result<i32, ()> {
     let Some(snat) = (unsafe { INGRESS_SNAT.get(&key) }).copied() else {
         return Ok(TC_ACT_UNSPEC);
     };
+    to_client(ctx, &snat)
+}
+
+/// A VXLAN packet from another node: when it carries a task's reply to
+/// this node's ingress address (an INGRESS_SNAT entry), the outer headers
+/// go and it is sent on to the client as `from_uplink` would, without the
+/// node's UDP socket, vxlan device and sandbox. Anything else (the
+/// overlay's own traffic) goes on to the vxlan device. The cost for the
+/// overlay's traffic: reading the inner headers and one lookup.
+#[inline(always)]
+fn from_task_node(ctx: &TcContext) -> Result<i32, ()> {
+    let Some(key) = vxlan::inner_reply(ctx) else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    // SAFETY: copied out at once.
+    let Some(snat) = (unsafe { INGRESS_SNAT.get(&key) }).copied() else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    if vxlan::decapsulate(ctx).is_err() {
+        return Ok(TC_ACT_UNSPEC);
+    }
+    // Not the VXLAN packet any more: it must not reach the node as is.
+    Ok(match to_client(ctx, &snat) {
+        Ok(verdict) if verdict != TC_ACT_UNSPEC => verdict,
+        _ => TC_ACT_SHOT,
+    })
+}
+
+/// A task's reply to the ingress address, back to the client `snat`
+/// names (`ingress_out`, on the way out, gives it the published source).
+#[inline(always)]
+fn to_client(ctx: &TcContext, snat: &IngressSnat) -> Result<i32, ()> {
     let Some(flow) = lb::parse_flow(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };

@@ -5,17 +5,22 @@
 //! header carries DF: a packet is only encapsulated here when it fits the
 //! underlay's MTU (and the network's), so it never needs fragmenting.
 //! Anything else is left to the sandbox path, which handles it as before.
+//!
+//! The other way, `inner_reply` reads the inner 5-tuple of a VXLAN packet
+//! the node received and `decapsulate` strips the outer headers, for
+//! `ingress_in` to send a task's reply to the client without the node's
+//! UDP socket, vxlan device and sandbox.
 
 use aya_ebpf::{
     bindings::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_ADJ_ROOM_ENCAP_L2_MASK,
-        BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4,
-        BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
+        BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
     },
     helpers::generated::bpf_check_mtu,
     programs::TcContext,
 };
-use netagent_common::{IngressRemote, VXLAN_PORT};
+use netagent_common::{IngressRemote, LbRevKey, VXLAN_PORT};
 
 use crate::lb::{add_words, fold, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP};
 
@@ -158,4 +163,60 @@ fn largest_segment(ctx: &TcContext, ip_len: u32) -> Option<u32> {
         _ => return None,
     };
     Some(ihl + l4_len + gso_size)
+}
+
+/// Where the inner IPv4 header of a VXLAN packet with an option-less
+/// outer IPv4 header starts.
+const INNER_IP: usize = ETH_HLEN + VXLAN_OVERHEAD;
+
+/// The inner packet of the VXLAN packet in `ctx` (UDP to port 4789), as a
+/// reply key (see `lb::reply_key`), when it is plain enough to be handled
+/// here: outer and inner IPv4 without options, a VNI, inner TCP or UDP,
+/// not a fragment, not a GSO aggregate. `None` otherwise (the node's vxlan
+/// device takes it, as before).
+#[inline(always)]
+pub(crate) fn inner_reply(ctx: &TcContext) -> Option<LbRevKey> {
+    // SAFETY: the kernel hands every tc program a valid __sk_buff.
+    if unsafe { (*ctx.skb.skb).gso_size } != 0 {
+        return None;
+    }
+    // Outer IPv4 (20) + UDP (8) + VXLAN flags (1).
+    let outer: [u8; 29] = ctx.load(ETH_HLEN).ok()?;
+    if outer[0] != 0x45 || outer[OUTER_IP + UDP_HDR] & VXLAN_FLAG_VNI == 0 {
+        return None;
+    }
+    let eth_type: u16 = ctx.load(INNER_IP - 2).ok()?;
+    if eth_type != ETH_P_IP.to_be() {
+        return None;
+    }
+    // Inner IPv4 (20) + ports (4).
+    let h: [u8; 24] = ctx.load(INNER_IP).ok()?;
+    let proto = h[9];
+    let fragment = u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0;
+    if h[0] != 0x45 || fragment || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+        return None;
+    }
+    let word = |at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    let port = |at: usize| u16::from_ne_bytes([h[at], h[at + 1]]);
+    Some(LbRevKey {
+        backend: word(12),
+        client: word(16),
+        backend_port: port(20),
+        client_port: port(22),
+        proto,
+        pad: [0; 3],
+    })
+}
+
+/// Strips the outer IPv4, UDP and VXLAN headers and the inner Ethernet
+/// header of a packet `inner_reply` accepted: the outer Ethernet header
+/// (type IPv4) is left in front of the inner IPv4 packet.
+#[inline(always)]
+pub(crate) fn decapsulate(ctx: &TcContext) -> Result<(), ()> {
+    ctx.adjust_room(
+        -(VXLAN_OVERHEAD as i32),
+        BPF_ADJ_ROOM_MAC,
+        u64::from(BPF_F_ADJ_ROOM_DECAP_L3_IPV4),
+    )
+    .map_err(|_| ())
 }

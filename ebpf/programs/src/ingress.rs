@@ -13,11 +13,20 @@
 //! INGRESS_UPLINKS gives this node's ingress address there and `nagw<vni>`;
 //! the source becomes the ingress address (port: `claim_port`, recorded in
 //! INGRESS_SNAT and INGRESS_REV_CT) so that the task's replies come back
-//! through this node, and the packet goes straight into the sandbox
-//! (`bpf_redirect_peer`), which sends it over VXLAN. `ingress_uplink`, on
-//! `nagw<vni>`, gives those replies the client back as destination and
-//! sends them straight out of the underlay (`bpf_redirect_neigh`). The node
-//! namespace's conntrack sees neither direction.
+//! through this node. When INGRESS_REMOTE knows the task (its node, VNI,
+//! MAC) and the packet fits the MTUs, it is wrapped in VXLAN here
+//! (`vxlan::encapsulate`) and sent straight out of the underlay to the
+//! task's node (`bpf_redirect_neigh`); else it goes into the network's
+//! sandbox (`bpf_redirect_peer`), whose vxlan device sends it.
+//!
+//! The replies come back as VXLAN: `ingress_in` also sees those, and for
+//! one whose inner packet has an INGRESS_SNAT entry strips the outer
+//! headers (`vxlan::decapsulate`), gives it the client back as
+//! destination and sends it out of the underlay (`to_client`). Replies the
+//! node's vxlan device takes after all (a GSO aggregate, IP options) come
+//! up `nagw<vni>` from the sandbox, where `ingress_uplink` does the same.
+//! The node namespace's IP stack never sees the inner packets (on the
+//! sandbox path their VXLAN form passes its UDP socket).
 //!
 //! `ingress_out` sees what the node sends: replies found in INGRESS_REV_CT
 //! get the node address and published port back as their source.

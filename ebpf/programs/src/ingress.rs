@@ -392,7 +392,7 @@ const VXLAN_PORT_BE: u16 = VXLAN_PORT.to_be();
 /// only on a SYN (a new connection); UDP has no start: any packet. A mesh
 /// packet never matches: its destination is the node, not the task. The
 /// cost is one lookup per received UDP packet or TCP SYN that is not for
-/// a published port (VXLAN excepted).
+/// a published port (VXLAN never comes here: `from_task_node` takes it).
 #[inline(always)]
 fn forget_stale(ctx: &TcContext, seen: &LbRevKey) {
     if seen.proto == IPPROTO_TCP {
@@ -405,9 +405,7 @@ fn forget_stale(ctx: &TcContext, seen: &LbRevKey) {
         if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
             return;
         }
-    } else if seen.proto != IPPROTO_UDP || seen.client_port == VXLAN_PORT_BE {
-        // VXLAN, the bulk of what a node receives, is never a direct flow
-        // to a task: it pays no lookup.
+    } else if seen.proto != IPPROTO_UDP {
         return;
     }
     let stale = LbRevKey {

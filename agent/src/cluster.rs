@@ -433,6 +433,15 @@ impl ClusterRuntime {
                 ingress
                     .sync_return_paths(self, &networks, &published.networks, &local)
                     .await;
+                let remote = crate::ingress::remote::plan(
+                    &self.identity.node_name,
+                    &networks,
+                    &published.networks,
+                    &view,
+                );
+                if let Err(error) = ingress.sync_remote_tasks(&remote) {
+                    crate::ingress::log_sync_error(&error);
+                }
             }
         }
     }

@@ -125,8 +125,9 @@ pub fn plan_with(
         .collect()
 }
 
-/// The peers a sandbox of `network` should hold.
-fn wanted_peers(self_name: &str, network: &Network, view: &GossipView) -> BTreeSet<Peer> {
+/// The peers a sandbox of `network` should hold (also where
+/// `ingress::remote` sends published-port flows).
+pub fn wanted_peers(self_name: &str, network: &Network, view: &GossipView) -> BTreeSet<Peer> {
     view.nodes
         .values()
         .filter(|node| node.name != self_name)

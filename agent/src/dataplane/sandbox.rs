@@ -23,7 +23,7 @@ use crate::model::Network;
 pub const BRIDGE: &str = "br0";
 pub const VXLAN: &str = "vxlan0";
 /// IANA's VXLAN port.
-pub const VXLAN_PORT: u16 = 4789;
+pub const VXLAN_PORT: u16 = netagent_common::VXLAN_PORT;
 /// VXLAN over IPv4 costs 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) +
 /// inner Ethernet (14).
 pub const VXLAN_OVERHEAD: u32 = 50;

@@ -15,9 +15,14 @@
 //!    network's `nagw<vni>` and its INGRESS_UPLINKS entry (which lets
 //!    `ingress_in` send flows to remote tasks from that address);
 //! 3. `sync_maps`: INGRESS_LOCAL (this node's endpoint addresses), then
-//!    INGRESS_PORTS (ports that went first, then new and changed ones).
+//!    INGRESS_PORTS (ports that went first, then new and changed ones);
+//! 4. `sync_remote_tasks`: INGRESS_REMOTE (`remote::plan`: the node, VNI and
+//!    MAC of each task on another node), with which `ingress_in` sends
+//!    their flows over VXLAN itself. A task missing there (not yet known,
+//!    or the map full) takes the sandbox path: nothing waits on this map.
 
 pub mod plan;
+pub mod remote;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -32,8 +37,9 @@ use aya::maps::{
 };
 use ipnet::Ipv4Net;
 use netagent_common::{
-    IngressPort, IngressPortKey, IngressUplink, INGRESS_IN_PROG, INGRESS_LOCAL_MAP,
-    INGRESS_OUT_PROG, INGRESS_PORTS_MAP, INGRESS_UPLINKS_MAP, INGRESS_UPLINK_PROG,
+    IngressPort, IngressPortKey, IngressRemote, IngressUplink, INGRESS_IN_PROG, INGRESS_LOCAL_MAP,
+    INGRESS_OUT_PROG, INGRESS_PORTS_MAP, INGRESS_REMOTE_MAP, INGRESS_UPLINKS_MAP,
+    INGRESS_UPLINK_PROG,
 };
 use tracing::{debug, info, warn};
 
@@ -102,6 +108,8 @@ struct State {
     local: BTreeSet<u32>,
     /// What INGRESS_UPLINKS holds, by network subnet.
     uplinks: BTreeMap<Ipv4Net, IngressUplink>,
+    /// What INGRESS_REMOTE holds (keys as in the map).
+    remote: BTreeMap<u32, IngressRemote>,
     /// The `nagw<vni>` interfaces (by index) this run put `ingress_uplink` on.
     uplink_programs: BTreeSet<u32>,
 }
@@ -157,6 +165,10 @@ impl Ingress {
                 Some((net, uplink))
             })
             .collect();
+        let remote: HashMap<_, u32, IngressRemote> =
+            HashMap::try_from(datapath.map_mut(INGRESS_REMOTE_MAP)?)
+                .map_err(map_error(INGRESS_REMOTE_MAP))?;
+        let remote = remote.iter().filter_map(Result::ok).collect();
         Ok(Self {
             node_addr,
             underlay: underlay.to_owned(),
@@ -166,6 +178,7 @@ impl Ingress {
                 ports,
                 local,
                 uplinks,
+                remote,
                 uplink_programs: BTreeSet::new(),
             }),
             published: tokio::sync::Mutex::new(BTreeMap::new()),
@@ -278,6 +291,44 @@ impl Ingress {
             );
         }
         state.ports = wanted;
+        Ok(())
+    }
+
+    /// Writes INGRESS_REMOTE from `wanted` (`remote::plan`): entries that
+    /// went or changed first, then new ones. An entry the map has no room
+    /// for is skipped (logged): its task's flows take the sandbox path.
+    pub fn sync_remote_tasks(
+        &self,
+        wanted: &BTreeMap<Ipv4Addr, IngressRemote>,
+    ) -> Result<(), IngressError> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let wanted: BTreeMap<u32, IngressRemote> =
+            wanted.iter().map(|(ip, entry)| (be(*ip), *entry)).collect();
+        let mut map: HashMap<_, u32, IngressRemote> =
+            HashMap::try_from(state.datapath.map_mut(INGRESS_REMOTE_MAP)?)
+                .map_err(map_error(INGRESS_REMOTE_MAP))?;
+        for addr in state.remote.keys().filter(|a| !wanted.contains_key(a)) {
+            match map.remove(addr) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(map_error(INGRESS_REMOTE_MAP)(error)),
+            }
+        }
+        state.remote.retain(|addr, _| wanted.contains_key(addr));
+        for (addr, entry) in &wanted {
+            if state.remote.get(addr) == Some(entry) {
+                continue;
+            }
+            match map.insert(addr, entry, 0) {
+                Ok(()) => {
+                    state.remote.insert(*addr, *entry);
+                }
+                Err(error) => {
+                    // Most likely full: the sandbox path still carries it.
+                    debug!(task = %ip(*addr), %error, "remote task not in INGRESS_REMOTE");
+                }
+            }
+        }
         Ok(())
     }
 

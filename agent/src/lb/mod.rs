@@ -37,9 +37,10 @@ use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{Array, HashMap, MapError, PerCpuArray, PerCpuValues};
 use netagent_common::{
-    IngressRev, LbBackend, LbMaglevTable, LbService, LbServiceKey, INGRESS_REV_CT_MAP,
-    LB_BACKENDS_MAP, LB_BACKEND_ACTIVE, LB_BACKEND_DRAINING, LB_BACKEND_FLOWS_MAP, LB_EGRESS_PROG,
-    LB_INGRESS_PROG, LB_MAGLEV_MAP, LB_SERVICES_MAP, LB_SERVICE_NO_BACKENDS,
+    IngressRemote, IngressRev, LbBackend, LbMaglevTable, LbService, LbServiceKey,
+    INGRESS_REMOTE_MAP, INGRESS_REV_CT_MAP, LB_BACKENDS_MAP, LB_BACKEND_ACTIVE,
+    LB_BACKEND_DRAINING, LB_BACKEND_FLOWS_MAP, LB_EGRESS_PROG, LB_INGRESS_PROG, LB_MAGLEV_MAP,
+    LB_SERVICES_MAP, LB_SERVICE_NO_BACKENDS,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
@@ -236,6 +237,7 @@ impl LoadBalancer {
         // adopts a pin without comparing them): check before anything is
         // written or attached.
         check_value_size::<IngressRev>(&datapath, INGRESS_REV_CT_MAP)?;
+        check_value_size::<IngressRemote>(&datapath, INGRESS_REMOTE_MAP)?;
         let maglev = check_value_size::<LbMaglevTable>(&datapath, LB_MAGLEV_MAP)?;
         if let Some(info) = maglev {
             if info.max_entries() != sizes.table_slots {

@@ -258,6 +258,13 @@ pub const INGRESS_SNAT_MAP: &str = "INGRESS_SNAT";
 pub const INGRESS_UPLINK_PROG: &str = "ingress_uplink";
 /// How many networks INGRESS_UPLINKS holds.
 pub const INGRESS_UPLINKS_CAPACITY: u32 = 4096;
+/// Name of the map (task overlay address) -> where a task on another node
+/// is: `ingress_in` encapsulates a published-port flow to it itself.
+pub const INGRESS_REMOTE_MAP: &str = "INGRESS_REMOTE";
+/// How many remote tasks INGRESS_REMOTE holds (beyond: the sandbox path).
+pub const INGRESS_REMOTE_CAPACITY: u32 = 65_536;
+/// The overlay's UDP port (the vxlan devices' `dstport`).
+pub const VXLAN_PORT: u16 = 4789;
 
 /// Key of INGRESS_PORTS (address and port in network byte order).
 #[repr(C)]
@@ -317,6 +324,24 @@ pub struct IngressSnat {
     pub ifindex: u32,
 }
 
+/// Value of INGRESS_REMOTE: what `ingress_in` needs to send a flow to a
+/// task on another node over VXLAN itself, as that node's vxlan device
+/// expects it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IngressRemote {
+    /// The task's node's VTEP (underlay) address (network byte order).
+    pub vtep: u32,
+    /// The network's VNI (host order).
+    pub vni: u32,
+    /// The task's MAC (the inner destination).
+    pub mac: [u8; 6],
+    pub pad: u16,
+    /// The largest inner IPv4 packet the network carries (its `--mtu`), 0:
+    /// only the underlay's MTU (less the 50 bytes of VXLAN) bounds it.
+    pub mtu: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -335,6 +360,7 @@ mod pod {
     unsafe impl aya::Pod for IngressRev {}
     unsafe impl aya::Pod for IngressUplink {}
     unsafe impl aya::Pod for IngressSnat {}
+    unsafe impl aya::Pod for IngressRemote {}
 }
 
 // ---------------------------------------------------------------------------

@@ -13,11 +13,20 @@
 //! INGRESS_UPLINKS gives this node's ingress address there and `nagw<vni>`;
 //! the source becomes the ingress address (port: `claim_port`, recorded in
 //! INGRESS_SNAT and INGRESS_REV_CT) so that the task's replies come back
-//! through this node, and the packet goes straight into the sandbox
-//! (`bpf_redirect_peer`), which sends it over VXLAN. `ingress_uplink`, on
-//! `nagw<vni>`, gives those replies the client back as destination and
-//! sends them straight out of the underlay (`bpf_redirect_neigh`). The node
-//! namespace's conntrack sees neither direction.
+//! through this node. When INGRESS_REMOTE knows the task (its node, VNI,
+//! MAC) and the packet fits the MTUs, it is wrapped in VXLAN here
+//! (`vxlan::encapsulate`) and sent straight out of the underlay to the
+//! task's node (`bpf_redirect_neigh`); else it goes into the network's
+//! sandbox (`bpf_redirect_peer`), whose vxlan device sends it.
+//!
+//! The replies come back as VXLAN: `ingress_in` also sees those, and for
+//! one whose inner packet has an INGRESS_SNAT entry strips the outer
+//! headers (`vxlan::decapsulate`), gives it the client back as
+//! destination and sends it out of the underlay (`to_client`). Replies the
+//! node's vxlan device takes after all (a GSO aggregate, IP options) come
+//! up `nagw<vni>` from the sandbox, where `ingress_uplink` does the same.
+//! The node namespace's IP stack never sees the inner packets (on the
+//! sandbox path their VXLAN form passes its UDP socket).
 //!
 //! `ingress_out` sees what the node sends: replies found in INGRESS_REV_CT
 //! get the node address and published port back as their source.
@@ -37,9 +46,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netagent_common::{
-    trace_seen, IngressPort, IngressPortKey, IngressRev, IngressSnat, IngressUplink, LbCtKey,
-    LbRevKey, LbServiceKey, INGRESS_LOCAL_CAPACITY, INGRESS_PORTS_CAPACITY,
-    INGRESS_UPLINKS_CAPACITY, LB_CT_CAPACITY, TRACE_MODE_OFF,
+    lb_flow_hash, trace_seen, IngressPort, IngressPortKey, IngressRemote, IngressRev, IngressSnat,
+    IngressUplink, LbCtKey, LbRevKey, LbServiceKey, INGRESS_LOCAL_CAPACITY, INGRESS_PORTS_CAPACITY,
+    INGRESS_REMOTE_CAPACITY, INGRESS_UPLINKS_CAPACITY, LB_CT_CAPACITY, TRACE_MODE_OFF, VXLAN_PORT,
 };
 
 use crate::{
@@ -48,6 +57,7 @@ use crate::{
         LB_SERVICES, TCP_FLAG_ACK, TCP_FLAG_SYN, TC_ACT_UNSPEC,
     },
     trace::{self, tuple},
+    vxlan::{self, Encap},
 };
 
 #[map]
@@ -61,6 +71,8 @@ static INGRESS_REV_CT: LruHashMap<LbRevKey, IngressRev> = LruHashMap::pinned(LB_
 static INGRESS_UPLINKS: LpmTrie<u32, IngressUplink> = LpmTrie::pinned(INGRESS_UPLINKS_CAPACITY, 0);
 #[map]
 static INGRESS_SNAT: LruHashMap<LbRevKey, IngressSnat> = LruHashMap::pinned(LB_CT_CAPACITY, 0);
+#[map]
+static INGRESS_REMOTE: HashMap<u32, IngressRemote> = HashMap::pinned(INGRESS_REMOTE_CAPACITY, 0);
 
 #[classifier]
 pub fn ingress_in(ctx: TcContext) -> i32 {
@@ -90,6 +102,9 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
     // SAFETY (every map lookup here): the value is copied out at once; the
     // agent only replaces whole entries.
     let Some(port) = (unsafe { INGRESS_PORTS.get(&port_key) }).copied() else {
+        if seen.proto == IPPROTO_UDP && seen.client_port == VXLAN_PORT_BE {
+            return from_task_node(ctx);
+        }
         forget_stale(ctx, &seen);
         return Ok(TC_ACT_UNSPEC);
     };
@@ -165,17 +180,10 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
     }
     lb::rewrite_addr(ctx, &flow, IP_DST_OFF, flow.daddr, backend)?;
     rewrite_port(ctx, &flow, flow.l4 + 2, flow.dport, port.target)?;
-    let verdict = match uplink {
-        Some(uplink) => {
-            lb::rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, uplink.addr)?;
-            rewrite_port(ctx, &flow, flow.l4, flow.sport, snat_port)?;
-            // Straight into the sandbox (gw0's ingress): no routing, no
-            // netfilter in the node namespace.
-            // SAFETY: a plain helper call.
-            unsafe { bpf_redirect_peer(uplink.ifindex, 0) as i32 }
-        }
-        None => TC_ACT_OK as i32,
-    };
+    if let Some(uplink) = &uplink {
+        lb::rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, uplink.addr)?;
+        rewrite_port(ctx, &flow, flow.l4, flow.sport, snat_port)?;
+    }
     let mode = trace::mode();
     // SAFETY: a field of the map value above.
     let reported = entry.map(|e| unsafe { core::ptr::addr_of_mut!((*e).reported) });
@@ -199,7 +207,45 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
             service_id,
         );
     }
-    Ok(verdict)
+    // Reported before: `netctl trace` captures the packet as the task
+    // gets it, whichever way it goes.
+    Ok(match uplink {
+        Some(uplink) => to_task_node(ctx, &key, backend, &uplink),
+        None => TC_ACT_OK as i32,
+    })
+}
+
+/// Sends a packet translated for `backend`, a task on another node, on
+/// its way: wrapped in VXLAN here and straight out of the underlay to the
+/// task's node when INGRESS_REMOTE knows it and the packet fits; else
+/// into the network's sandbox (gw0's ingress), whose vxlan device sends
+/// it. Either way no routing and no netfilter in the node namespace for
+/// the packet itself.
+#[inline(always)]
+fn to_task_node(ctx: &TcContext, key: &LbCtKey, backend: u32, uplink: &IngressUplink) -> i32 {
+    // SAFETY: copied out at once.
+    if let Some(remote) = unsafe { INGRESS_REMOTE.get(&backend) }.copied() {
+        // The task's node sends the replies to the ingress address's MAC,
+        // which is its own 02:42:<address> (see `dataplane::ingress_path`).
+        let a = uplink.addr.to_ne_bytes();
+        let ingress_mac = [0x02, 0x42, a[0], a[1], a[2], a[3]];
+        // The published port's address: this node's on the underlay.
+        let outer_src = key.vip;
+        match vxlan::encapsulate(ctx, outer_src, &remote, ingress_mac, lb_flow_hash(key)) {
+            Encap::Done => {
+                // SAFETY: the kernel hands every tc program a valid
+                // __sk_buff; a plain helper call (the kernel finds the next
+                // hop from the outer destination).
+                return unsafe {
+                    bpf_redirect_neigh((*ctx.skb.skb).ifindex, core::ptr::null_mut(), 0, 0)
+                } as i32;
+            }
+            Encap::Broken => return TC_ACT_SHOT,
+            Encap::Declined => {}
+        }
+    }
+    // SAFETY: a plain helper call.
+    unsafe { bpf_redirect_peer(uplink.ifindex, 0) as i32 }
 }
 
 /// How many source ports `claim_port` tries.
@@ -290,6 +336,38 @@ fn from_uplink(ctx: &TcContext) -> Result<i32, ()> {
     let Some(snat) = (unsafe { INGRESS_SNAT.get(&key) }).copied() else {
         return Ok(TC_ACT_UNSPEC);
     };
+    to_client(ctx, &snat)
+}
+
+/// A VXLAN packet from another node: when it carries a task's reply to
+/// this node's ingress address (an INGRESS_SNAT entry), the outer headers
+/// go and it is sent on to the client as `from_uplink` would, without the
+/// node's UDP socket, vxlan device and sandbox. Anything else (the
+/// overlay's own traffic) goes on to the vxlan device. The cost for the
+/// overlay's traffic: reading the inner headers and one lookup.
+#[inline(always)]
+fn from_task_node(ctx: &TcContext) -> Result<i32, ()> {
+    let Some(key) = vxlan::inner_reply(ctx) else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    // SAFETY: copied out at once.
+    let Some(snat) = (unsafe { INGRESS_SNAT.get(&key) }).copied() else {
+        return Ok(TC_ACT_UNSPEC);
+    };
+    if vxlan::decapsulate(ctx).is_err() {
+        return Ok(TC_ACT_UNSPEC);
+    }
+    // Not the VXLAN packet any more: it must not reach the node as is.
+    Ok(match to_client(ctx, &snat) {
+        Ok(verdict) if verdict != TC_ACT_UNSPEC => verdict,
+        _ => TC_ACT_SHOT,
+    })
+}
+
+/// A task's reply to the ingress address, back to the client `snat`
+/// names (`ingress_out`, on the way out, gives it the published source).
+#[inline(always)]
+fn to_client(ctx: &TcContext, snat: &IngressSnat) -> Result<i32, ()> {
     let Some(flow) = lb::parse_flow(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
@@ -302,7 +380,7 @@ fn from_uplink(ctx: &TcContext) -> Result<i32, ()> {
 
 /// The overlay's UDP port (see the agent's `dataplane::sandbox`), as it
 /// sits in the packet.
-const VXLAN_PORT_BE: u16 = 4789u16.to_be();
+const VXLAN_PORT_BE: u16 = VXLAN_PORT.to_be();
 
 /// A packet straight to a task (not through a published port) whose reply
 /// tuple is still in INGRESS_REV_CT: that entry belongs to an earlier
@@ -314,7 +392,7 @@ const VXLAN_PORT_BE: u16 = 4789u16.to_be();
 /// only on a SYN (a new connection); UDP has no start: any packet. A mesh
 /// packet never matches: its destination is the node, not the task. The
 /// cost is one lookup per received UDP packet or TCP SYN that is not for
-/// a published port (VXLAN excepted).
+/// a published port (VXLAN never comes here: `from_task_node` takes it).
 #[inline(always)]
 fn forget_stale(ctx: &TcContext, seen: &LbRevKey) {
     if seen.proto == IPPROTO_TCP {
@@ -327,9 +405,7 @@ fn forget_stale(ctx: &TcContext, seen: &LbRevKey) {
         if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
             return;
         }
-    } else if seen.proto != IPPROTO_UDP || seen.client_port == VXLAN_PORT_BE {
-        // VXLAN, the bulk of what a node receives, is never a direct flow
-        // to a task: it pays no lookup.
+    } else if seen.proto != IPPROTO_UDP {
         return;
     }
     let stale = LbRevKey {

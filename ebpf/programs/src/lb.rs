@@ -550,7 +550,7 @@ fn unreachable(ctx: &TcContext, flow: &Flow) -> Result<i32, ()> {
 /// Adds `bytes` (an even number) to a ones' complement sum, as 16-bit
 /// big-endian words.
 #[inline(always)]
-fn add_words<const N: usize>(bytes: &[u8; N], mut sum: u32) -> u32 {
+pub(crate) fn add_words<const N: usize>(bytes: &[u8; N], mut sum: u32) -> u32 {
     let mut i = 0;
     while i + 1 < N {
         sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
@@ -561,7 +561,7 @@ fn add_words<const N: usize>(bytes: &[u8; N], mut sum: u32) -> u32 {
 
 /// The Internet checksum of a ones' complement sum.
 #[inline(always)]
-fn fold(mut sum: u32) -> u16 {
+pub(crate) fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)

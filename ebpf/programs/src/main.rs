@@ -14,5 +14,7 @@ mod ingress;
 mod lb;
 #[cfg(target_arch = "bpf")]
 mod trace;
+#[cfg(target_arch = "bpf")]
+mod vxlan;
 
 netagent_ebpf::object_root!();

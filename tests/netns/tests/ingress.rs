@@ -14,8 +14,8 @@ use netlab::{require_root, wait_until, Lab};
 const EXT: &str = "198.18.0.200";
 
 /// Three nodes, network `appnet` (10.10.0.0/24), service `web` publishing
-/// 18080/tcp → 8080 and 19090/udp → 9090 (ingress mode), tasks web1 on n2
-/// and web2 on n3; n1 runs no task.
+/// 18080/tcp → 8080, 18081/tcp → 8081 and 19090/udp → 9090 (ingress mode),
+/// tasks web1 on n2 and web2 on n3; n1 runs no task.
 struct Scene {
     lab: Lab,
     _servers: Vec<Server>,
@@ -34,6 +34,8 @@ impl Scene {
                 "appnet",
                 "--publish",
                 "published=18080,target=8080",
+                "--publish",
+                "published=18081,target=8081",
                 "--publish",
                 "published=19090,target=9090,protocol=udp",
             ],
@@ -356,5 +358,114 @@ fn a_direct_udp_flow_reusing_a_published_flows_port_is_not_rewritten() {
         .expect("client");
     let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert_eq!(answer, format!("{web1}:9090\n{n2}:19090"), "{out:?}");
+    scene.lab.teardown().expect("teardown");
+}
+
+/// `python3 -c UPLOAD host port size`: one connection that sends `size`
+/// bytes and waits until the task's kernel has acknowledged them all (the
+/// send queue is empty), then prints the task's first answer (port 8081:
+/// "<task> <client address>" per chunk read), or "ERR <why>".
+const UPLOAD: &str = r#"
+import fcntl, socket, struct, sys, termios, time
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+try:
+    s = socket.create_connection((host, port), timeout=5)
+    s.sendall(b"x" * size)
+    deadline = time.monotonic() + 5
+    while struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]:
+        if time.monotonic() > deadline:
+            raise TimeoutError("not all acknowledged")
+        time.sleep(0.01)
+    print("web" + s.recv(200).decode().split("web")[1])
+except Exception as e:
+    print("ERR", e)
+"#;
+
+/// `python3 -c DATAGRAM host port size`: one `size`-byte UDP datagram
+/// (DF set, as Linux sends them); prints the answer or "ERR <why>".
+const DATAGRAM: &str = r#"
+import socket, sys
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+try:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.connect((host, port))
+    s.send(b"x" * size)
+    print(s.recv(200).decode())
+except Exception as e:
+    print("ERR", e)
+"#;
+
+/// Packets `link` in `netns` has received and sent.
+fn packets(lab: &Lab, netns: &str, link: &str) -> (u64, u64) {
+    let out = common::stdout(lab, netns, &["ip", "-j", "-s", "link", "show", link]);
+    let links: serde_json::Value = serde_json::from_str(&out).expect("ip -j");
+    let count = |dir: &str| {
+        links[0]["stats64"][dir]["packets"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {dir} packets in {out}"))
+    };
+    (count("rx"), count("tx"))
+}
+
+/// n1 runs no task, so each of its published-port flows goes to another
+/// node: `ingress_in` sends it over VXLAN itself and takes the replies
+/// out of VXLAN itself, the sandbox's vxlan0 carries none of it, even TCP
+/// streams (GSO aggregates of segments as large as the
+/// overlay carries, 1450 bytes: 1500 on the underlay) and the largest UDP
+/// datagram that fits. The task still sees n1's ingress address.
+#[test]
+fn large_requests_reach_remote_tasks_straight_from_the_underlay() {
+    require_root!();
+    let mut scene = Scene::up();
+    both_tasks_answer(&scene, "n1", "tcp", "18080");
+    let vni = scene
+        .lab
+        .netctl_json("n1", &["overlay", "inspect", "appnet"])
+        .expect("inspect")["vni"]
+        .as_u64()
+        .expect("vni");
+    let sandbox = format!("{}-n1-{vni}", scene.lab.prefix());
+    let before = packets(&scene.lab, &sandbox, "vxlan0");
+    let host = scene.addr("n1");
+    for _ in 0..4 {
+        let out = scene
+            .lab
+            .exec(
+                &scene.lab.external_netns(),
+                &["python3", "-c", UPLOAD, &host, "18081", "200000"],
+            )
+            .expect("client");
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let answers = [answer];
+        check_client_address(&answers, "n1");
+        assert!(answers[0].starts_with("web"), "{answers:?}");
+    }
+    // 1422 bytes of payload: 1450 with the UDP and IPv4 headers.
+    let mut answers = Vec::new();
+    let answered = wait_until(Duration::from_secs(10), || {
+        let out = scene
+            .lab
+            .exec(
+                &scene.lab.external_netns(),
+                &["python3", "-c", DATAGRAM, &host, "19090", "1422"],
+            )
+            .expect("client");
+        answers.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+        answers
+            .last()
+            .is_some_and(|a| a.starts_with("web"))
+            .then_some(())
+    });
+    assert!(answered.is_ok(), "{answers:?}");
+    check_client_address(&answers[answers.len() - 1..], "n1");
+    // Each upload is more than 140 segments; a few packets of the sandbox's
+    // own (ARP, IGMP) may go.
+    let after = packets(&scene.lab, &sandbox, "vxlan0");
+    let (received, sent) = (after.0 - before.0, after.1 - before.1);
+    assert!(
+        received < 20 && sent < 20,
+        "n1's vxlan0 received {received} and sent {sent} packets"
+    );
     scene.lab.teardown().expect("teardown");
 }

@@ -1,0 +1,134 @@
+//! INGRESS_REMOTE: where each task on another node is, for `ingress_in`
+//! to send published-port flows to it over VXLAN itself (see
+//! `ebpf/programs/src/vxlan.rs`). The same facts as the sandboxes' FDB and
+//! neighbour entries (`reconcile::wanted_peers`), for the networks that
+//! carry an ingress-mode port. Pure, so that it is tested without a kernel.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use netagent_common::IngressRemote;
+
+use crate::{gossip::GossipView, model::Network, reconcile};
+
+/// The INGRESS_REMOTE entries this node wants, by task address: one per
+/// endpoint another node owns on a network of `wanted` (ids) that is not
+/// internal. An address two nodes claim (a task moving) gets no entry:
+/// its flows take the sandbox path until gossip agrees.
+pub fn plan(
+    self_name: &str,
+    networks: &[Network],
+    wanted: &BTreeSet<String>,
+    view: &GossipView,
+) -> BTreeMap<Ipv4Addr, IngressRemote> {
+    let mut entries = BTreeMap::new();
+    let mut ambiguous = BTreeSet::new();
+    for network in networks
+        .iter()
+        .filter(|n| wanted.contains(&n.id) && !n.internal)
+    {
+        for peer in reconcile::wanted_peers(self_name, network, view) {
+            let entry = IngressRemote {
+                vtep: u32::from_ne_bytes(peer.vtep.octets()),
+                vni: network.vni,
+                mac: peer.mac.0,
+                pad: 0,
+                mtu: network.mtu.unwrap_or(0),
+            };
+            if entries.insert(peer.ip, entry).is_some_and(|e| e != entry) {
+                ambiguous.insert(peer.ip);
+            }
+        }
+    }
+    entries.retain(|ip, _| !ambiguous.contains(ip));
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        gossip::PeerState,
+        model::{Endpoint, Mac},
+    };
+
+    fn network(name: &str, vni: u32, mtu: Option<u32>) -> Network {
+        Network {
+            name: name.into(),
+            id: format!("id-{name}"),
+            vni,
+            subnet: format!("10.{}.0.0/24", vni - 4000).parse().unwrap(),
+            gateway: format!("10.{}.0.1", vni - 4000).parse().unwrap(),
+            internal: false,
+            mtu,
+        }
+    }
+
+    fn endpoint(network: &Network, node: &str, host: u8) -> Endpoint {
+        let ip = Ipv4Addr::new(10, (network.vni - 4000) as u8, 0, host);
+        Endpoint::new(
+            format!("{node}-{host}"),
+            &network.name,
+            &network.id,
+            node,
+            ip,
+        )
+    }
+
+    fn view(nodes: &[(&str, u8, Vec<Endpoint>)]) -> GossipView {
+        GossipView {
+            nodes: nodes
+                .iter()
+                .map(|(name, last, eps)| {
+                    (
+                        name.to_string(),
+                        PeerState {
+                            name: name.to_string(),
+                            vtep: Some(Ipv4Addr::new(198, 18, 0, *last)),
+                            endpoints: eps.iter().map(|ep| (ep.id.clone(), ep.clone())).collect(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn remote_tasks_of_published_networks_with_their_node_vni_and_mtu() {
+        let app = network("app", 4096, Some(1400));
+        let other = network("other", 4097, None);
+        let mut internal = network("internal", 4098, None);
+        internal.internal = true;
+        let mine = endpoint(&app, "n1", 2);
+        let theirs = endpoint(&app, "n2", 3);
+        let elsewhere = endpoint(&other, "n2", 4);
+        let hidden = endpoint(&internal, "n2", 5);
+        let view = view(&[
+            ("n1", 11, vec![mine]),
+            ("n2", 12, vec![theirs.clone(), elsewhere, hidden]),
+        ]);
+        let wanted = [&app, &internal].map(|n| n.id.clone()).into();
+        let entries = plan("n1", &[app, other, internal], &wanted, &view);
+        let expected = IngressRemote {
+            vtep: u32::from_ne_bytes([198, 18, 0, 12]),
+            vni: 4096,
+            mac: Mac::from_ipv4(theirs.ip).0,
+            pad: 0,
+            mtu: 1400,
+        };
+        assert_eq!(entries, BTreeMap::from([(theirs.ip, expected)]));
+    }
+
+    #[test]
+    fn an_address_two_nodes_claim_gets_no_entry() {
+        let app = network("app", 4096, None);
+        let moving = endpoint(&app, "n2", 3);
+        let mut moved = endpoint(&app, "n3", 3);
+        moved.id = "n3-moved".into();
+        let view = view(&[("n2", 12, vec![moving]), ("n3", 13, vec![moved])]);
+        let wanted = [app.id.clone()].into();
+        assert!(plan("n1", &[app], &wanted, &view).is_empty());
+    }
+}

@@ -77,17 +77,29 @@ pub fn string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
 }
 
-/// A number in decimal.
+/// A number in decimal, two digits at a time (ports and addresses are
+/// written several times per line).
 pub fn number(out: &mut Vec<u8>, mut n: u64) {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     let mut digits = [0u8; 20];
     let mut at = digits.len();
-    loop {
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        digits[at] = b'0' + n as u8;
     }
     out.extend_from_slice(&digits[at..]);
 }
@@ -136,7 +148,22 @@ mod tests {
 
     #[test]
     fn numbers_and_addresses_are_plain_decimal() {
-        for n in [0, 7, 10, 99, 100, 65_535, u64::from(u32::MAX), u64::MAX] {
+        for n in [
+            0,
+            7,
+            10,
+            99,
+            100,
+            101,
+            999,
+            1_000,
+            65_535,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ]
+        .into_iter()
+        .chain(0..1_000)
+        {
             let mut out = Vec::new();
             number(&mut out, n);
             assert_eq!(out, n.to_string().as_bytes());

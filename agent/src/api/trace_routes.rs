@@ -28,8 +28,8 @@ use crate::{
 
 /// How often an idle stream checks the loss counter and probes the client.
 const TICK: Duration = Duration::from_millis(250);
-/// Batches already waiting that one wake-up passes on at most (the
-/// server writes the chunks it is given at once together).
+/// Batches already waiting that one wake-up passes on at most (chunks
+/// ready back to back can leave in one write).
 const BATCHES_PER_WAKE: usize = 16;
 
 pub fn router() -> Router<Arc<AgentState>> {
@@ -119,9 +119,8 @@ impl Stream {
                 received = self.receiver.recv() => {
                     let (batch, skipped) = received?;
                     self.add(&batch, skipped);
-                    // What is already waiting goes out with it: the
-                    // chunks are ready together, so the server writes
-                    // them in one go.
+                    // What is already waiting goes out with it, back to
+                    // back, rather than a wake-up per batch.
                     for _ in 1..BATCHES_PER_WAKE {
                         let Some((batch, skipped)) = self.receiver.try_recv() else {
                             break;

@@ -10,7 +10,7 @@
 //! `--trace on` then traces as `netctl trace` would while the bench sends
 //! traffic: it opens the library's `Tracer` on the pinned maps, subscribes
 //! (which sets TRACE_ON), prints the JSON object, and consumes every record
-//! (drained from TRACE_EVENTS, decoded, named, serialised to its JSON line)
+//! (drained from TRACE_EVENTS, decoded, named, written as its JSON line)
 //! until its stdin closes; then switches tracing off and prints a second
 //! object with the records consumed and TRACE_STATS' emitted and lost.
 //!
@@ -27,7 +27,6 @@ use netagent::{
     model::{Endpoint, EndpointMode, Service, ServiceVip},
     trace::{names::AddressBook, Tracer},
 };
-use tokio::sync::broadcast::error::RecvError;
 
 const NODE: &str = "bench";
 const NETWORK: &str = "benchnet";
@@ -214,12 +213,12 @@ fn trace_until_stdin_closes(
         loop {
             tokio::select! {
                 received = receiver.recv() => match received {
-                    Ok(traced) => {
-                        records += 1;
-                        bytes += std::hint::black_box(traced.line.len()) as u64;
+                    Some((batch, missed)) => {
+                        records += batch.len() as u64;
+                        bytes += std::hint::black_box(batch.lines()).len() as u64;
+                        skipped += missed;
                     }
-                    Err(RecvError::Lagged(n)) => skipped += n,
-                    Err(RecvError::Closed) => break,
+                    None => break,
                 },
                 _ = &mut closed => break,
             }

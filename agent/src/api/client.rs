@@ -19,7 +19,9 @@ use super::types::ErrorBody;
 /// The lines of a streamed response (`ApiClient::get_lines`).
 pub struct Lines {
     body: Incoming,
+    /// What came and is not read yet from `start` on.
     buffer: Vec<u8>,
+    start: usize,
     driver: JoinHandle<hyper::Result<()>>,
     socket: PathBuf,
 }
@@ -27,16 +29,20 @@ pub struct Lines {
 impl Lines {
     /// Whether a whole line is already here (`next_line` will not wait).
     pub fn has_line(&self) -> bool {
-        self.buffer.contains(&b'\n')
+        self.buffer[self.start..].contains(&b'\n')
     }
+
     /// The next line (without its newline), or `None` when the agent ends
-    /// the response.
-    pub async fn next_line(&mut self) -> Result<Option<String>, ClientError> {
-        loop {
-            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=end).collect();
-                return Ok(Some(String::from_utf8_lossy(&line[..end]).into_owned()));
+    /// the response. The line is borrowed until the next call: lines are
+    /// not copied out of what came.
+    pub async fn next_line(&mut self) -> Result<Option<&[u8]>, ClientError> {
+        let end = loop {
+            if let Some(at) = self.buffer[self.start..].iter().position(|b| *b == b'\n') {
+                break self.start + at;
             }
+            // Once per frame, not per line: what was read goes.
+            self.buffer.drain(..self.start);
+            self.start = 0;
             match self.body.frame().await {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
@@ -51,7 +57,9 @@ impl Lines {
                 }
                 None => return Ok(None),
             }
-        }
+        };
+        let start = std::mem::replace(&mut self.start, end + 1);
+        Ok(Some(&self.buffer[start..end]))
     }
 }
 
@@ -141,6 +149,7 @@ impl ApiClient {
         Ok(Lines {
             body: response.into_body(),
             buffer: Vec::new(),
+            start: 0,
             driver,
             socket: self.socket.clone(),
         })

@@ -14,25 +14,23 @@ use axum::{
     routing::get,
     Router,
 };
-use tokio::sync::broadcast::{
-    self,
-    error::{RecvError, TryRecvError},
-};
 
 use super::server::ApiError;
 use crate::{
     agent::AgentState,
     trace::{
+        batch::{Batch, Receiver},
         filter::TraceFilter,
-        record::{TraceLine, TraceLost, TraceStart, Traced},
+        record::{TraceLine, TraceLost, TraceStart},
         Subscribed, Subscription, Tracer,
     },
 };
 
 /// How often an idle stream checks the loss counter and probes the client.
 const TICK: Duration = Duration::from_millis(250);
-/// Records sent in one write at most, when several are waiting.
-const BATCH: usize = 256;
+/// Batches already waiting that one wake-up passes on at most (chunks
+/// ready back to back can leave in one write).
+const BATCHES_PER_WAKE: usize = 16;
 
 pub fn router() -> Router<Arc<AgentState>> {
     Router::new().route("/v1/trace", get(trace))
@@ -55,24 +53,28 @@ async fn trace(
     let Subscribed {
         subscription,
         recent,
+        since_ns,
         receiver,
     } = tracer
         .subscribe(since, filter.all_packets)
         .map_err(ApiError::internal)?;
     let stats = tracer.stats();
+    let mut replayed = Vec::new();
+    let replayed_count: usize = recent
+        .iter()
+        .map(|batch| batch.select(&filter, since_ns, &mut replayed))
+        .sum();
     let mut pending: VecDeque<Bytes> = VecDeque::new();
-    let recent: Vec<_> = recent
-        .into_iter()
-        .filter(|r| filter.matches(&r.record))
-        .collect();
     pending.push_back(line(&TraceLine::Start(TraceStart {
         node: tracer.node().to_owned(),
         tracers: stats.tracers,
         lost: stats.lost,
-        replayed: recent.len(),
+        replayed: replayed_count,
         all_packets: stats.all_packets > 0,
     })));
-    pending.extend(recent.iter().map(|r| Bytes::copy_from_slice(&r.line)));
+    if !replayed.is_empty() {
+        pending.push_back(Bytes::from(replayed));
+    }
     let stream = Stream {
         _subscription: subscription,
         tracer,
@@ -98,7 +100,8 @@ struct Stream {
     _subscription: Subscription,
     tracer: Arc<Tracer>,
     filter: TraceFilter,
-    receiver: broadcast::Receiver<Arc<Traced>>,
+    receiver: Receiver,
+    /// Chunks ready to go, in order.
     pending: VecDeque<Bytes>,
     /// The ring's loss counter as last reported.
     ring_lost: u64,
@@ -114,22 +117,15 @@ impl Stream {
             }
             tokio::select! {
                 received = self.receiver.recv() => {
-                    let mut chunk = Vec::new();
-                    match received {
-                        Ok(record) => self.add(&mut chunk, &record),
-                        Err(RecvError::Lagged(skipped)) => chunk.extend(self.lost(skipped)),
-                        Err(RecvError::Closed) => return None,
-                    }
-                    // What is already waiting goes in the same write.
-                    for _ in 0..BATCH {
-                        match self.receiver.try_recv() {
-                            Ok(record) => self.add(&mut chunk, &record),
-                            Err(TryRecvError::Lagged(skipped)) => chunk.extend(self.lost(skipped)),
-                            Err(_) => break,
-                        }
-                    }
-                    if !chunk.is_empty() {
-                        return Some(Bytes::from(chunk));
+                    let (batch, skipped) = received?;
+                    self.add(&batch, skipped);
+                    // What is already waiting goes out with it, back to
+                    // back, rather than a wake-up per batch.
+                    for _ in 1..BATCHES_PER_WAKE {
+                        let Some((batch, skipped)) = self.receiver.try_recv() else {
+                            break;
+                        };
+                        self.add(&batch, skipped);
                     }
                 }
                 _ = self.tick.tick() => {
@@ -143,9 +139,21 @@ impl Stream {
         }
     }
 
-    fn add(&self, chunk: &mut Vec<u8>, traced: &Traced) {
-        if self.filter.matches(&traced.record) {
-            chunk.extend_from_slice(&traced.line);
+    /// Queues the lines of `batch` this client wants, after a `lost` line
+    /// if it missed records before it.
+    fn add(&mut self, batch: &Batch, skipped: u64) {
+        if skipped > 0 {
+            let lost = self.lost(skipped);
+            self.pending.push_back(lost);
+        }
+        if self.filter.takes_everything() {
+            // The shared buffer itself: no copy for this client.
+            self.pending.push_back(batch.lines());
+            return;
+        }
+        let mut chunk = Vec::new();
+        if batch.select(&self.filter, 0, &mut chunk) > 0 {
+            self.pending.push_back(Bytes::from(chunk));
         }
     }
 

@@ -16,6 +16,9 @@ use netagent_common::TRACE_CAPTURE_BYTES;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{CliError, Format};
+
+/// netctl's output buffer: a batch of lines is one write.
+const OUT_BUFFER: usize = 256 * 1024;
 use crate::{
     api::ApiClient,
     trace::{
@@ -100,7 +103,8 @@ pub async fn run(
         }
         None => None,
     };
-    let mut out = BufWriter::new(out);
+    // Lines come a batch per chunk: a large buffer makes a chunk one write.
+    let mut out = BufWriter::with_capacity(OUT_BUFFER, out);
     let ended = loop {
         let line = tokio::select! {
             line = lines.next_line() => line?,
@@ -110,22 +114,33 @@ pub async fn run(
         let Some(line) = line else {
             break true;
         };
-        if line.trim().is_empty() {
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue; // keep-alive
         }
-        let parsed: TraceLine = serde_json::from_str(&line)?;
-        if let (Some(pcap), TraceLine::Event(record)) = (&mut pcap, &parsed) {
-            let headers = base64::engine::general_purpose::STANDARD
-                .decode(&record.headers)
-                .unwrap_or_default();
-            if !headers.is_empty() {
-                pcap.packet(record.time_ns, record.packet_len, &headers)
-                    .map_err(pcap_error)?;
+        match (format, &mut pcap) {
+            // The agent's lines are what --format json prints: passed on
+            // as they came, not parsed.
+            (Format::Json, None) => {
+                out.write_all(line)?;
+                out.write_all(b"\n")?;
             }
-        }
-        match format {
-            Format::Json => writeln!(out, "{line}")?,
-            Format::Table => writeln!(out, "{}", describe(&parsed))?,
+            (format, pcap) => {
+                let parsed: TraceLine = serde_json::from_slice(line)?;
+                if let (Some(pcap), TraceLine::Event(record)) = (pcap, &parsed) {
+                    let headers = base64::engine::general_purpose::STANDARD
+                        .decode(&record.headers)
+                        .unwrap_or_default();
+                    if !headers.is_empty() {
+                        pcap.packet(record.time_ns, record.packet_len, &headers)
+                            .map_err(pcap_error)?;
+                    }
+                }
+                match format {
+                    Format::Json => out.write_all(line)?,
+                    Format::Table => describe(&mut out, &parsed)?,
+                }
+                out.write_all(b"\n")?;
+            }
         }
         // Written out whenever the agent has sent nothing more yet: a
         // batch costs one write, and what was shown is always on disk.
@@ -146,10 +161,11 @@ pub async fn run(
     Ok(())
 }
 
-/// One line for people.
-fn describe(line: &TraceLine) -> String {
+/// One line for people (without its newline).
+fn describe(out: &mut impl Write, line: &TraceLine) -> std::io::Result<()> {
     match line {
-        TraceLine::Start(start) => format!(
+        TraceLine::Start(start) => write!(
+            out,
             "tracing on node {} ({} tracer{} connected, {} events lost so far{}), {}; Ctrl-C to stop",
             start.node,
             start.tracers,
@@ -166,45 +182,42 @@ fn describe(line: &TraceLine) -> String {
                 "what is new about each flow (--all-packets for every packet)"
             }
         ),
-        TraceLine::Lost(lost) => format!(
+        TraceLine::Lost(lost) => write!(
+            out,
             "!! events lost: {} (ring buffer full), {} (this tracer too slow); {} lost in all",
             lost.ring, lost.skipped, lost.ring_total
         ),
-        TraceLine::Event(record) => describe_event(record),
+        TraceLine::Event(record) => describe_event(out, record),
     }
 }
 
-fn describe_event(r: &TraceRecord) -> String {
-    let who = match &r.endpoint {
-        Some(endpoint) => format!("{endpoint}/{}", r.interface),
-        None => r.interface.clone(),
-    };
-    let ports = r.protocol == "tcp" || r.protocol == "udp";
-    let tuple = |t: &Tuple| {
-        format!(
-            "{} -> {}",
-            addr(t.src, t.sport, ports, &r.names),
-            addr(t.dst, t.dport, ports, &r.names)
-        )
-    };
-    let mut text = format!(
-        "{} {} {} {} {}",
-        clock(r.time_ns),
-        r.node,
-        who,
-        r.protocol,
-        tuple(&r.before)
-    );
-    if r.after != r.before {
-        text.push_str(&format!(" => {}", tuple(&r.after)));
+/// An event, written piece by piece (no `String` per field).
+fn describe_event(out: &mut impl Write, r: &TraceRecord) -> std::io::Result<()> {
+    clock(out, r.time_ns)?;
+    write!(out, " {} ", r.node)?;
+    if let Some(endpoint) = &r.endpoint {
+        write!(out, "{endpoint}/")?;
     }
-    text.push(' ');
-    text.push_str(&r.verdict);
+    write!(out, "{} {} ", r.interface, r.protocol)?;
+    let ports = r.protocol == "tcp" || r.protocol == "udp";
+    let tuple = |out: &mut dyn Write, t: &Tuple| -> std::io::Result<()> {
+        addr(out, t.src, t.sport, ports, &r.names)?;
+        out.write_all(b" -> ")?;
+        addr(out, t.dst, t.dport, ports, &r.names)
+    };
+    tuple(out, &r.before)?;
+    if r.after != r.before {
+        out.write_all(b" => ")?;
+        tuple(out, &r.after)?;
+    }
+    write!(out, " {}", r.verdict)?;
     if let Some(task) = &r.task {
-        text.push_str(&format!(" to {task} task"));
+        write!(out, " to {task} task")?;
     }
     if let Some(snat) = r.snat {
-        text.push_str(&format!(" (SNAT to {})", addr(snat, 0, false, &r.names)));
+        out.write_all(b" (SNAT to ")?;
+        addr(out, snat, 0, false, &r.names)?;
+        out.write_all(b")")?;
     }
     if let Some(reason) = &r.reason {
         let answer = match (r.verdict.as_str(), reason.as_str(), r.protocol.as_str()) {
@@ -213,31 +226,38 @@ fn describe_event(r: &TraceRecord) -> String {
             ("pass", "no-backend", _) => ": the node answers as a closed port",
             _ => "",
         };
-        text.push_str(&format!(" ({reason}{answer})"));
+        write!(out, " ({reason}{answer})")?;
     }
     if let Some(service) = &r.service {
-        text.push_str(&format!(" service={service}"));
+        write!(out, " service={service}")?;
     }
-    text
+    Ok(())
 }
 
-fn addr(ip: Ipv4Addr, port: u16, ports: bool, names: &BTreeMap<Ipv4Addr, String>) -> String {
-    let mut text = if ports {
-        format!("{ip}:{port}")
+fn addr(
+    out: &mut dyn Write,
+    ip: Ipv4Addr,
+    port: u16,
+    ports: bool,
+    names: &BTreeMap<Ipv4Addr, String>,
+) -> std::io::Result<()> {
+    if ports {
+        write!(out, "{ip}:{port}")?;
     } else {
-        ip.to_string()
-    };
-    if let Some(name) = names.get(&ip) {
-        text.push_str(&format!("[{name}]"));
+        write!(out, "{ip}")?;
     }
-    text
+    if let Some(name) = names.get(&ip) {
+        write!(out, "[{name}]")?;
+    }
+    Ok(())
 }
 
 /// `HH:MM:SS.micros`, UTC.
-fn clock(time_ns: u64) -> String {
+fn clock(out: &mut impl Write, time_ns: u64) -> std::io::Result<()> {
     let secs = time_ns / 1_000_000_000;
     let micros = time_ns % 1_000_000_000 / 1_000;
-    format!(
+    write!(
+        out,
         "{:02}:{:02}:{:02}.{micros:06}",
         secs / 3600 % 24,
         secs / 60 % 60,
@@ -248,6 +268,12 @@ fn clock(time_ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn text(record: &TraceRecord) -> String {
+        let mut out = Vec::new();
+        describe_event(&mut out, record).expect("write");
+        String::from_utf8(out).expect("utf-8")
+    }
 
     #[test]
     fn an_event_reads_as_one_line() {
@@ -279,7 +305,7 @@ mod tests {
             headers: String::new(),
         };
         assert_eq!(
-            describe_event(&record),
+            text(&record),
             "01:02:03.000456 n1 client.1/ve-c0ffee00 tcp 10.0.0.2:40000 -> 10.0.0.250:80[web (vip)] \
              => 10.0.0.2:40000 -> 10.0.0.3:80[web.1] translate service=web"
         );
@@ -289,7 +315,7 @@ mod tests {
             after: record.before,
             ..record
         };
-        assert!(describe_event(&dropped).ends_with("drop (no-backend: RST sent) service=web"));
+        assert!(text(&dropped).ends_with("drop (no-backend: RST sent) service=web"));
         let mut names = BTreeMap::new();
         names.insert(Ipv4Addr::new(198, 18, 0, 11), "node n1".to_owned());
         names.insert(Ipv4Addr::new(10, 0, 0, 3), "web.1".to_owned());
@@ -306,7 +332,7 @@ mod tests {
             names,
             ..dropped.clone()
         };
-        assert!(describe_event(&forwarded).ends_with(
+        assert!(text(&forwarded).ends_with(
             "web.1/eth0 tcp 198.18.0.200:40000 -> 198.18.0.11:8080[node n1] \
              => 198.18.0.200:40000 -> 10.0.0.3:80[web.1] forward to remote task \
              (SNAT to 10.0.0.254[node n1 ingress]) service=web"
@@ -316,7 +342,7 @@ mod tests {
             reason: Some("no-backend".into()),
             ..dropped
         };
-        assert!(describe_event(&closed)
+        assert!(text(&closed)
             .ends_with("pass (no-backend: the node answers as a closed port) service=web"));
     }
 }

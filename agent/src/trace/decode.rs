@@ -43,40 +43,65 @@ pub const VERDICTS: [&str; 8] = [
     "forward-established",
 ];
 
+/// The word for a verdict code, if it is one this build knows.
+pub fn verdict_word(kind: u8) -> Option<&'static str> {
+    Some(match kind {
+        TRACE_KIND_TRANSLATE => "translate",
+        TRACE_KIND_TRANSLATE_ESTABLISHED => "translate-established",
+        TRACE_KIND_REVERSE => "reverse",
+        TRACE_KIND_DROP => "drop",
+        TRACE_KIND_ARP_REPLY => "arp-reply",
+        TRACE_KIND_PASS => "pass",
+        TRACE_KIND_FORWARD => "forward",
+        TRACE_KIND_FORWARD_ESTABLISHED => "forward-established",
+        _ => return None,
+    })
+}
+
 pub fn verdict(kind: u8) -> String {
-    match kind {
-        TRACE_KIND_TRANSLATE => "translate".to_owned(),
-        TRACE_KIND_TRANSLATE_ESTABLISHED => "translate-established".to_owned(),
-        TRACE_KIND_REVERSE => "reverse".to_owned(),
-        TRACE_KIND_DROP => "drop".to_owned(),
-        TRACE_KIND_ARP_REPLY => "arp-reply".to_owned(),
-        TRACE_KIND_PASS => "pass".to_owned(),
-        TRACE_KIND_FORWARD => "forward".to_owned(),
-        TRACE_KIND_FORWARD_ESTABLISHED => "forward-established".to_owned(),
-        other => format!("kind-{other}"),
+    match verdict_word(kind) {
+        Some(word) => word.to_owned(),
+        None => format!("kind-{kind}"),
     }
 }
 
+/// The word for a reason code: `Ok(None)` for none, `Err(code)` for one
+/// this build does not know.
+pub fn reason_word(reason: u8) -> Result<Option<&'static str>, u8> {
+    Ok(Some(match reason {
+        0 => return Ok(None),
+        TRACE_REASON_NO_BACKEND => "no-backend",
+        TRACE_REASON_NO_CONNTRACK => "no-conntrack",
+        TRACE_REASON_MALFORMED => "malformed",
+        TRACE_REASON_UNSUPPORTED => "unsupported",
+        TRACE_REASON_POLICY => "policy",
+        other => return Err(other),
+    }))
+}
+
 pub fn reason(reason: u8) -> Option<String> {
-    Some(match reason {
-        0 => return None,
-        TRACE_REASON_NO_BACKEND => "no-backend".to_owned(),
-        TRACE_REASON_NO_CONNTRACK => "no-conntrack".to_owned(),
-        TRACE_REASON_MALFORMED => "malformed".to_owned(),
-        TRACE_REASON_UNSUPPORTED => "unsupported".to_owned(),
-        TRACE_REASON_POLICY => "policy".to_owned(),
-        other => format!("reason-{other}"),
+    match reason_word(reason) {
+        Ok(word) => word.map(str::to_owned),
+        Err(other) => Some(format!("reason-{other}")),
+    }
+}
+
+/// The protocol's word, or `Err(number)` for another IP protocol.
+pub fn protocol_word(event: &TraceEvent) -> Result<&'static str, u8> {
+    Ok(match (event.kind, event.proto) {
+        (TRACE_KIND_ARP_REPLY, _) => "arp",
+        (_, 6) => "tcp",
+        (_, 17) => "udp",
+        (_, 1) => "icmp",
+        (_, 0) => "-",
+        (_, other) => return Err(other),
     })
 }
 
 pub fn protocol(event: &TraceEvent) -> String {
-    match (event.kind, event.proto) {
-        (TRACE_KIND_ARP_REPLY, _) => "arp".to_owned(),
-        (_, 6) => "tcp".to_owned(),
-        (_, 17) => "udp".to_owned(),
-        (_, 1) => "icmp".to_owned(),
-        (_, 0) => "-".to_owned(),
-        (_, other) => other.to_string(),
+    match protocol_word(event) {
+        Ok(word) => word.to_owned(),
+        Err(other) => other.to_string(),
     }
 }
 

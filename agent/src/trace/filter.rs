@@ -5,7 +5,10 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::{decode::VERDICTS, record::TraceRecord};
+use super::{
+    decode::VERDICTS,
+    record::{TraceRecord, Tuple},
+};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceFilter {
@@ -53,21 +56,37 @@ impl TraceFilter {
         Ok(())
     }
 
-    pub fn matches(&self, record: &TraceRecord) -> bool {
+    /// Whether every event matches (no filter set): the stream then
+    /// passes the shared lines on as they are.
+    pub fn takes_everything(&self) -> bool {
+        self.network.is_none()
+            && self.service.is_none()
+            && self.ip.is_none()
+            && self.port.is_none()
+            && self.verdict.is_none()
+    }
+
+    pub fn matches(&self, record: &impl Filterable) -> bool {
         let network = self
             .network
-            .as_ref()
-            .is_none_or(|n| record.network.as_ref() == Some(n));
+            .as_deref()
+            .is_none_or(|n| record.network() == Some(n));
         let service = self
             .service
-            .as_ref()
-            .is_none_or(|s| record.service.as_ref() == Some(s));
-        let ip = self.ip.is_none_or(|ip| record.addrs().any(|a| a == ip));
-        let port = self.port.is_none_or(|p| record.ports().contains(&p));
+            .as_deref()
+            .is_none_or(|s| record.service() == Some(s));
+        let (before, after) = record.tuples();
+        let ip = self.ip.is_none_or(|ip| {
+            [before.src, before.dst, after.src, after.dst].contains(&ip)
+                || record.snat() == Some(ip)
+        });
+        let port = self
+            .port
+            .is_none_or(|p| [before.sport, before.dport, after.sport, after.dport].contains(&p));
         let verdict = self.verdict.as_ref().is_none_or(|v| {
-            record.verdict == *v
-                || record
-                    .verdict
+            let verdict = record.verdict();
+            verdict == v
+                || verdict
                     .strip_prefix(v.as_str())
                     .is_some_and(|rest| rest.starts_with('-'))
         });
@@ -109,6 +128,41 @@ impl TraceFilter {
     }
 }
 
+/// What a filter reads of an event: a record read back from the stream,
+/// or an entry of the agent's batches (before any line is written for a
+/// tracer).
+pub trait Filterable {
+    fn network(&self) -> Option<&str>;
+    fn service(&self) -> Option<&str>;
+    /// The verdict's word.
+    fn verdict(&self) -> &str;
+    /// Before and after.
+    fn tuples(&self) -> (Tuple, Tuple);
+    fn snat(&self) -> Option<Ipv4Addr>;
+}
+
+impl Filterable for TraceRecord {
+    fn network(&self) -> Option<&str> {
+        self.network.as_deref()
+    }
+
+    fn service(&self) -> Option<&str> {
+        self.service.as_deref()
+    }
+
+    fn verdict(&self) -> &str {
+        &self.verdict
+    }
+
+    fn tuples(&self) -> (Tuple, Tuple) {
+        (self.before, self.after)
+    }
+
+    fn snat(&self) -> Option<Ipv4Addr> {
+        self.snat
+    }
+}
+
 /// `500ms`, `30s`, `5m`, `1h` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, FilterError> {
     let bad = || FilterError::Duration(text.to_owned());
@@ -133,7 +187,6 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::trace::record::Tuple;
 
     fn record() -> TraceRecord {
         let tuple = |src: [u8; 4], sport, dst: [u8; 4], dport| Tuple {

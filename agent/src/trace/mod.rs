@@ -8,12 +8,15 @@
 //! TRACE_MODE_ALL_PACKETS while a tracer asks for every packet (`--pcap`,
 //! `--all-packets`), reads
 //! the ring as it fills (`AsyncFd`), resolves addresses to task, service
-//! and node names, keeps the last `REPLAY_CAPACITY` records for `--since`,
-//! and broadcasts every record to the connected tracers, each of which
-//! filters its own copy (`filter`).
+//! and node names, writes each record's stream line once (`batch`), keeps
+//! the last `REPLAY_CAPACITY` records for `--since`, and broadcasts them a
+//! batch at a time to the connected tracers, each of which filters its own
+//! copy (`filter`).
 
+pub mod batch;
 pub mod decode;
 pub mod filter;
+pub mod json;
 pub mod names;
 pub mod pcap;
 pub mod record;
@@ -38,15 +41,17 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::dataplane::{Datapath, DatapathError};
+use batch::{Batch, Encoder, Receiver};
 use names::AddressBook;
-use record::{TraceRecord, Traced};
 
 /// Records kept for `--since`: a bounded window, the newest ones.
 pub const REPLAY_CAPACITY: usize = 4096;
-/// Records a slow tracer may fall behind before it skips some (and is told).
-const CHANNEL_CAPACITY: usize = 4096;
-/// Records encoded, then kept and sent under one lock.
-const PUBLISH_BATCH: usize = 256;
+/// Batches a slow tracer may fall behind before it skips some (and is
+/// told): at least 32 drains, at most 32 × `PUBLISH_BATCH` records.
+const CHANNEL_CAPACITY: usize = 32;
+/// Records encoded into one buffer, then kept and sent as one message (a
+/// drain gives one batch unless more than this is waiting).
+const PUBLISH_BATCH: usize = 1024;
 /// How old the address book may get while events come in.
 const NAMES_MAX_AGE: Duration = Duration::from_secs(1);
 /// How often the ring is drained while someone traces: the programs only
@@ -107,10 +112,19 @@ pub struct Tracer {
     ring: Mutex<Option<RingBuf<MapData>>>,
     /// Records for `--since`; sending happens under this lock, so that a new
     /// tracer's replay and live stream neither overlap nor leave a gap.
-    replay: Mutex<VecDeque<Arc<Traced>>>,
-    events: broadcast::Sender<Arc<Traced>>,
+    replay: Mutex<Replay>,
+    events: broadcast::Sender<Arc<Batch>>,
     /// Tells the reader that a tracer arrived (start the drain timer).
     arrived: Arc<Notify>,
+}
+
+/// The newest batches, at least `REPLAY_CAPACITY` records once that many
+/// came, and the number of the next record.
+#[derive(Default)]
+struct Replay {
+    batches: VecDeque<Arc<Batch>>,
+    records: usize,
+    next: u64,
 }
 
 /// TRACE_ON and the tracers that hold it on.
@@ -193,7 +207,7 @@ impl Tracer {
             }),
             stats,
             ring: Mutex::new(Some(ring)),
-            replay: Mutex::new(VecDeque::with_capacity(REPLAY_CAPACITY)),
+            replay: Mutex::new(Replay::default()),
             events: broadcast::channel(CHANNEL_CAPACITY).0,
             arrived: Arc::new(Notify::new()),
         }))
@@ -239,21 +253,22 @@ impl Tracer {
             all_packets,
         };
         let replay = lock(&self.replay);
-        let receiver = self.events.subscribe();
-        let recent = match since {
-            Some(since) => {
-                let from = wall_clock_ns().saturating_sub(since.as_nanos() as u64);
-                replay
-                    .iter()
-                    .filter(|r| r.record.time_ns >= from)
-                    .cloned()
-                    .collect()
-            }
-            None => Vec::new(),
+        let receiver = Receiver::new(self.events.subscribe(), replay.next);
+        let since_ns = match since {
+            Some(since) => wall_clock_ns().saturating_sub(since.as_nanos() as u64),
+            None => u64::MAX,
         };
+        let recent = replay
+            .batches
+            .iter()
+            // CPUs' events interleave: any record may be the newest.
+            .filter(|b| b.entries().iter().any(|e| e.time_ns >= since_ns))
+            .cloned()
+            .collect();
         Ok(Subscribed {
             subscription,
             recent,
+            since_ns,
             receiver,
         })
     }
@@ -283,29 +298,34 @@ impl Tracer {
         }
     }
 
-    /// Keeps and sends a batch of records, encoded before the lock is
-    /// taken, under one lock.
-    fn publish(&self, records: impl Iterator<Item = TraceRecord>) {
-        let batch: Vec<Arc<Traced>> = records.map(|r| Arc::new(Traced::new(r))).collect();
+    /// Keeps and sends a batch, encoded before the lock is taken.
+    fn publish(&self, batch: Batch) {
+        let batch = Arc::new(batch);
         let mut replay = lock(&self.replay);
-        for record in batch {
-            if replay.len() == REPLAY_CAPACITY {
-                replay.pop_front();
+        replay.next = batch.first + batch.len() as u64;
+        replay.records += batch.len();
+        replay.batches.push_back(batch.clone());
+        while let Some(oldest) = replay.batches.front() {
+            if replay.records - oldest.len() < REPLAY_CAPACITY {
+                break;
             }
-            replay.push_back(record.clone());
-            // No receiver is fine: the record stays for `--since`.
-            let _ = self.events.send(record);
+            replay.records -= oldest.len();
+            replay.batches.pop_front();
         }
+        // No receiver is fine: the records stay for `--since`.
+        let _ = self.events.send(batch);
     }
 }
 
 /// A new tracer's share: tracing stays on while `subscription` lives.
 pub struct Subscribed {
     pub subscription: Subscription,
-    /// The kept records of the window asked for, oldest first.
-    pub recent: Vec<Arc<Traced>>,
+    /// The kept batches holding records of the window asked for, oldest
+    /// first: their records from `since_ns` on are the ones asked for.
+    pub recent: Vec<Arc<Batch>>,
+    pub since_ns: u64,
     /// Every record from now on.
-    pub receiver: broadcast::Receiver<Arc<Traced>>,
+    pub receiver: Receiver,
 }
 
 /// Keeps tracing on while it lives.
@@ -327,6 +347,10 @@ async fn read_ring(
     names: NameSource,
 ) {
     let mut book = AddressBook::default();
+    let mut encoder = match tracer.upgrade() {
+        Some(tracer) => Encoder::new(&tracer.node),
+        None => return,
+    };
     let mut book_at: Option<Instant> = None;
     let mut drain = tokio::time::interval(DRAIN_EVERY);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -368,12 +392,8 @@ async fn read_ring(
             book_at = Some(Instant::now());
         }
         let offset = wall_offset_ns();
-        for batch in events.chunks(PUBLISH_BATCH) {
-            tracer.publish(
-                batch
-                    .iter()
-                    .map(|event| book.resolve(event, &tracer.node, offset)),
-            );
+        for chunk in events.chunks(PUBLISH_BATCH) {
+            tracer.publish(encoder.encode(chunk, &book, offset));
         }
     }
 }

@@ -1,13 +1,19 @@
 //! Who an address is: a task, a service's VIP or a node, and which service
 //! a published port belongs to. Built from the agent's model (endpoints,
-//! services, nodes) and swapped in whole.
+//! services, nodes) and swapped in whole; every name is rendered as JSON
+//! then (`json::Name`), so naming an event allocates nothing.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+    net::Ipv4Addr,
+};
 
 use netagent_common::{TraceEvent, TRACE_FLAG_PUBLISHED, TRACE_FLAG_REMOTE_TASK};
 
 use super::{
     decode,
+    json::{self, Name},
     record::{TraceRecord, Tuple},
 };
 use crate::model::{Endpoint, Service};
@@ -16,31 +22,127 @@ use crate::model::{Endpoint, Service};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Named {
     /// The task name (else the endpoint id), `SERVICE (vip)` or the node name.
-    pub label: String,
+    pub label: Name,
+    /// `"ADDR":"label"`: the address's entry in a record's `names`.
+    names_entry: Box<[u8]>,
     /// The service of the task or VIP.
-    pub service: Option<String>,
-    pub network: Option<String>,
-    /// The endpoint id, for a task: its veth is `ve-<id8>` on its node.
-    pub endpoint_id: Option<String>,
+    pub service: Option<Name>,
+    pub network: Option<Name>,
+    /// For a task: its endpoint id and its veth on its node, `ve-<id8>`.
+    pub endpoint: Option<(String, Name)>,
+}
+
+impl Named {
+    fn new(
+        addr: Ipv4Addr,
+        label: String,
+        service: Option<String>,
+        network: Option<String>,
+        endpoint_id: Option<String>,
+    ) -> Self {
+        let label = Name::new(label);
+        let mut names_entry = Vec::with_capacity(label.json().len() + 18);
+        json::addr(&mut names_entry, addr);
+        names_entry.push(b':');
+        names_entry.extend_from_slice(label.json());
+        Self {
+            label,
+            names_entry: names_entry.into(),
+            service: service.map(Name::new),
+            network: network.map(Name::new),
+            endpoint: endpoint_id.map(|id| {
+                let veth = Name::new(crate::dataplane::endpoint::host_veth_name(&id));
+                (id, veth)
+            }),
+        }
+    }
 }
 
 /// The service a published port (port, IP protocol) belongs to: ports are
 /// unique in the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Published {
-    service: String,
+    service: Name,
     /// The network of the table serving it (the service's first VIP).
-    network: Option<String>,
+    network: Option<Name>,
 }
+
+/// Addresses are looked up four or five times per event: a multiplicative
+/// hash of the 32 bits instead of SipHash (the keys come from the agent's
+/// model, not from packets).
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u8(byte);
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type AddrMap<V> = HashMap<Ipv4Addr, V, BuildHasherDefault<AddrHasher>>;
 
 #[derive(Clone, Debug, Default)]
 pub struct AddressBook {
-    by_addr: HashMap<Ipv4Addr, Named>,
+    by_addr: AddrMap<Named>,
     published: HashMap<(u16, u8), Published>,
-    /// Nodes' ingress addresses, by (node, network name).
-    ingress_addrs: HashMap<(String, String), Ipv4Addr>,
+    /// Nodes' ingress addresses, by node, then network name.
+    ingress_addrs: HashMap<String, HashMap<String, Ipv4Addr>>,
     /// This node's underlay interface, where the published-port programs run.
-    underlay: Option<String>,
+    underlay: Option<Name>,
+}
+
+/// The interface an event happened on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interface<'a> {
+    Named(&'a Name),
+    /// `if<index>`: not one the address book knows.
+    Index(u32),
+}
+
+/// An event with its addresses named, borrowing the book's names: what a
+/// record says, before it is written (`batch`) or made a document
+/// (`AddressBook::resolve`).
+#[derive(Clone, Debug)]
+pub struct Resolved<'a> {
+    pub time_ns: u64,
+    pub interface: Interface<'a>,
+    pub endpoint: Option<&'a Name>,
+    pub before: Tuple,
+    pub after: Tuple,
+    pub service: Option<&'a Name>,
+    pub network: Option<&'a Name>,
+    /// `local` or `remote`, for a published-port flow sent on to a task.
+    pub task: Option<&'static str>,
+    pub snat: Option<Ipv4Addr>,
+    /// The named addresses among the tuples' and the SNAT address, in
+    /// address order, each once.
+    names: [Option<(Ipv4Addr, &'a Named)>; 5],
+}
+
+impl<'a> Resolved<'a> {
+    /// The entries of the record's `names`, in address order.
+    pub fn names(&self) -> impl Iterator<Item = (Ipv4Addr, &'a Named)> + '_ {
+        self.names.iter().flatten().copied()
+    }
+
+    /// `"ADDR":"label"` for each entry of `names`, in order.
+    pub fn names_entries(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.names().map(|(_, named)| &*named.names_entry)
+    }
 }
 
 impl AddressBook {
@@ -50,28 +152,24 @@ impl AddressBook {
         services: &[Service],
         nodes: &[(String, Ipv4Addr)],
     ) -> Self {
-        let mut by_addr = HashMap::new();
+        let mut by_addr = AddrMap::default();
         for (name, addr) in nodes {
             by_addr.insert(
                 *addr,
-                Named {
-                    label: format!("node {name}"),
-                    service: None,
-                    network: None,
-                    endpoint_id: None,
-                },
+                Named::new(*addr, format!("node {name}"), None, None, None),
             );
         }
         for service in services {
             for vip in &service.vips {
                 by_addr.insert(
                     vip.addr,
-                    Named {
-                        label: format!("{} (vip)", service.name),
-                        service: Some(service.name.clone()),
-                        network: Some(vip.network.clone()),
-                        endpoint_id: None,
-                    },
+                    Named::new(
+                        vip.addr,
+                        format!("{} (vip)", service.name),
+                        Some(service.name.clone()),
+                        Some(vip.network.clone()),
+                        None,
+                    ),
                 );
             }
         }
@@ -82,24 +180,28 @@ impl AddressBook {
                 published.insert(
                     (port.published, proto),
                     Published {
-                        service: service.name.clone(),
-                        network: service.vips.first().map(|v| v.network.clone()),
+                        service: Name::new(service.name.clone()),
+                        network: service.vips.first().map(|v| Name::new(v.network.clone())),
                     },
                 );
             }
         }
-        let mut ingress_addrs = HashMap::new();
+        let mut ingress_addrs: HashMap<String, HashMap<String, Ipv4Addr>> = HashMap::new();
         for ep in endpoints {
             if crate::ingress::is_pseudo_endpoint(ep) {
-                ingress_addrs.insert((ep.node.clone(), ep.network.clone()), ep.ip);
+                ingress_addrs
+                    .entry(ep.node.clone())
+                    .or_default()
+                    .insert(ep.network.clone(), ep.ip);
                 by_addr.insert(
                     ep.ip,
-                    Named {
-                        label: format!("node {} ingress", ep.node),
-                        service: None,
-                        network: Some(ep.network.clone()),
-                        endpoint_id: None,
-                    },
+                    Named::new(
+                        ep.ip,
+                        format!("node {} ingress", ep.node),
+                        None,
+                        Some(ep.network.clone()),
+                        None,
+                    ),
                 );
                 continue;
             }
@@ -110,12 +212,13 @@ impl AddressBook {
             };
             by_addr.insert(
                 ep.ip,
-                Named {
+                Named::new(
+                    ep.ip,
                     label,
-                    service: ep.service.clone(),
-                    network: Some(ep.network.clone()),
-                    endpoint_id: Some(ep.id.clone()),
-                },
+                    ep.service.clone(),
+                    Some(ep.network.clone()),
+                    Some(ep.id.clone()),
+                ),
             );
         }
         Self {
@@ -128,7 +231,7 @@ impl AddressBook {
 
     /// Names the interface of the published-port events.
     pub fn with_underlay(mut self, underlay: impl Into<String>) -> Self {
-        self.underlay = Some(underlay.into());
+        self.underlay = Some(Name::new(underlay.into()));
         self
     }
 
@@ -136,14 +239,53 @@ impl AddressBook {
         self.by_addr.get(&addr)
     }
 
-    /// The record of `event`, seen on `node`; `wall_offset_ns` turns the
+    /// What `event`, seen on `node`, is about; `wall_offset_ns` turns the
     /// event's monotonic time into wall-clock time.
-    pub fn resolve(&self, event: &TraceEvent, node: &str, wall_offset_ns: i128) -> TraceRecord {
-        if event.flags & TRACE_FLAG_PUBLISHED != 0 {
-            return self.resolve_published(event, node, wall_offset_ns);
-        }
+    pub fn name(&self, event: &TraceEvent, node: &str, wall_offset_ns: i128) -> Resolved<'_> {
         let before = decode::tuple(&event.before);
         let after = decode::tuple(&event.after);
+        let time_ns = (i128::from(event.timestamp_ns) + wall_offset_ns).max(0);
+        let mut resolved = Resolved {
+            time_ns: u64::try_from(time_ns).unwrap_or(u64::MAX),
+            interface: Interface::Index(event.ifindex),
+            endpoint: None,
+            before,
+            after,
+            service: None,
+            network: None,
+            task: None,
+            snat: None,
+            names: [None; 5],
+        };
+        if event.flags & TRACE_FLAG_PUBLISHED != 0 {
+            self.name_published(event, node, &mut resolved);
+        } else {
+            self.name_vip(event, &mut resolved);
+        }
+        let snat = resolved.snat.filter(|a| self.get(*a).is_some());
+        let addrs = [before.src, before.dst, after.src, after.dst]
+            .into_iter()
+            .filter(|a| !a.is_unspecified())
+            .chain(snat);
+        let mut count = 0;
+        for addr in addrs {
+            let Some(named) = self.get(addr) else {
+                continue;
+            };
+            let found = &mut resolved.names[..count];
+            if found.iter().flatten().any(|(a, _)| *a == addr) {
+                continue;
+            }
+            resolved.names[count] = Some((addr, named));
+            count += 1;
+        }
+        resolved.names[..count].sort_unstable_by_key(|entry| entry.map(|(a, _)| a));
+        resolved
+    }
+
+    /// An event of the VIP programs: the local container is the client.
+    fn name_vip<'a>(&'a self, event: &TraceEvent, resolved: &mut Resolved<'a>) {
+        let (before, after) = (resolved.before, resolved.after);
         // The local container is the client side: the source of what it
         // sent, the destination of what it receives.
         let local = if decode::from_container(event.kind) {
@@ -159,104 +301,82 @@ impl AddressBook {
             after.src
         };
         let endpoint = self.get(local);
-        let service = self.get(vip).and_then(|n| n.service.clone());
-        let network = self
-            .get(vip)
-            .and_then(|n| n.network.clone())
-            .or_else(|| endpoint.and_then(|n| n.network.clone()));
-        let interface = match endpoint.and_then(|n| n.endpoint_id.as_deref()) {
-            Some(id) => crate::dataplane::endpoint::host_veth_name(id),
-            None => format!("if{}", event.ifindex),
-        };
-        let mut record = self.record(event, node, wall_offset_ns, interface);
-        record.endpoint = endpoint
-            .filter(|n| n.endpoint_id.is_some())
-            .map(|n| n.label.clone());
-        record.service = service;
-        record.network = network;
-        record
+        let vip = self.get(vip);
+        resolved.service = vip.and_then(|n| n.service.as_ref());
+        resolved.network = vip
+            .and_then(|n| n.network.as_ref())
+            .or_else(|| endpoint.and_then(|n| n.network.as_ref()));
+        if let Some((veth, label)) =
+            endpoint.and_then(|n| n.endpoint.as_ref().map(|(_, veth)| (veth, &n.label)))
+        {
+            resolved.interface = Interface::Named(veth);
+            resolved.endpoint = Some(label);
+        }
     }
 
     /// An event of the published-port programs: the interface is the
     /// underlay, the service is the published port's, the endpoint is the
     /// task (on this node or another).
-    fn resolve_published(
-        &self,
-        event: &TraceEvent,
-        node: &str,
-        wall_offset_ns: i128,
-    ) -> TraceRecord {
-        let interface = match &self.underlay {
-            Some(name) => name.clone(),
-            None => format!("if{}", event.ifindex),
-        };
-        let mut record = self.record(event, node, wall_offset_ns, interface);
+    fn name_published<'a>(&'a self, event: &TraceEvent, node: &str, resolved: &mut Resolved<'a>) {
+        if let Some(underlay) = &self.underlay {
+            resolved.interface = Interface::Named(underlay);
+        }
+        let (before, after) = (resolved.before, resolved.after);
         let (published, task) = if decode::from_container(event.kind) {
             // Client -> node:published => client -> task:target.
-            let forwarded = record.after != record.before;
-            (record.before.dport, forwarded.then_some(record.after.dst))
+            let forwarded = after != before;
+            (before.dport, forwarded.then_some(after.dst))
         } else {
             // Task:target -> client => node:published -> client.
-            (record.after.sport, Some(record.before.src))
+            (after.sport, Some(before.src))
         };
         let port = self.published.get(&(published, event.proto));
         let task = task.and_then(|addr| self.get(addr));
-        record.endpoint = task
-            .filter(|n| n.endpoint_id.is_some())
-            .map(|n| n.label.clone());
-        record.service = port.map(|p| p.service.clone());
-        record.network = task
-            .and_then(|n| n.network.clone())
-            .or_else(|| port.and_then(|p| p.network.clone()));
+        resolved.endpoint = task.filter(|n| n.endpoint.is_some()).map(|n| &n.label);
+        resolved.service = port.map(|p| &p.service);
+        resolved.network = task
+            .and_then(|n| n.network.as_ref())
+            .or_else(|| port.and_then(|p| p.network.as_ref()));
         if decode::is_forward(event.kind) {
             let remote = event.flags & TRACE_FLAG_REMOTE_TASK != 0;
-            record.task = Some(if remote { "remote" } else { "local" }.to_owned());
+            resolved.task = Some(if remote { "remote" } else { "local" });
             if remote {
-                record.snat = record
-                    .network
-                    .as_ref()
-                    .and_then(|net| self.ingress_addrs.get(&(node.to_owned(), net.clone())))
-                    .copied();
+                resolved.snat = resolved.network.and_then(|net| {
+                    self.ingress_addrs
+                        .get(node)
+                        .and_then(|nets| nets.get(net.text()))
+                        .copied()
+                });
             }
         }
-        if let Some(addr) = record.snat {
-            if let Some(named) = self.get(addr) {
-                record.names.insert(addr, named.label.clone());
-            }
-        }
-        record
     }
 
-    /// The record of `event` with its tuples named, its service, network
-    /// and endpoint left for the caller.
-    fn record(
-        &self,
-        event: &TraceEvent,
-        node: &str,
-        wall_offset_ns: i128,
-        interface: String,
-    ) -> TraceRecord {
-        let before = decode::tuple(&event.before);
-        let after = decode::tuple(&event.after);
-        let names = addrs(&before, &after)
-            .filter_map(|addr| self.get(addr).map(|n| (addr, n.label.clone())))
-            .collect();
-        let time_ns = (i128::from(event.timestamp_ns) + wall_offset_ns).max(0);
+    /// The record of `event` as a document (`netctl` reads lines back into
+    /// this; the stream's lines are written from `name` directly).
+    pub fn resolve(&self, event: &TraceEvent, node: &str, wall_offset_ns: i128) -> TraceRecord {
+        let r = self.name(event, node, wall_offset_ns);
+        let text = |name: Option<&Name>| name.map(|n| n.text().to_owned());
         TraceRecord {
-            time_ns: u64::try_from(time_ns).unwrap_or(u64::MAX),
+            time_ns: r.time_ns,
             node: node.to_owned(),
-            interface,
-            endpoint: None,
+            interface: match r.interface {
+                Interface::Named(name) => name.text().to_owned(),
+                Interface::Index(index) => format!("if{index}"),
+            },
+            endpoint: text(r.endpoint),
             verdict: decode::verdict(event.kind),
             reason: decode::reason(event.reason),
             protocol: decode::protocol(event),
-            before,
-            after,
-            service: None,
-            network: None,
-            task: None,
-            snat: None,
-            names,
+            before: r.before,
+            after: r.after,
+            service: text(r.service),
+            network: text(r.network),
+            task: r.task.map(str::to_owned),
+            snat: r.snat,
+            names: r
+                .names()
+                .map(|(addr, named)| (addr, named.label.text().to_owned()))
+                .collect(),
             packet_len: event.packet_len,
             headers: base64::Engine::encode(
                 &base64::engine::general_purpose::STANDARD,
@@ -264,12 +384,6 @@ impl AddressBook {
             ),
         }
     }
-}
-
-fn addrs(before: &Tuple, after: &Tuple) -> impl Iterator<Item = Ipv4Addr> {
-    [before.src, before.dst, after.src, after.dst]
-        .into_iter()
-        .filter(|a| !a.is_unspecified())
 }
 
 #[cfg(test)]

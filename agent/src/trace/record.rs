@@ -1,6 +1,7 @@
 //! The documents of the trace stream (`GET /v1/trace`): one JSON object per
 //! line, a public contract like `api::types` (`netctl trace --format json`
-//! prints them as they are).
+//! prints them as they are). The agent writes its event lines with
+//! `batch::write_line`, byte for byte what serde makes of `TraceLine::Event`.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -107,52 +108,6 @@ pub struct TraceRecord {
     pub headers: String,
 }
 
-/// A record and its stream line, encoded once for every tracer.
-#[derive(Debug)]
-pub struct Traced {
-    pub record: TraceRecord,
-    /// `{"type":"event",...}` and a newline.
-    pub line: Vec<u8>,
-}
-
-impl Traced {
-    pub fn new(record: TraceRecord) -> Self {
-        /// `TraceLine::Event` without a copy of the record.
-        #[derive(Serialize)]
-        #[serde(tag = "type", rename_all = "lowercase")]
-        enum EventLine<'a> {
-            Event(&'a TraceRecord),
-        }
-        let mut line = serde_json::to_vec(&EventLine::Event(&record)).unwrap_or_default();
-        line.push(b'\n');
-        Self { record, line }
-    }
-}
-
-impl TraceRecord {
-    /// Every address of the event (the SNAT address included).
-    pub fn addrs(&self) -> impl Iterator<Item = Ipv4Addr> {
-        [
-            self.before.src,
-            self.before.dst,
-            self.after.src,
-            self.after.dst,
-        ]
-        .into_iter()
-        .chain(self.snat)
-    }
-
-    /// Every port of the event.
-    pub fn ports(&self) -> [u16; 4] {
-        [
-            self.before.sport,
-            self.before.dport,
-            self.after.sport,
-            self.after.dport,
-        ]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,9 +142,9 @@ mod tests {
             packet_len: 42,
             headers: "AAE=".into(),
         };
-        let traced = Traced::new(record.clone());
-        assert_eq!(traced.line.last(), Some(&b'\n'));
-        let line: TraceLine = serde_json::from_slice(&traced.line).unwrap();
+        let mut bytes = serde_json::to_vec(&TraceLine::Event(Box::new(record.clone()))).unwrap();
+        bytes.push(b'\n');
+        let line: TraceLine = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(line, TraceLine::Event(Box::new(record)));
     }
 }

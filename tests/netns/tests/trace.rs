@@ -245,12 +245,14 @@ fn a_vip_flow_is_traced_with_names_filters_pcap_and_replay() {
     let pcap: PathBuf = scene.lab.state_dir().join("trace.pcap");
     let pcap_arg = pcap.display().to_string();
 
-    // Three tracers at once, each with its own filter; all get the stream.
+    // Four tracers at once, each with its own filter (or none); all get
+    // the stream.
     let mut all = Tracer::start(&scene.lab, "n1", &["trace", "--pcap", &pcap_arg]);
     assert!(all.seen[0].starts_with("tracing on node"), "{:?}", all.seen);
     let mut web = Tracer::json(&scene.lab, "n1", &["--service", "web"]);
     let mut drops = Tracer::json(&scene.lab, "n1", &["--verdict", "drop"]);
-    assert_eq!(scene.trace_status().0, 3);
+    let mut unfiltered = Tracer::json(&scene.lab, "n1", &[]);
+    assert_eq!(scene.trace_status().0, 4);
     // The pcap tracer wants every packet: the datapath reports them all.
     assert_eq!(scene.flag(), 2);
 
@@ -300,6 +302,14 @@ fn a_vip_flow_is_traced_with_names_filters_pcap_and_replay() {
         assert_eq!(drop["reason"], "no-backend");
         assert_eq!(drop["service"], "empty");
     }
+
+    // The tracer without a filter got both, as the same documents the
+    // filtered ones got.
+    let same = unfiltered.wait_event("the translation, unfiltered", |e| *e == translate);
+    assert_eq!(same, translate);
+    unfiltered.wait_event("a refusal, unfiltered", |e| {
+        e["verdict"] == "drop" && e["before"]["dst"] == empty_vip.as_str()
+    });
 
     // Filters: after one more web flow reached the `web` tracer, it has
     // seen nothing of `empty`, and the drop tracer nothing but drops.
@@ -376,7 +386,7 @@ fn a_vip_flow_is_traced_with_names_filters_pcap_and_replay() {
         e["before"]["dst"] == empty_vip.as_str() && e["reason"] == "no-backend"
     });
 
-    for tracer in [web, drops, late] {
+    for tracer in [web, drops, unfiltered, late] {
         let (status, stderr) = tracer.stop();
         assert!(status.success(), "{status} {stderr}");
     }

@@ -36,6 +36,8 @@ const OUTER_TTL: u8 = 64;
 const SPORT_MIN: u64 = 32768;
 const SPORT_RANGE: u64 = 61000 - 32768;
 const IP_DF: u8 = 0x40;
+/// IPv4 `frag_off`'s MF flag and fragment offset: any bit set, a fragment.
+const IP_FRAG_MASK: u16 = 0x3fff;
 /// VXLAN's "I" flag: the VNI is valid.
 const VXLAN_FLAG_VNI: u8 = 0x08;
 const ETH_P_IP: u16 = 0x0800;
@@ -172,8 +174,8 @@ const INNER_IP: usize = ETH_HLEN + VXLAN_OVERHEAD;
 /// The inner packet of the VXLAN packet in `ctx` (UDP to port 4789), as a
 /// reply key (see `lb::reply_key`), when it is plain enough to be handled
 /// here: outer and inner IPv4 without options, a VNI, inner TCP or UDP,
-/// not a fragment, not a GSO aggregate. `None` otherwise (the node's vxlan
-/// device takes it, as before).
+/// neither the outer nor the inner packet a fragment, not a GSO aggregate.
+/// `None` otherwise (the node's vxlan device takes it, as before).
 #[inline(always)]
 pub(crate) fn inner_reply(ctx: &TcContext) -> Option<LbRevKey> {
     // SAFETY: the kernel hands every tc program a valid __sk_buff.
@@ -182,7 +184,10 @@ pub(crate) fn inner_reply(ctx: &TcContext) -> Option<LbRevKey> {
     }
     // Outer IPv4 (20) + UDP (8) + VXLAN flags (1).
     let outer: [u8; 29] = ctx.load(ETH_HLEN).ok()?;
-    if outer[0] != 0x45 || outer[OUTER_IP + UDP_HDR] & VXLAN_FLAG_VNI == 0 {
+    // A fragment (MF or an offset) of the outer packet is not the whole
+    // inner packet: the vxlan device reassembles it first.
+    let outer_fragment = u16::from_be_bytes([outer[6], outer[7]]) & IP_FRAG_MASK != 0;
+    if outer[0] != 0x45 || outer_fragment || outer[OUTER_IP + UDP_HDR] & VXLAN_FLAG_VNI == 0 {
         return None;
     }
     let eth_type: u16 = ctx.load(INNER_IP - 2).ok()?;
@@ -192,7 +197,7 @@ pub(crate) fn inner_reply(ctx: &TcContext) -> Option<LbRevKey> {
     // Inner IPv4 (20) + ports (4).
     let h: [u8; 24] = ctx.load(INNER_IP).ok()?;
     let proto = h[9];
-    let fragment = u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0;
+    let fragment = u16::from_be_bytes([h[6], h[7]]) & IP_FRAG_MASK != 0;
     if h[0] != 0x45 || fragment || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
         return None;
     }

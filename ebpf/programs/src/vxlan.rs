@@ -2,9 +2,11 @@
 //! devices would write them (see the agent's `dataplane::sandbox`): UDP to
 //! port 4789 with no checksum, the source port spread by the flow's hash
 //! over the kernel's default range, TTL 64, the network's VNI. The outer
-//! header carries DF: a packet is only encapsulated here when it fits the
-//! underlay's MTU (and the network's), so it never needs fragmenting.
-//! Anything else is left to the sandbox path, which handles it as before.
+//! header leaves DF unset, as the vxlan device does: a packet is only
+//! encapsulated here when it fits this node's underlay MTU (and the
+//! network's), and a smaller MTU further along the path fragments it (the
+//! task node's vxlan device reassembles) rather than dropping it. Anything
+//! else is left to the sandbox path, which handles it as before.
 //!
 //! The other way, `inner_reply` reads the inner 5-tuple of a VXLAN packet
 //! the node received and `decapsulate` strips the outer headers, for
@@ -17,7 +19,7 @@ use aya_ebpf::{
         BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L2_ETH,
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
     },
-    helpers::generated::bpf_check_mtu,
+    helpers::generated::{bpf_check_mtu, bpf_get_prandom_u32},
     programs::TcContext,
 };
 use netagent_common::{IngressRemote, LbRevKey, VXLAN_PORT};
@@ -35,7 +37,6 @@ const OUTER_TTL: u8 = 64;
 /// from (so that the underlay's ECMP hashing spreads flows).
 const SPORT_MIN: u64 = 32768;
 const SPORT_RANGE: u64 = 61000 - 32768;
-const IP_DF: u8 = 0x40;
 /// IPv4 `frag_off`'s MF flag and fragment offset: any bit set, a fragment.
 const IP_FRAG_MASK: u16 = 0x3fff;
 /// VXLAN's "I" flag: the VNI is valid.
@@ -116,7 +117,12 @@ pub(crate) fn encapsulate(
     let mut ip = [0u8; OUTER_IP];
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&outer_len.to_be_bytes());
-    ip[6] = IP_DF;
+    // An ID per packet: without DF, a router may fragment it, and the
+    // task node must not mix the fragments of two packets.
+    // SAFETY: a plain helper call.
+    let id = unsafe { bpf_get_prandom_u32() } as u16;
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    // frag_off 0: no DF, as the vxlan device sends (see the module doc).
     ip[8] = OUTER_TTL;
     ip[9] = IPPROTO_UDP;
     ip[12..16].copy_from_slice(&outer_src.to_ne_bytes());

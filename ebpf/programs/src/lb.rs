@@ -12,8 +12,9 @@
 //! A VIP with no backend refuses new flows at once: TCP with a RST, UDP with
 //! an ICMP port unreachable (from the VIP).
 //!
-//! Limits: IPv4 only; non-first fragments pass untouched; ICMP errors about
-//! a flow are not translated; a task reaching its own service never gets
+//! Limits: IPv4 only; fragments (the first one too) pass untouched (the
+//! kernel handles them as it would without the LB); ICMP errors about a
+//! flow are not translated; a task reaching its own service never gets
 //! itself (see `pick`).
 
 use aya_ebpf::{
@@ -60,6 +61,8 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
 pub(crate) const IPPROTO_TCP: u8 = 6;
 pub(crate) const IPPROTO_UDP: u8 = 17;
+/// IPv4 `frag_off`'s MF flag and fragment offset: any bit set, a fragment.
+pub(crate) const IP_FRAG_MASK: u16 = 0x3fff;
 const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 pub(crate) const IP_SRC_OFF: usize = ETH_HLEN + 12;
 pub(crate) const IP_DST_OFF: usize = ETH_HLEN + 16;
@@ -147,8 +150,10 @@ pub(crate) fn parse_flow(ctx: &TcContext) -> Result<Option<Flow>, ()> {
     if ihl < 20 {
         return Ok(None);
     }
+    // Any fragment (MF or an offset) is left to the kernel: only the first
+    // has the ports, and translating it alone splits the datagram.
     let frag: u16 = ctx.load(ETH_HLEN + 6).map_err(|_| ())?;
-    if u16::from_be(frag) & 0x1fff != 0 {
+    if u16::from_be(frag) & IP_FRAG_MASK != 0 {
         return Ok(None);
     }
     let proto: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| ())?;
@@ -412,7 +417,7 @@ pub(crate) fn reply_key(ctx: &TcContext) -> Result<Option<LbRevKey>, ()> {
             return Ok(None);
         }
         let proto = h[23];
-        let unfragmented = u16::from_be_bytes([h[20], h[21]]) & 0x1fff == 0;
+        let unfragmented = u16::from_be_bytes([h[20], h[21]]) & IP_FRAG_MASK == 0;
         if h[14] == 0x45 && unfragmented {
             if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
                 return Ok(None);

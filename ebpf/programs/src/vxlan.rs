@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use netagent_common::{IngressRemote, LbRevKey, VXLAN_PORT};
 
-use crate::lb::{add_words, fold, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP};
+use crate::lb::{add_words, fold, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IP_FRAG_MASK};
 
 /// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 pub(crate) const VXLAN_OVERHEAD: usize = 50;
@@ -37,8 +37,6 @@ const OUTER_TTL: u8 = 64;
 /// from (so that the underlay's ECMP hashing spreads flows).
 const SPORT_MIN: u64 = 32768;
 const SPORT_RANGE: u64 = 61000 - 32768;
-/// IPv4 `frag_off`'s MF flag and fragment offset: any bit set, a fragment.
-const IP_FRAG_MASK: u16 = 0x3fff;
 /// VXLAN's "I" flag: the VNI is valid.
 const VXLAN_FLAG_VNI: u8 = 0x08;
 const ETH_P_IP: u16 = 0x0800;

@@ -137,6 +137,39 @@ pub fn is_pseudo_endpoint(endpoint: &Endpoint) -> bool {
     endpoint.id.starts_with(PSEUDO_ENDPOINT_PREFIX)
 }
 
+/// What an earlier run left in INGRESS_REMOTE. An entry that cannot be
+/// read is deleted: `sync_remote_tasks` only fixes entries it knows, and a
+/// stale VTEP or MAC must not stay (its task takes the sandbox path until
+/// the next pass writes it again).
+fn read_remote_tasks(
+    datapath: &mut Datapath,
+) -> Result<BTreeMap<u32, IngressRemote>, IngressError> {
+    let mut map: HashMap<_, u32, IngressRemote> =
+        HashMap::try_from(datapath.map_mut(INGRESS_REMOTE_MAP)?)
+            .map_err(map_error(INGRESS_REMOTE_MAP))?;
+    let keys: Vec<u32> = map
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_error(INGRESS_REMOTE_MAP))?;
+    let mut remote = BTreeMap::new();
+    for addr in keys {
+        match map.get(&addr, 0) {
+            Ok(entry) => {
+                remote.insert(addr, entry);
+            }
+            Err(MapError::KeyNotFound) => {}
+            Err(error) => {
+                warn!(task = %ip(addr), %error, "unreadable INGRESS_REMOTE entry deleted");
+                match map.remove(&addr) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(error) => return Err(map_error(INGRESS_REMOTE_MAP)(error)),
+                }
+            }
+        }
+    }
+    Ok(remote)
+}
+
 impl Ingress {
     /// Opens the maps under `bpffs` and reads back what an earlier run
     /// programmed.
@@ -165,10 +198,7 @@ impl Ingress {
                 Some((net, uplink))
             })
             .collect();
-        let remote: HashMap<_, u32, IngressRemote> =
-            HashMap::try_from(datapath.map_mut(INGRESS_REMOTE_MAP)?)
-                .map_err(map_error(INGRESS_REMOTE_MAP))?;
-        let remote = remote.iter().filter_map(Result::ok).collect();
+        let remote = read_remote_tasks(&mut datapath)?;
         Ok(Self {
             node_addr,
             underlay: underlay.to_owned(),
@@ -295,8 +325,10 @@ impl Ingress {
     }
 
     /// Writes INGRESS_REMOTE from `wanted` (`remote::plan`): entries that
-    /// went or changed first, then new ones. An entry the map has no room
-    /// for is skipped (logged): its task's flows take the sandbox path.
+    /// went or changed first, then new ones. An entry that cannot be
+    /// written (most likely the map is full) is deleted, so that no stale
+    /// VTEP or MAC stays, and counted in one warning per pass: its task's
+    /// flows take the sandbox path and the next pass retries.
     pub fn sync_remote_tasks(
         &self,
         wanted: &BTreeMap<Ipv4Addr, IngressRemote>,
@@ -315,19 +347,32 @@ impl Ingress {
             }
         }
         state.remote.retain(|addr, _| wanted.contains_key(addr));
+        let mut failed = 0usize;
+        let mut last_error = None;
         for (addr, entry) in &wanted {
             if state.remote.get(addr) == Some(entry) {
                 continue;
             }
-            match map.insert(addr, entry, 0) {
-                Ok(()) => {
-                    state.remote.insert(*addr, *entry);
+            if let Err(error) = map.insert(addr, entry, 0) {
+                debug!(task = %ip(*addr), %error, "remote task not in INGRESS_REMOTE");
+                failed += 1;
+                last_error = Some(error);
+                // An older entry for it (another VTEP or MAC) must go.
+                state.remote.remove(addr);
+                match map.remove(addr) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(error) => return Err(map_error(INGRESS_REMOTE_MAP)(error)),
                 }
-                Err(error) => {
-                    // Most likely full: the sandbox path still carries it.
-                    debug!(task = %ip(*addr), %error, "remote task not in INGRESS_REMOTE");
-                }
+                continue;
             }
+            state.remote.insert(*addr, *entry);
+        }
+        if let Some(error) = last_error {
+            warn!(
+                failed,
+                %error,
+                "remote tasks left out of INGRESS_REMOTE (their flows take the sandbox path; retried next pass)"
+            );
         }
         Ok(())
     }

@@ -11,12 +11,15 @@ use std::{
 
 use netagent_common::IngressRemote;
 
+use super::is_pseudo_endpoint;
 use crate::{gossip::GossipView, model::Network, reconcile};
 
 /// The INGRESS_REMOTE entries this node wants, by task address: one per
 /// endpoint another node owns on a network of `wanted` (ids) that is not
-/// internal. An address two nodes claim (a task moving) gets no entry:
-/// its flows take the sandbox path until gossip agrees.
+/// internal, other nodes' ingress addresses (pseudo-endpoints, which no
+/// published flow goes to) left out. An address two nodes claim (a task
+/// moving) gets no entry: its flows take the sandbox path until gossip
+/// agrees.
 pub fn plan(
     self_name: &str,
     networks: &[Network],
@@ -29,7 +32,18 @@ pub fn plan(
         .iter()
         .filter(|n| wanted.contains(&n.id) && !n.internal)
     {
-        for peer in reconcile::wanted_peers(self_name, network, view) {
+        let pseudo: BTreeSet<Ipv4Addr> = view
+            .nodes
+            .values()
+            .filter(|node| node.name != self_name)
+            .flat_map(|node| node.endpoints.values())
+            .filter(|ep| ep.network_id == network.id && is_pseudo_endpoint(ep))
+            .map(|ep| ep.ip)
+            .collect();
+        for peer in reconcile::wanted_peers(self_name, network, view)
+            .into_iter()
+            .filter(|peer| !pseudo.contains(&peer.ip))
+        {
             let entry = IngressRemote {
                 vtep: u32::from_ne_bytes(peer.vtep.octets()),
                 vni: network.vni,
@@ -119,6 +133,18 @@ mod tests {
             mtu: 1400,
         };
         assert_eq!(entries, BTreeMap::from([(theirs.ip, expected)]));
+    }
+
+    #[test]
+    fn other_nodes_ingress_addresses_take_no_entry() {
+        let app = network("app", 4096, None);
+        let task = endpoint(&app, "n2", 3);
+        let mut ingress = endpoint(&app, "n2", 250);
+        ingress.id = crate::ingress::pseudo_endpoint_id("n2", app.vni);
+        let view = view(&[("n2", 12, vec![task.clone(), ingress])]);
+        let wanted = [app.id.clone()].into();
+        let entries = plan("n1", &[app], &wanted, &view);
+        assert_eq!(entries.keys().copied().collect::<Vec<_>>(), [task.ip]);
     }
 
     #[test]

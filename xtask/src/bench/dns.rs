@@ -121,12 +121,19 @@ fn dnsperf(
     max_qps: Option<u64>,
     verbose: bool,
 ) -> Result<Run> {
-    // `times` after dnsperf: its CPU use, from the shell that waited for it.
+    // dnsperf's report goes to a file, read once it is done: with `-v` it
+    // writes one line per answer, one write() each, and a pipe would wake
+    // this process for every answer of the measured run (tens of thousands
+    // a second on the cores the servers and dnsperf share). `times` after
+    // dnsperf: its CPU use, from the shell that waited for it.
+    let report = lab.state_dir().join("dnsperf.out");
+    let report_arg = report.display().to_string();
     let mut args = vec![
         "bash",
         "-c",
-        "dnsperf \"$@\" && times >&2",
+        "out=$1; shift; dnsperf \"$@\" >\"$out\" && times >&2",
         "dnsperf",
+        &report_arg,
         "-s",
         server,
         "-d",
@@ -150,13 +157,14 @@ fn dnsperf(
     let before = cpu_seconds(server_pid)?;
     let out = lab.exec(netns, &args)?;
     let server_cpu = cpu_seconds(server_pid)? - before;
-    let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(
             "dnsperf against {server} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    let text = std::fs::read_to_string(&report)
+        .with_context(|| format!("reading dnsperf's report {}", report.display()))?;
     let field = |label: &str| -> Option<&str> {
         text.lines()
             .find_map(|line| line.trim().strip_prefix(label))

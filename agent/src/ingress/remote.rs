@@ -64,50 +64,9 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::{
-        gossip::PeerState,
-        model::{Endpoint, Mac},
+        model::Mac,
+        reconcile::fixtures::{endpoint, network, view},
     };
-
-    fn network(name: &str, vni: u32, mtu: Option<u32>) -> Network {
-        Network {
-            name: name.into(),
-            id: format!("id-{name}"),
-            vni,
-            subnet: format!("10.{}.0.0/24", vni - 4000).parse().unwrap(),
-            gateway: format!("10.{}.0.1", vni - 4000).parse().unwrap(),
-            internal: false,
-            mtu,
-        }
-    }
-
-    fn endpoint(network: &Network, node: &str, host: u8) -> Endpoint {
-        let ip = Ipv4Addr::new(10, (network.vni - 4000) as u8, 0, host);
-        Endpoint::new(
-            format!("{node}-{host}"),
-            &network.name,
-            &network.id,
-            node,
-            ip,
-        )
-    }
-
-    fn view(nodes: &[(&str, u8, Vec<Endpoint>)]) -> GossipView {
-        GossipView {
-            nodes: nodes
-                .iter()
-                .map(|(name, last, eps)| {
-                    (
-                        name.to_string(),
-                        PeerState {
-                            name: name.to_string(),
-                            vtep: Some(Ipv4Addr::new(198, 18, 0, *last)),
-                            endpoints: eps.iter().map(|ep| (ep.id.clone(), ep.clone())).collect(),
-                        },
-                    )
-                })
-                .collect(),
-        }
-    }
 
     #[test]
     fn remote_tasks_of_published_networks_with_their_node_vni_and_mtu() {

@@ -326,108 +326,24 @@ impl Receiver {
 #[cfg(test)]
 mod tests {
     use netagent_common::{
-        TraceTuple, TRACE_CAPTURE_BYTES, TRACE_FLAG_PUBLISHED, TRACE_FLAG_REMOTE_TASK,
-        TRACE_KIND_DROP, TRACE_KIND_FORWARD, TRACE_KIND_REVERSE, TRACE_KIND_TRANSLATE,
-        TRACE_REASON_NO_BACKEND,
+        TraceTuple, TRACE_FLAG_PUBLISHED, TRACE_FLAG_REMOTE_TASK, TRACE_KIND_DROP,
+        TRACE_KIND_FORWARD, TRACE_KIND_REVERSE, TRACE_KIND_TRANSLATE, TRACE_REASON_NO_BACKEND,
     };
 
     use super::*;
-    use crate::{
-        model::{Endpoint, PublishedPort, Service, ServiceVip},
-        trace::record::{TraceLine, TraceRecord},
+    use crate::trace::{
+        fixtures::{self, event, tuple},
+        record::{TraceLine, TraceRecord},
     };
-
-    fn ne(ip: [u8; 4]) -> u32 {
-        u32::from_ne_bytes(ip)
-    }
-
-    fn port(p: u16) -> u16 {
-        u16::from_ne_bytes(p.to_be_bytes())
-    }
 
     /// Names with everything JSON must escape in them.
     fn book() -> AddressBook {
-        let mut client = Endpoint::new(
-            "c0ffee001234",
-            "app \"net\"",
-            "net1",
-            "n1",
-            Ipv4Addr::new(10, 0, 0, 2),
-        );
-        client.name = "client\\1\n\u{1}é".into();
-        let mut web = Endpoint::new(
-            "beef00005678",
-            "app \"net\"",
-            "net1",
-            "n2",
-            Ipv4Addr::new(10, 0, 0, 3),
-        );
-        web.name = "web.1".into();
-        web.service = Some("web\t".into());
-        let unnamed = Endpoint::new(
-            "abcdef000000",
-            "app \"net\"",
-            "net1",
-            "n1",
-            Ipv4Addr::new(10, 0, 0, 4),
-        );
-        let service = Service {
-            name: "web\t".into(),
-            id: "s1".into(),
-            endpoint_mode: Default::default(),
-            vips: vec![ServiceVip {
-                network: "app \"net\"".into(),
-                network_id: "net1".into(),
-                addr: Ipv4Addr::new(10, 0, 0, 250),
-            }],
-            networks: vec!["app \"net\"".into()],
-            ports: vec![PublishedPort {
-                published: 8080,
-                target: 80,
-                protocol: Default::default(),
-                mode: Default::default(),
-            }],
-        };
-        let ingress = Endpoint::new(
-            crate::ingress::pseudo_endpoint_id("n1", 4096),
-            "app \"net\"",
-            "net1",
-            "n1",
-            Ipv4Addr::new(10, 0, 0, 254),
-        );
-        AddressBook::build(
-            &[client, web, unnamed, ingress],
-            &[service],
-            &[("n\"1".into(), Ipv4Addr::new(198, 18, 0, 11))],
-        )
-        .with_underlay("eth0")
-    }
-
-    fn tuple(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> TraceTuple {
-        TraceTuple {
-            saddr: ne(src),
-            daddr: ne(dst),
-            sport: port(sport),
-            dport: port(dport),
-        }
-    }
-
-    fn event(kind: u8, before: TraceTuple, after: TraceTuple) -> TraceEvent {
-        TraceEvent {
-            timestamp_ns: 1_000,
-            ifindex: 9,
-            kind,
-            reason: 0,
-            proto: 6,
-            flags: 0,
-            before,
-            after,
-            service_id: 1,
-            packet_len: 60,
-            captured_len: 0,
-            pad2: 0,
-            headers: [0; TRACE_CAPTURE_BYTES],
-        }
+        fixtures::book(&fixtures::Names {
+            network: "app \"net\"",
+            client: "client\\1\n\u{1}é",
+            service: "web\t",
+            node: "n\"1",
+        })
     }
 
     /// Every kind of event the programs write, and some they do not.

@@ -16,6 +16,8 @@
 pub mod batch;
 pub mod decode;
 pub mod filter;
+#[cfg(test)]
+mod fixtures;
 pub mod json;
 pub mod names;
 pub mod pcap;

@@ -389,87 +389,19 @@ impl AddressBook {
 #[cfg(test)]
 mod tests {
     use netagent_common::{
-        TraceTuple, TRACE_CAPTURE_BYTES, TRACE_KIND_FORWARD, TRACE_KIND_REVERSE,
-        TRACE_KIND_TRANSLATE,
+        TraceTuple, TRACE_KIND_FORWARD, TRACE_KIND_REVERSE, TRACE_KIND_TRANSLATE,
     };
 
     use super::*;
-    use crate::model::{Service, ServiceVip};
-
-    fn ne(ip: [u8; 4]) -> u32 {
-        u32::from_ne_bytes(ip)
-    }
-
-    fn port(p: u16) -> u16 {
-        u16::from_ne_bytes(p.to_be_bytes())
-    }
+    use crate::trace::fixtures::{self, event, ne, port};
 
     fn book() -> AddressBook {
-        let mut client = Endpoint::new(
-            "c0ffee001234",
-            "appnet",
-            "net1",
-            "n1",
-            Ipv4Addr::new(10, 0, 0, 2),
-        );
-        client.name = "client.1".into();
-        let mut web = Endpoint::new(
-            "beef00005678",
-            "appnet",
-            "net1",
-            "n2",
-            Ipv4Addr::new(10, 0, 0, 3),
-        );
-        web.name = "web.1".into();
-        web.service = Some("web".into());
-        let service = Service {
-            name: "web".into(),
-            id: "s1".into(),
-            endpoint_mode: Default::default(),
-            vips: vec![ServiceVip {
-                network: "appnet".into(),
-                network_id: "net1".into(),
-                addr: Ipv4Addr::new(10, 0, 0, 250),
-            }],
-            networks: vec!["appnet".into()],
-            ports: vec![crate::model::PublishedPort {
-                published: 8080,
-                target: 80,
-                protocol: Default::default(),
-                mode: Default::default(),
-            }],
-        };
-        let ingress = Endpoint::new(
-            crate::ingress::pseudo_endpoint_id("n1", 4096),
-            "appnet",
-            "net1",
-            "n1",
-            Ipv4Addr::new(10, 0, 0, 254),
-        );
-        AddressBook::build(
-            &[client, web, ingress],
-            &[service],
-            &[("n1".into(), Ipv4Addr::new(198, 18, 0, 11))],
-        )
-        .with_underlay("eth0")
-    }
-
-    fn event(kind: u8, before: TraceTuple, after: TraceTuple) -> TraceEvent {
-        TraceEvent {
-            timestamp_ns: 1_000,
-            ifindex: 9,
-            kind,
-            reason: 0,
-            proto: 6,
-            flags: 0,
-            before,
-            after,
-            service_id: 1,
-            packet_len: 60,
-            captured_len: 2,
-            pad2: 0,
-            headers: [0; TRACE_CAPTURE_BYTES],
-        }
+        fixtures::book(&fixtures::Names {
+            network: "appnet",
+            client: "client.1",
+            service: "web",
+            node: "n1",
+        })
     }
 
     #[test]
@@ -484,7 +416,9 @@ mod tests {
             daddr: ne([10, 0, 0, 3]),
             ..sent
         };
-        let record = book().resolve(&event(TRACE_KIND_TRANSLATE, sent, now), "n1", 5);
+        let mut translated = event(TRACE_KIND_TRANSLATE, sent, now);
+        translated.captured_len = 2;
+        let record = book().resolve(&translated, "n1", 5);
         assert_eq!(record.time_ns, 1_005);
         assert_eq!(record.verdict, "translate");
         assert_eq!(record.endpoint.as_deref(), Some("client.1"));

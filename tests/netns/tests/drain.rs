@@ -107,6 +107,19 @@ impl Scene {
         panic!("no flow to {host}:{port} reached web2");
     }
 
+    /// Polls who answers new connections, through each node's published
+    /// port, the VIP, then n3's host-mode port, until `ok`; panics with the
+    /// last answers and the agents' logs after `deadline`.
+    fn wait_for(&self, deadline: Duration, when: &str, ok: impl Fn(&[BTreeSet<String>]) -> bool) {
+        let mut last = Vec::new();
+        wait_until(deadline, || {
+            last = self.new_connections_reach();
+            last.push(self.host_port_of_n3());
+            ok(&last).then_some(())
+        })
+        .unwrap_or_else(|_| panic!("{when}: {last:?}\n{}", self.lab.agent_logs(30)));
+    }
+
     fn node(&self, name: &str) -> serde_json::Value {
         self.lab
             .netctl_json("n1", &["node", "inspect", name])
@@ -114,22 +127,17 @@ impl Scene {
     }
 }
 
-fn both() -> BTreeSet<String> {
-    ["web1", "web2"].map(str::to_owned).into()
+/// Every path reaches both tasks; n3's host-mode port, its own.
+fn all_active(seen: &[BTreeSet<String>]) -> bool {
+    let both = BTreeSet::from(["web1", "web2"].map(str::to_owned));
+    seen[..4].iter().all(|s| *s == both) && seen[4] == BTreeSet::from(["web2".to_owned()])
 }
 
 #[test]
 fn a_drained_node_gets_no_new_connections_within_five_seconds_and_keeps_its_open_ones() {
     require_root!();
     let mut scene = Scene::up();
-    let mut last = Vec::new();
-    wait_until(Duration::from_secs(20), || {
-        last = scene.new_connections_reach();
-        last.push(scene.host_port_of_n3());
-        let web2 = BTreeSet::from(["web2".to_owned()]);
-        (last[..4].iter().all(|s| *s == both()) && last[4] == web2).then_some(())
-    })
-    .unwrap_or_else(|_| panic!("before the drain: {last:?}\n{}", scene.lab.agent_logs(30)));
+    scene.wait_for(Duration::from_secs(20), "before the drain", all_active);
     // Open connections to web2 (on n3): from outside through n1's
     // published port, and from the client through the VIP.
     let ext = scene.lab.external_netns();
@@ -153,18 +161,10 @@ fn a_drained_node_gets_no_new_connections_within_five_seconds_and_keeps_its_open
         )
         .expect("drain");
     assert_eq!(drained["availability"], "drain", "{drained}");
-    let only_web1 = BTreeSet::from(["web1".to_owned()]);
-    wait_until(Duration::from_secs(5), || {
-        last = scene.new_connections_reach();
-        last.push(scene.host_port_of_n3());
-        let refused = !last[4].is_empty() && last[4].iter().all(|a| a.contains("refused"));
-        (last[..4].iter().all(|s| *s == only_web1) && refused).then_some(())
-    })
-    .unwrap_or_else(|_| {
-        panic!(
-            "5 s after the drain: {last:?}\n{}",
-            scene.lab.agent_logs(30)
-        )
+    scene.wait_for(Duration::from_secs(5), "5 s after the drain", |seen| {
+        let only_web1 = BTreeSet::from(["web1".to_owned()]);
+        let refused = !seen[4].is_empty() && seen[4].iter().all(|a| a.contains("refused"));
+        seen[..4].iter().all(|s| *s == only_web1) && refused
     });
     assert!(mesh_flow.ask().starts_with("web2 "), "open mesh flow");
     assert!(vip_flow.ask().starts_with("web2 "), "open VIP flow");
@@ -239,13 +239,7 @@ fn a_drained_node_gets_no_new_connections_within_five_seconds_and_keeps_its_open
         .expect("active");
     assert_eq!(active["availability"], "active", "{active}");
     assert!(active["labels"].get("rack").is_none(), "{active}");
-    wait_until(Duration::from_secs(10), || {
-        last = scene.new_connections_reach();
-        last.push(scene.host_port_of_n3());
-        let web2 = BTreeSet::from(["web2".to_owned()]);
-        (last[..4].iter().all(|s| *s == both()) && last[4] == web2).then_some(())
-    })
-    .unwrap_or_else(|_| panic!("after active: {last:?}\n{}", scene.lab.agent_logs(30)));
+    scene.wait_for(Duration::from_secs(10), "after active", all_active);
     assert!(mesh_flow.ask().starts_with("web2 "), "open mesh flow");
 
     // For the report: when the managers wrote each change and when each

@@ -120,6 +120,14 @@ impl Scene {
         .unwrap_or_else(|_| panic!("{when}: {last:?}\n{}", self.lab.agent_logs(30)));
     }
 
+    /// `netctl node update ARGS n3` through the manager n1: the new record.
+    fn update_n3(&self, args: &[&str]) -> serde_json::Value {
+        let full = [&["node", "update"], args, &["n3"]].concat();
+        self.lab
+            .netctl_json("n1", &full)
+            .unwrap_or_else(|e| panic!("node update {args:?}: {e}"))
+    }
+
     fn node(&self, name: &str) -> serde_json::Value {
         self.lab
             .netctl_json("n1", &["node", "inspect", name])
@@ -145,21 +153,7 @@ fn a_drained_node_gets_no_new_connections_within_five_seconds_and_keeps_its_open
     let mut vip_flow = scene.flow_to_web2(&scene.client.netns, &scene.vip, "8081");
 
     // Drain n3 (through the manager, n1), with a label.
-    let drained = scene
-        .lab
-        .netctl_json(
-            "n1",
-            &[
-                "node",
-                "update",
-                "--availability",
-                "drain",
-                "--label-add",
-                "rack=r3",
-                "n3",
-            ],
-        )
-        .expect("drain");
+    let drained = scene.update_n3(&["--availability", "drain", "--label-add", "rack=r3"]);
     assert_eq!(drained["availability"], "drain", "{drained}");
     scene.wait_for(Duration::from_secs(5), "5 s after the drain", |seen| {
         let only_web1 = BTreeSet::from(["web1".to_owned()]);
@@ -222,21 +216,7 @@ fn a_drained_node_gets_no_new_connections_within_five_seconds_and_keeps_its_open
 
     // Active again, without its label: new connections reach web2 again
     // everywhere.
-    let active = scene
-        .lab
-        .netctl_json(
-            "n1",
-            &[
-                "node",
-                "update",
-                "--availability",
-                "active",
-                "--label-rm",
-                "rack",
-                "n3",
-            ],
-        )
-        .expect("active");
+    let active = scene.update_n3(&["--availability", "active", "--label-rm", "rack"]);
     assert_eq!(active["availability"], "active", "{active}");
     assert!(active["labels"].get("rack").is_none(), "{active}");
     scene.wait_for(Duration::from_secs(10), "after active", all_active);

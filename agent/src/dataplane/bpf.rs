@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use aya::{
+    maps::MapError,
     programs::{
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
         SchedClassifier, TcAttachType,
@@ -16,6 +17,15 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracing::{debug, info};
+
+/// A map entry's removal: a key already gone (never written, or deleted by
+/// an earlier pass that failed later) is what the caller wanted.
+pub fn removed(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
 
 /// The eBPF object compiled by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netagent-ebpf"));

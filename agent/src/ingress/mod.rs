@@ -47,7 +47,7 @@ use crate::{
     cluster::ClusterRuntime,
     control::ControlPlane,
     dataplane::{
-        bpf::{Direction, TcSlot},
+        bpf::{removed, Direction, TcSlot},
         Datapath, DatapathError,
     },
     ipam,
@@ -160,10 +160,7 @@ fn read_remote_tasks(
             Err(MapError::KeyNotFound) => {}
             Err(error) => {
                 warn!(task = %ip(addr), %error, "unreadable INGRESS_REMOTE entry deleted");
-                match map.remove(&addr) {
-                    Ok(()) | Err(MapError::KeyNotFound) => {}
-                    Err(error) => return Err(map_error(INGRESS_REMOTE_MAP)(error)),
-                }
+                removed(map.remove(&addr)).map_err(map_error(INGRESS_REMOTE_MAP))?;
             }
         }
     }
@@ -266,10 +263,7 @@ impl Ingress {
             map.insert(ip, 1, 0).map_err(map_error(INGRESS_LOCAL_MAP))?;
         }
         for ip in state.local.difference(&wanted_local) {
-            match map.remove(ip) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_error(INGRESS_LOCAL_MAP)(error)),
-            }
+            removed(map.remove(ip)).map_err(map_error(INGRESS_LOCAL_MAP))?;
         }
         state.local = wanted_local;
 
@@ -296,10 +290,7 @@ impl Ingress {
             HashMap::try_from(state.datapath.map_mut(INGRESS_PORTS_MAP)?)
                 .map_err(map_error(INGRESS_PORTS_MAP))?;
         for key in state.ports.keys().filter(|k| !wanted.contains_key(k)) {
-            match map.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_error(INGRESS_PORTS_MAP)(error)),
-            }
+            removed(map.remove(key)).map_err(map_error(INGRESS_PORTS_MAP))?;
             info!(
                 port = u16::from_be(key.port),
                 proto = key.proto,
@@ -341,10 +332,7 @@ impl Ingress {
             HashMap::try_from(state.datapath.map_mut(INGRESS_REMOTE_MAP)?)
                 .map_err(map_error(INGRESS_REMOTE_MAP))?;
         for addr in state.remote.keys().filter(|a| !wanted.contains_key(a)) {
-            match map.remove(addr) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_error(INGRESS_REMOTE_MAP)(error)),
-            }
+            removed(map.remove(addr)).map_err(map_error(INGRESS_REMOTE_MAP))?;
         }
         state.remote.retain(|addr, _| wanted.contains_key(addr));
         let mut failed = 0usize;
@@ -359,10 +347,7 @@ impl Ingress {
                 last_error = Some(error);
                 // An older entry for it (another VTEP or MAC) must go.
                 state.remote.remove(addr);
-                match map.remove(addr) {
-                    Ok(()) | Err(MapError::KeyNotFound) => {}
-                    Err(error) => return Err(map_error(INGRESS_REMOTE_MAP)(error)),
-                }
+                removed(map.remove(addr)).map_err(map_error(INGRESS_REMOTE_MAP))?;
                 continue;
             }
             state.remote.insert(*addr, *entry);
@@ -485,10 +470,7 @@ impl Ingress {
             LpmTrie::try_from(state.datapath.map_mut(INGRESS_UPLINKS_MAP)?)
                 .map_err(map_error(INGRESS_UPLINKS_MAP))?;
         for net in gone {
-            match map.remove(&subnet_key(&net)) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(error) => return Err(map_error(INGRESS_UPLINKS_MAP)(error)),
-            }
+            removed(map.remove(&subnet_key(&net))).map_err(map_error(INGRESS_UPLINKS_MAP))?;
             state.uplinks.remove(&net);
             info!(subnet = %net, "published-port uplink removed");
         }

@@ -47,7 +47,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     dataplane::{
-        bpf::{Direction, TcSlot},
+        bpf::{removed, Direction, TcSlot},
         netns::{self, NetnsError},
         Datapath, DatapathError,
     },
@@ -601,10 +601,7 @@ impl State {
     /// Removes VIP `vip`'s entry, then frees its table.
     fn remove_vip(&mut self, vip: Ipv4Addr) -> Result<(), LbError> {
         let mut services = self.services_map()?;
-        match services.remove(&key(vip)) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(error) => return Err(map_error(LB_SERVICES_MAP)(error)),
-        }
+        removed(services.remove(&key(vip))).map_err(map_error(LB_SERVICES_MAP))?;
         if let Some(service) = self.services.remove(&vip) {
             self.free_slot(&service);
             info!(%vip, "VIP removed from the load balancer");
@@ -620,10 +617,7 @@ impl State {
             return Ok(());
         };
         let mut backends = self.backends_map()?;
-        match backends.remove(&id) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(error) => return Err(map_error(LB_BACKENDS_MAP)(error)),
-        }
+        removed(backends.remove(&id)).map_err(map_error(LB_BACKENDS_MAP))?;
         self.backends.remove(&ip);
         self.nodes.remove(&ip);
         self.free_ids.push_back(id);

@@ -1,18 +1,25 @@
-//! The UDP side of every container resolver of the node, on one dedicated
-//! thread (not a tokio worker): one level-triggered epoll over the UDP
-//! sockets of all containers (opened in each container's namespace, handed
-//! over as std sockets). For each ready socket it takes a batch of queries
-//! ([`Batch`]: one `recvmmsg`), answers cluster names and cached forwarded
-//! names inline against one load of the table and of the scope, and sends
-//! the batch's replies with one `sendmmsg`. Only cache misses leave the
-//! thread: each becomes a tokio task (at most [`MAX_FORWARDS`] per
-//! container, SERVFAIL at once beyond) that sends its reply on the same
-//! socket.
+//! The UDP side of every container resolver of the node, on dedicated
+//! threads (not tokio workers): [`THREADS`] of them, each with its own
+//! level-triggered epoll set holding the UDP sockets of all containers
+//! (opened in each container's namespace, handed over as std sockets). For
+//! each ready socket a thread takes a batch of queries ([`Batch`]: one
+//! `recvmmsg`), answers cluster names and cached forwarded names inline
+//! against one load of the table and of the scope, and sends the batch's
+//! replies with one `sendmmsg`. Only cache misses leave the threads: each
+//! becomes a tokio task (at most [`MAX_FORWARDS`] per container, SERVFAIL
+//! at once beyond) that sends its reply on the same socket.
 //!
 //! Why: per query the cost was the receive and send system calls and the
 //! runtime's wake-ups; a batch costs one `epoll_wait`, one `recvmmsg` and
-//! one `sendmmsg` whatever its size, and the thread never shares a core's
+//! one `sendmmsg` whatever its size, and the threads never share a core's
 //! run queue with the runtime's tasks.
+//!
+//! Why more than one: a thread waiting for a CPU (behind a kernel thread or
+//! any busy process on its core) would hold every query queued behind it.
+//! The sockets are in every thread's set with `EPOLLEXCLUSIVE`: a datagram
+//! wakes one waiting thread, the first one while it waits, another while
+//! it is busy or stalled, so the queue is served from whichever core is
+//! free (docs/benchmarks.md, "A second resolver thread").
 //!
 //! Membership: a socket joins with [`UdpLoop::register`] and leaves when its
 //! [`Registration`] is dropped. The members are held by `Arc`; the loop
@@ -49,7 +56,9 @@ use super::{
 pub const RECEIVE_BUFFER: usize = 4 << 20;
 /// Ready sockets taken per `epoll_wait`.
 const MAX_EVENTS: usize = 64;
-/// The token of the wake-up eventfd; members get 1 and up.
+/// Resolver threads (fewer on a node with fewer CPUs).
+pub const THREADS: usize = 2;
+/// The token of the stop eventfd; members get 1 and up.
 const WAKE: u64 = 0;
 /// Pause after an unexpected `epoll_wait` failure, not to spin.
 const FAILURE_BACKOFF: Duration = Duration::from_millis(100);
@@ -61,10 +70,12 @@ struct Member {
     runtime: Handle,
 }
 
-/// What the loop thread and the registrations share.
+/// What the loop threads and the registrations share.
 struct Poller {
-    epoll: OwnedFd,
-    /// An eventfd in the epoll set: written to wake the thread up to stop.
+    /// One epoll set per thread, each holding every member socket.
+    epolls: Vec<OwnedFd>,
+    /// An eventfd in every set, never drained: written once, it wakes every
+    /// thread up to stop.
     wake: OwnedFd,
     stop: AtomicBool,
     members: Mutex<HashMap<u64, Arc<Member>>>,
@@ -76,25 +87,57 @@ impl Poller {
         self.members.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn control(&self, op: libc::c_int, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut event = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
-        };
-        // SAFETY: both descriptors are open (the caller holds them); the
-        // event is read during the call only.
-        let result = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) };
-        if result < 0 {
-            return Err(io::Error::last_os_error());
+    /// Adds `fd` to every thread's set, or to none.
+    fn add(&self, fd: RawFd, token: u64, events: libc::c_int) -> io::Result<()> {
+        for (added, epoll) in self.epolls.iter().enumerate() {
+            if let Err(error) = control(epoll, libc::EPOLL_CTL_ADD, fd, token, events) {
+                for epoll in &self.epolls[..added] {
+                    let _ = control(epoll, libc::EPOLL_CTL_DEL, fd, token, 0);
+                }
+                return Err(error);
+            }
         }
         Ok(())
     }
+
+    /// Takes `fd` out of every thread's set; the first failure is returned
+    /// once all were tried.
+    fn remove(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut outcome = Ok(());
+        for epoll in &self.epolls {
+            let result = control(epoll, libc::EPOLL_CTL_DEL, fd, token, 0);
+            if outcome.is_ok() {
+                outcome = result;
+            }
+        }
+        outcome
+    }
 }
 
-/// The resolver thread; stopped (and joined) when dropped.
+fn control(
+    epoll: &OwnedFd,
+    op: libc::c_int,
+    fd: RawFd,
+    token: u64,
+    events: libc::c_int,
+) -> io::Result<()> {
+    let mut event = libc::epoll_event {
+        events: events as u32,
+        u64: token,
+    };
+    // SAFETY: both descriptors are open (the caller holds them); the event
+    // is read during the call only.
+    let result = unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, fd, &mut event) };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The resolver threads; stopped (and joined) when dropped.
 pub struct UdpLoop {
     poller: Arc<Poller>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 /// A socket's membership in the loop: dropping it takes the socket out.
@@ -113,9 +156,15 @@ fn check(result: libc::c_int) -> io::Result<RawFd> {
 
 impl UdpLoop {
     pub fn start() -> io::Result<Self> {
-        // SAFETY: plain system calls; each new descriptor is owned at once.
-        let epoll =
-            unsafe { OwnedFd::from_raw_fd(check(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
+        let count = std::thread::available_parallelism().map_or(1, |cpus| cpus.get().min(THREADS));
+        let epolls = (0..count)
+            .map(|_| {
+                // SAFETY: a plain system call; the new descriptor is owned
+                // at once.
+                check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         // SAFETY: as above.
         let wake = unsafe {
             OwnedFd::from_raw_fd(check(libc::eventfd(
@@ -124,21 +173,27 @@ impl UdpLoop {
             ))?)
         };
         let poller = Arc::new(Poller {
-            epoll,
+            epolls,
             wake,
             stop: AtomicBool::new(false),
             members: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(WAKE + 1),
         });
-        poller.control(libc::EPOLL_CTL_ADD, poller.wake.as_raw_fd(), WAKE)?;
-        let thread = std::thread::Builder::new().name("dns-udp".into()).spawn({
-            let poller = poller.clone();
-            move || run(&poller)
-        })?;
-        Ok(UdpLoop {
+        // Not exclusive: stopping wakes every thread.
+        poller.add(poller.wake.as_raw_fd(), WAKE, libc::EPOLLIN)?;
+        let mut udp = UdpLoop {
             poller,
-            thread: Some(thread),
-        })
+            threads: Vec::with_capacity(count),
+        };
+        for index in 0..count {
+            let poller = udp.poller.clone();
+            // On failure `udp` is dropped: the threads started stop.
+            let thread = std::thread::Builder::new()
+                .name("dns-udp".into())
+                .spawn(move || run(&poller, index))?;
+            udp.threads.push(thread);
+        }
+        Ok(udp)
     }
 
     /// Adds `socket` to the loop: from now on its queries are answered with
@@ -162,7 +217,11 @@ impl UdpLoop {
                 runtime,
             }),
         );
-        if let Err(error) = self.poller.control(libc::EPOLL_CTL_ADD, fd, token) {
+        // Exclusive: a datagram wakes one waiting thread, not all.
+        if let Err(error) = self
+            .poller
+            .add(fd, token, libc::EPOLLIN | libc::EPOLLEXCLUSIVE)
+        {
             let member = members.remove(&token);
             drop(members);
             drop(member);
@@ -179,9 +238,9 @@ impl Drop for UdpLoop {
     fn drop(&mut self) {
         self.poller.stop.store(true, Ordering::SeqCst);
         wake(&self.poller.wake);
-        if let Some(thread) = self.thread.take() {
-            // The last owner may be the loop thread itself (through a
-            // member it is serving): it stops on its own then.
+        for thread in self.threads.drain(..) {
+            // The last owner may be a loop thread itself (through a member
+            // it is serving): it stops on its own then.
             if thread.thread().id() != std::thread::current().id() {
                 let _ = thread.join();
             }
@@ -195,10 +254,7 @@ impl Drop for Registration {
         let member = members.remove(&self.token);
         if let Some(member) = &member {
             // The descriptor is still open: `member` holds it.
-            if let Err(error) =
-                self.poller
-                    .control(libc::EPOLL_CTL_DEL, member.socket.as_raw_fd(), self.token)
-            {
+            if let Err(error) = self.poller.remove(member.socket.as_raw_fd(), self.token) {
                 tracing::debug!(%error, "dns: removing a socket from the UDP loop");
             }
         }
@@ -238,22 +294,20 @@ fn size_receive_buffer(socket: &UdpSocket) {
     tracing::debug!(error = %io::Error::last_os_error(), "dns: cannot size the UDP receive buffer");
 }
 
-/// The thread: wait for ready sockets, serve a batch of each, until stopped.
-fn run(poller: &Poller) {
+/// Thread `index`: wait for ready sockets in its set, serve a batch of
+/// each, until stopped.
+fn run(poller: &Poller, index: usize) {
+    let Some(epoll) = poller.epolls.get(index).map(AsRawFd::as_raw_fd) else {
+        return;
+    };
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
     let mut ready: Vec<Arc<Member>> = Vec::with_capacity(MAX_EVENTS);
     let mut batch = Batch::default();
     let mut scratch = Scratch::default();
     while !poller.stop.load(Ordering::SeqCst) {
         // SAFETY: the buffer holds MAX_EVENTS events and lives across the call.
-        let count = unsafe {
-            libc::epoll_wait(
-                poller.epoll.as_raw_fd(),
-                events.as_mut_ptr(),
-                MAX_EVENTS as libc::c_int,
-                -1,
-            )
-        };
+        let count =
+            unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), MAX_EVENTS as libc::c_int, -1) };
         let Ok(count) = usize::try_from(count) else {
             let error = io::Error::last_os_error();
             if error.kind() != io::ErrorKind::Interrupted {
@@ -266,7 +320,8 @@ fn run(poller: &Poller) {
             let members = poller.members();
             for event in &events[..count] {
                 match event.u64 {
-                    WAKE => drain(&poller.wake),
+                    // Stopping: the loop condition ends this thread.
+                    WAKE => {}
                     token => ready.extend(members.get(&token).cloned()),
                 }
             }
@@ -275,12 +330,6 @@ fn run(poller: &Poller) {
             member.serve(&mut batch, &mut scratch);
         }
     }
-}
-
-fn drain(eventfd: &OwnedFd) {
-    let mut value = [0u8; 8];
-    // SAFETY: reads at most 8 bytes into a live buffer from an open eventfd.
-    unsafe { libc::read(eventfd.as_raw_fd(), value.as_mut_ptr().cast(), value.len()) };
 }
 
 impl Member {

@@ -5,8 +5,8 @@
 //!   table, the rest handed to the forwarder);
 //! * [`forward`]: the node's upstream resolvers, one time budget per query;
 //! * [`cache`]: forwarded answers, shared by the node's resolvers;
-//! * [`udp`]: one thread answering the UDP queries of every container of the
-//!   node, by batches ([`batch`]); cache misses go to tokio tasks;
+//! * [`udp`]: two threads answering the UDP queries of every container of
+//!   the node, by batches ([`batch`]); cache misses go to tokio tasks;
 //! * [`server`]: what one container's resolver shares, and its TCP loop
 //!   (tokio).
 //!
@@ -55,7 +55,7 @@ pub struct DnsShared {
     table: ArcSwap<DnsTable>,
     forwarder: Forwarder,
     cache: ForwardCache,
-    /// The UDP resolver thread, started with the first container resolver.
+    /// The UDP resolver threads, started with the first container resolver.
     udp: Mutex<Option<UdpLoop>>,
 }
 
@@ -98,7 +98,7 @@ impl DnsShared {
         answer
     }
 
-    /// Hands `socket` to the UDP resolver thread (started on first use).
+    /// Hands `socket` to the UDP resolver threads (started on first use).
     fn register_udp(
         &self,
         socket: std::net::UdpSocket,
@@ -116,7 +116,7 @@ impl DnsShared {
 
 /// One container's resolver, answering on sockets opened in the container's
 /// namespace, with the names of the networks in `networks` (network ids) only.
-/// Stops when dropped: its UDP socket leaves the resolver thread, its TCP
+/// Stops when dropped: its UDP socket leaves the resolver threads, its TCP
 /// task ends (forwarded queries in flight still finish within the budget).
 pub struct ContainerResolver {
     tcp: AbortHandle,

@@ -1,6 +1,6 @@
 //! What the resolver of one container shares between its loops, and its
 //! TCP loop, on sockets opened in the container's namespace. (UDP: the
-//! node's resolver thread, [`super::udp`].)
+//! node's resolver threads, [`super::udp`].)
 //!
 //! TCP: one task per connection, at most [`MAX_CONNECTIONS`]; a connection
 //! is closed when idle for [`IDLE`], when a read or write takes longer than

@@ -138,7 +138,7 @@ fn resolver(upstreams: Vec<SocketAddr>, budget: Duration) -> Resolver {
 }
 
 /// Another container's resolver on the same shared state (the same UDP
-/// resolver thread).
+/// resolver threads).
 fn resolver_on(shared: Arc<DnsShared>) -> Resolver {
     let scope = Arc::new(ArcSwap::from_pointee(vec!["id-front".to_string()]));
     let (udp, tcp) = bind_pair();

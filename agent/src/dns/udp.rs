@@ -18,8 +18,10 @@
 //! any busy process on its core) would hold every query queued behind it.
 //! The sockets are in every thread's set with `EPOLLEXCLUSIVE`: a datagram
 //! wakes one waiting thread, the first one while it waits, another while
-//! it is busy or stalled, so the queue is served from whichever core is
-//! free (docs/benchmarks.md, "A second resolver thread").
+//! it is busy or stalled; that thread's `recvmmsg` then takes the whole
+//! queue, earlier datagrams too, so the queue is served from whichever core
+//! is free (docs/benchmarks.md, "A second resolver thread"). A woken thread
+//! leaves the wait queue at once since Linux 6.0; the steering needs 6.6.
 //!
 //! Membership: a socket joins with [`UdpLoop::register`] and leaves when its
 //! [`Registration`] is dropped. The members are held by `Arc`; the loop
@@ -160,9 +162,10 @@ impl UdpLoop {
         let epolls = (0..count)
             .map(|_| {
                 // SAFETY: a plain system call; the new descriptor is owned
-                // at once.
-                check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+                // at once, here only.
+                Ok(unsafe {
+                    OwnedFd::from_raw_fd(check(libc::epoll_create1(libc::EPOLL_CLOEXEC))?)
+                })
             })
             .collect::<io::Result<Vec<_>>>()?;
         // SAFETY: as above.
@@ -185,12 +188,12 @@ impl UdpLoop {
             poller,
             threads: Vec::with_capacity(count),
         };
-        for index in 0..count {
-            let poller = udp.poller.clone();
+        for (index, epoll) in udp.poller.epolls.iter().enumerate() {
+            let (poller, epoll) = (udp.poller.clone(), epoll.as_raw_fd());
             // On failure `udp` is dropped: the threads started stop.
             let thread = std::thread::Builder::new()
-                .name("dns-udp".into())
-                .spawn(move || run(&poller, index))?;
+                .name(format!("dns-udp-{index}"))
+                .spawn(move || run(&poller, epoll))?;
             udp.threads.push(thread);
         }
         Ok(udp)
@@ -259,7 +262,7 @@ impl Drop for Registration {
             }
         }
         // Unlocked first: the member may be the last owner of what owns the
-        // loop, whose drop waits for the thread, which may wait for the lock.
+        // loop, whose drop waits for the threads, which may wait for the lock.
         drop(members);
         drop(member);
     }
@@ -294,12 +297,9 @@ fn size_receive_buffer(socket: &UdpSocket) {
     tracing::debug!(error = %io::Error::last_os_error(), "dns: cannot size the UDP receive buffer");
 }
 
-/// Thread `index`: wait for ready sockets in its set, serve a batch of
-/// each, until stopped.
-fn run(poller: &Poller, index: usize) {
-    let Some(epoll) = poller.epolls.get(index).map(AsRawFd::as_raw_fd) else {
-        return;
-    };
+/// One thread: wait for ready sockets in its set `epoll` (one of
+/// `poller`'s, kept open by it), serve a batch of each, until stopped.
+fn run(poller: &Poller, epoll: RawFd) {
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
     let mut ready: Vec<Arc<Member>> = Vec::with_capacity(MAX_EVENTS);
     let mut batch = Batch::default();

@@ -25,12 +25,14 @@ mod lab;
 mod names;
 mod process;
 mod sweep;
+mod thread;
 
 pub use cmd::{run, run_output, CmdError};
 pub use lab::{Agent, Container, Lab, LabError, LabSpec, Node};
 pub use names::{LAB_STATE_ROOT, UNDERLAY_PREFIX_LEN};
 pub use process::wait_until;
 pub use sweep::{leftovers, sweep, Leftovers, SweepReport};
+pub use thread::{threads_named, StoppedThread};
 
 /// Whether this process may build labs (they need root).
 pub fn is_root() -> bool {

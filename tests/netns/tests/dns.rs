@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use netlab::{require_root, wait_until, Container, Lab};
+use netlab::{require_root, threads_named, wait_until, Container, Lab, StoppedThread};
 
 /// Three agents in one cluster, network `appnet`, service `web` (vip) and
 /// `cache` (dnsrr).
@@ -389,5 +389,50 @@ fn bad_queries_get_rfc_answers_and_never_stall_the_resolver() {
     // Still answering, over UDP and TCP.
     assert_eq!(dig(&lab, &client, &["web"]), vec![vip.clone()]);
     assert_eq!(dig(&lab, &client, &["+tcp", "web"]), vec![vip]);
+    lab.teardown().expect("teardown");
+}
+
+/// A resolver thread that cannot run (here: stopped, as it would be behind
+/// a CPU taken by another task) does not hold the answers: the node's other
+/// resolver thread serves the queries meanwhile, whichever of the two it is.
+#[test]
+fn answers_go_on_while_a_resolver_thread_cannot_run() {
+    require_root!();
+    let mut lab = cluster();
+    let (client, _) = attach(&mut lab, "n1", "client", "appnet", &[]);
+    let vip = vip_of(&lab, "web");
+    eventually(
+        &lab,
+        &client,
+        &["web"],
+        vec![vip.clone()],
+        Duration::from_secs(2),
+    );
+    let agent = lab
+        .node("n1")
+        .ok()
+        .and_then(|node| node.agent())
+        .map(|agent| agent.id.pid)
+        .expect("the agent of n1");
+    let threads = threads_named(agent, "dns-udp-");
+    let cpus = std::thread::available_parallelism().map_or(1, |cpus| cpus.get());
+    assert_eq!(
+        threads.len(),
+        cpus.min(2),
+        "resolver threads on {cpus} CPUs: {threads:?}"
+    );
+    for (name, tid) in threads.iter().filter(|_| threads.len() > 1) {
+        let stopped = StoppedThread::stop(*tid).expect("stopping a resolver thread");
+        // Each dig asks from a new port, answered within its 2 s or not at all.
+        for _ in 0..5 {
+            assert_eq!(
+                dig(&lab, &client, &["web"]),
+                vec![vip.clone()],
+                "with {name} stopped"
+            );
+        }
+        drop(stopped);
+    }
+    assert_eq!(dig(&lab, &client, &["web"]), vec![vip]);
     lab.teardown().expect("teardown");
 }

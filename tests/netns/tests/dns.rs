@@ -98,6 +98,22 @@ fn eventually(
     });
 }
 
+/// [`cluster`] with container `client` on n1, once it resolves `web` to
+/// the VIP (returned).
+fn cluster_with_client() -> (Lab, Container, String) {
+    let mut lab = cluster();
+    let (client, _) = attach(&mut lab, "n1", "client", "appnet", &[]);
+    let vip = vip_of(&lab, "web");
+    eventually(
+        &lab,
+        &client,
+        &["web"],
+        vec![vip.clone()],
+        Duration::from_secs(2),
+    );
+    (lab, client, vip)
+}
+
 fn vip_of(lab: &Lab, service: &str) -> String {
     let service = lab
         .netctl_json("n1", &["service", "inspect", service])
@@ -313,15 +329,7 @@ fn detached_or_unhealthy_tasks_leave_answers_within_a_second() {
 #[test]
 fn a_container_can_bind_port_53_itself() {
     require_root!();
-    let mut lab = cluster();
-    let (client, _) = attach(&mut lab, "n1", "client", "appnet", &[]);
-    eventually(
-        &lab,
-        &client,
-        &["web"],
-        vec![vip_of(&lab, "web")],
-        Duration::from_secs(2),
-    );
+    let (mut lab, client, _) = cluster_with_client();
     let bind = lab
         .exec(
             &client.netns,
@@ -352,16 +360,7 @@ fn a_container_can_bind_port_53_itself() {
 #[test]
 fn bad_queries_get_rfc_answers_and_never_stall_the_resolver() {
     require_root!();
-    let mut lab = cluster();
-    let (client, _) = attach(&mut lab, "n1", "client", "appnet", &[]);
-    let vip = vip_of(&lab, "web");
-    eventually(
-        &lab,
-        &client,
-        &["web"],
-        vec![vip.clone()],
-        Duration::from_secs(2),
-    );
+    let (mut lab, client, vip) = cluster_with_client();
     // Junk datagrams and a half-open TCP connection first.
     let junk = lab
         .exec(
@@ -398,16 +397,7 @@ fn bad_queries_get_rfc_answers_and_never_stall_the_resolver() {
 #[test]
 fn answers_go_on_while_a_resolver_thread_cannot_run() {
     require_root!();
-    let mut lab = cluster();
-    let (client, _) = attach(&mut lab, "n1", "client", "appnet", &[]);
-    let vip = vip_of(&lab, "web");
-    eventually(
-        &lab,
-        &client,
-        &["web"],
-        vec![vip.clone()],
-        Duration::from_secs(2),
-    );
+    let (mut lab, client, vip) = cluster_with_client();
     let agent = lab
         .node("n1")
         .ok()

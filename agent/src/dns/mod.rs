@@ -48,6 +48,8 @@ pub enum DnsError {
     Runtime(#[from] tokio::runtime::TryCurrentError),
     #[error("dns resolver socket: {0}")]
     Socket(#[from] std::io::Error),
+    #[error("cannot start the dns resolver threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// What every container resolver of the node shares.
@@ -108,7 +110,7 @@ impl DnsShared {
         let mut running = self.udp.lock().unwrap_or_else(PoisonError::into_inner);
         let udp = match &mut *running {
             Some(udp) => udp,
-            None => running.insert(UdpLoop::start()?),
+            None => running.insert(UdpLoop::start().map_err(DnsError::Threads)?),
         };
         Ok(udp.register(socket, ctx, runtime)?)
     }

@@ -28,7 +28,7 @@ pub fn router() -> Router<Arc<AgentState>> {
         .route("/v1/cluster/join", post(cluster_join))
         .route("/v1/cluster/join-token", get(join_token))
         .route("/v1/nodes", get(nodes))
-        .route("/v1/nodes/{name}", get(node))
+        .route("/v1/nodes/{name}", get(node).delete(remove_node))
         .route(
             "/v1/nodes/{name}/update",
             post(update_node).patch(update_node),
@@ -206,6 +206,37 @@ async fn update_node(
     let record = rt.control.update_node(&name, request).await?;
     rt.refresh_soon().await;
     Ok(Json(node_info(&rt.view(), record)))
+}
+
+/// `netctl node rm`: only a node that is down (gone from this node's
+/// gossip view), as in Docker: a live node would go on gossiping its
+/// endpoints. The managers forget it and refuse its certificate from then
+/// on.
+async fn remove_node(
+    State(state): State<Arc<AgentState>>,
+    Path(name): Path<String>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    let rt = runtime(&state).await?;
+    let record = crate::control::node::find(rt.control.nodes().await?, &name)?;
+    if record.id == rt.identity().node_id {
+        return Err(ApiError::with_status(
+            StatusCode::CONFLICT,
+            format!("node {} is this node: a node cannot remove itself, run `netctl node rm` on a manager for another node", record.name),
+        ));
+    }
+    let view = rt.view();
+    if view.nodes.contains_key(&record.name) {
+        return Err(ApiError::with_status(
+            StatusCode::CONFLICT,
+            format!(
+                "node {} is not down and can't be removed: stop its agent first (`netctl node ls` shows it Down within seconds)",
+                record.name
+            ),
+        ));
+    }
+    let removed = rt.control.remove_node(&record.id).await?;
+    rt.refresh_soon().await;
+    Ok(Json(node_info(&view, removed)))
 }
 
 async fn create_network(

@@ -32,6 +32,10 @@ pub enum NodeCommand {
         #[arg(long = "label-rm")]
         remove_labels: Vec<String>,
     },
+    /// Forget a node that is down (its agent stopped): it leaves `node ls`,
+    /// its address blocks return to the pool and the managers refuse its
+    /// certificate from then on.
+    Rm { node: String },
 }
 
 /// The request of `node update`, checked here so that a bad value is one
@@ -103,6 +107,11 @@ pub async fn run(
             let request = update_request(availability, &labels, &remove_labels)?;
             let path = format!("/v1/nodes/{}/update", super::path_segment(&node));
             let node: NodeInfo = client.post(&path, &request).await?;
+            print_one(out, format, &node, &node.name)
+        }
+        NodeCommand::Rm { node } => {
+            let path = format!("/v1/nodes/{}", super::path_segment(&node));
+            let node: NodeInfo = client.delete(&path).await?;
             print_one(out, format, &node, &node.name)
         }
     }

@@ -230,6 +230,10 @@ impl ControlPlane for ManagerClient {
             .request(Method::POST, &path, json(&request)?)
             .await
     }
+    async fn remove_node(&self, id_or_name: &str) -> Result<NodeRecord, ControlError> {
+        let path = format!("/v1/nodes/{}", wire::segment(id_or_name)?);
+        self.inner.request(Method::DELETE, &path, None).await
+    }
     async fn create_network(&self, request: CreateNetwork) -> Result<Network, ControlError> {
         self.inner
             .request(Method::POST, "/v1/networks", json(&request)?)

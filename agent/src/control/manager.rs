@@ -643,7 +643,7 @@ impl Core {
             let node = node::find(self.nodes()?, id_or_name)?;
             if node.id == self.node_id {
                 return Err(ControlError::Invalid(
-                    "a manager cannot remove itself: run `netctl cluster leave --force` on it"
+                    "a manager cannot remove itself: remove other nodes from it, and keep it as long as the cluster lives"
                         .into(),
                 ));
             }
@@ -868,12 +868,6 @@ impl Manager {
             })
         })
         .await
-    }
-
-    /// `node rm`: see [`Core::remove_node`].
-    pub async fn remove_node(&self, id_or_name: &str) -> Result<NodeRecord, ControlError> {
-        let id_or_name = id_or_name.to_owned();
-        self.run(move |core| core.remove_node(&id_or_name)).await
     }
 
     /// The store, for watchers and other engineers' records.
@@ -1173,7 +1167,7 @@ async fn dispatch(
         }
         Peer::Unknown => {
             return Err(ControlError::Invalid(
-                "this node's certificate is no longer known to the cluster (node removed?): run `netctl cluster leave --force` and join again".into(),
+                "this node's certificate is no longer known to the cluster (removed with `netctl node rm`?): stop its agent, remove its --data-dir and join again".into(),
             ))
         }
     };
@@ -1186,6 +1180,11 @@ async fn dispatch(
             let request: UpdateNode = parse(&body)?;
             let id = owned[2].clone();
             reply(&blocking(move || core.update_node(&id, &request)).await?)
+        }
+        (Method::DELETE, ["v1", "nodes", _]) => {
+            manager_only(&node)?;
+            let id = owned[2].clone();
+            reply(&blocking(move || core.remove_node(&id)).await?)
         }
         (Method::GET, ["v1", "nodes", _, "blocks"]) => {
             let id = owned[2].clone();
@@ -1269,6 +1268,10 @@ impl ControlPlane for Manager {
         let id_or_name = id_or_name.to_owned();
         self.run(move |core| core.update_node(&id_or_name, &request))
             .await
+    }
+    async fn remove_node(&self, id_or_name: &str) -> Result<NodeRecord, ControlError> {
+        let id_or_name = id_or_name.to_owned();
+        self.run(move |core| core.remove_node(&id_or_name)).await
     }
     async fn create_network(&self, request: CreateNetwork) -> Result<Network, ControlError> {
         self.run(move |core| core.create_network(request)).await

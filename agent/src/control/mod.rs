@@ -146,6 +146,10 @@ pub trait ControlPlane {
         id_or_name: &str,
         request: UpdateNode,
     ) -> Result<NodeRecord, ControlError>;
+    /// Forgets the node `id_or_name` (`node rm`): its record, its
+    /// certificates (its agent is refused at once), its address blocks and
+    /// reservations. Refuses the manager that serves the request.
+    async fn remove_node(&self, id_or_name: &str) -> Result<NodeRecord, ControlError>;
     /// Validates and records a network: VNI from 4096 up unless given, subnet
     /// from the default pool (10.0.0.0/8 in /24s) unless given, gateway = first
     /// host unless given. Refuses a duplicate name, an overlapping subnet, a

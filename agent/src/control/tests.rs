@@ -359,10 +359,15 @@ async fn manager_join_networks_blocks_tokens_restart() {
         .await
         .unwrap();
     assert_eq!(second_client.nodes().await.unwrap().len(), 4);
-    let removed = manager.remove_node(&second.node_id).await.unwrap();
+    let error = worker.remove_node("w2").await.unwrap_err().to_string();
+    assert!(error.contains("worker"), "{error}");
+    // Over the managers' API, as `netctl node rm` on a manager sends it.
+    let removed = admin.remove_node(&second.node_id).await.unwrap();
     assert_eq!(removed.name, "w2");
     let error = second_client.nodes().await.unwrap_err().to_string();
     assert!(error.contains("no longer known"), "{error}");
+    assert!(admin.node_blocks(&second.node_id).await.unwrap().is_empty());
+    assert!(admin.remove_node("w2").await.is_err());
     assert!(manager.remove_node(&manager_id.node_id).await.is_err());
     drop(second_client);
 

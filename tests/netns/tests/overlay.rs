@@ -395,6 +395,55 @@ fn killed_node_entries_leave_within_5s_and_come_back() {
     lab.teardown().expect("teardown");
 }
 
+/// The status `node ls` on `asking` gives `node`, or `None` once it is not
+/// listed.
+fn status_of(lab: &Lab, asking: &str, node: &str) -> Option<String> {
+    let nodes = lab.netctl_json(asking, &["node", "ls"]).expect("node ls");
+    nodes
+        .as_array()
+        .expect("a list of nodes")
+        .iter()
+        .find(|record| record["name"] == node)
+        .map(|record| record["status"].as_str().unwrap_or_default().to_owned())
+}
+
+/// `node rm` forgets a node that is down; a node that is up, the node
+/// asked itself, an unknown node and a worker asking are refused in one line.
+#[test]
+fn node_rm_forgets_a_down_node_and_refuses_the_others() {
+    require_root!();
+    let mut lab = cluster(3);
+    attach(&mut lab, "n3", "c3", "appnet");
+    wait_until(Duration::from_secs(10), || {
+        (status_of(&lab, "n1", "n3").as_deref() == Some("ready")).then_some(())
+    })
+    .expect("n3 ready in node ls");
+    let up = netctl_error(&lab, "n1", &["node", "rm", "n3"]);
+    assert!(up.contains("not down"), "{up}");
+    let own = netctl_error(&lab, "n1", &["node", "rm", "n1"]);
+    assert!(own.contains("itself"), "{own}");
+    let unknown = netctl_error(&lab, "n1", &["node", "rm", "n9"]);
+    assert!(unknown.contains("n9"), "{unknown}");
+
+    lab.signal_agent("n3", Signal::SIGKILL).expect("kill n3");
+    for asking in ["n1", "n2"] {
+        wait_until(Duration::from_secs(10), || {
+            (status_of(&lab, asking, "n3").as_deref() == Some("down")).then_some(())
+        })
+        .expect("n3 down in node ls");
+    }
+    let worker = netctl_error(&lab, "n2", &["node", "rm", "n3"]);
+    assert!(worker.contains("worker"), "{worker}");
+    let removed = lab
+        .netctl_json("n1", &["node", "rm", "n3"])
+        .expect("node rm n3");
+    assert_eq!(removed["name"], "n3");
+    assert_eq!(status_of(&lab, "n1", "n3"), None, "n3 still listed");
+    let again = netctl_error(&lab, "n1", &["node", "rm", "n3"]);
+    assert!(again.contains("n3"), "{again}");
+    lab.teardown().expect("teardown");
+}
+
 #[test]
 fn wrong_tokens_and_foreign_gossip_are_refused() {
     require_root!();

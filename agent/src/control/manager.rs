@@ -642,10 +642,10 @@ impl Core {
         self.optimistic("nodes", || {
             let node = node::find(self.nodes()?, id_or_name)?;
             if node.id == self.node_id {
-                return Err(ControlError::Invalid(
-                    "a manager cannot remove itself: remove other nodes from it, and keep it as long as the cluster lives"
-                        .into(),
-                ));
+                return Err(ControlError::Invalid(format!(
+                    "node {} is the manager serving this request: a manager cannot remove itself (remove other nodes from it)",
+                    node.name
+                )));
             }
             let node_key = keys::node(&node.id);
             let revision = self.mod_revision(&node_key)?;

@@ -24,9 +24,8 @@ pub const BRIDGE: &str = "br0";
 pub const VXLAN: &str = "vxlan0";
 /// IANA's VXLAN port.
 pub const VXLAN_PORT: u16 = netagent_common::VXLAN_PORT;
-/// VXLAN over IPv4 costs 50 bytes: outer IPv4 (20) + UDP (8) + VXLAN (8) +
-/// inner Ethernet (14).
-pub const VXLAN_OVERHEAD: u32 = 50;
+/// What VXLAN over IPv4 costs (50 bytes, see the common crate).
+pub const VXLAN_OVERHEAD: u32 = netagent_common::VXLAN_OVERHEAD as u32;
 const NODE: &str = "the node namespace";
 
 /// The sandbox namespace's name.

@@ -265,6 +265,9 @@ pub const INGRESS_REMOTE_MAP: &str = "INGRESS_REMOTE";
 pub const INGRESS_REMOTE_CAPACITY: u32 = 65_536;
 /// The overlay's UDP port (the vxlan devices' `dstport`).
 pub const VXLAN_PORT: u16 = 4789;
+/// What VXLAN over IPv4 adds in front of a packet: outer IPv4 (20) + UDP
+/// (8) + VXLAN (8) + inner Ethernet (14).
+pub const VXLAN_OVERHEAD: usize = 50;
 
 /// Key of INGRESS_PORTS (address and port in network byte order).
 #[repr(C)]

@@ -227,8 +227,7 @@ fn to_task_node(ctx: &TcContext, key: &LbCtKey, backend: u32, uplink: &IngressUp
     if let Some(remote) = unsafe { INGRESS_REMOTE.get(&backend) }.copied() {
         // The task's node sends the replies to the ingress address's MAC,
         // which is its own 02:42:<address> (see `dataplane::ingress_path`).
-        let a = uplink.addr.to_ne_bytes();
-        let ingress_mac = [0x02, 0x42, a[0], a[1], a[2], a[3]];
+        let ingress_mac = lb::mac_of(uplink.addr);
         // The published port's address: this node's on the underlay.
         let outer_src = key.vip;
         match vxlan::encapsulate(ctx, outer_src, &remote, ingress_mac, lb_flow_hash(key)) {

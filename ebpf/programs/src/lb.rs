@@ -57,8 +57,9 @@ static LB_REV_CT: LruHashMap<LbRevKey, LbRevValue> = LruHashMap::pinned(LB_CT_CA
 pub(crate) const TC_ACT_UNSPEC: i32 = -1;
 
 pub(crate) const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
+pub(crate) const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
+const IPPROTO_ICMP: u8 = 1;
 pub(crate) const IPPROTO_TCP: u8 = 6;
 pub(crate) const IPPROTO_UDP: u8 = 17;
 /// IPv4 `frag_off`'s MF flag and fragment offset: any bit set, a fragment.
@@ -231,9 +232,7 @@ fn from_container(ctx: &TcContext) -> Result<i32, ()> {
         }
     };
     rewrite_addr(ctx, &flow, IP_DST_OFF, flow.daddr, backend)?;
-    let octets = backend.to_ne_bytes();
-    let mac = [0x02, 0x42, octets[0], octets[1], octets[2], octets[3]];
-    ctx.store(0, &mac, 0).map_err(|_| ())?;
+    ctx.store(0, &mac_of(backend), 0).map_err(|_| ())?;
     let mode = trace::mode();
     if mode != TRACE_MODE_OFF
         && (pinned.is_none() || trace::news(mode, reported(&flow, backend), flow.tcp_flags, false))
@@ -534,15 +533,13 @@ fn unreachable(ctx: &TcContext, flow: &Flow) -> Result<i32, ()> {
     ctx.adjust_room(ICMP_ROOM as i32, BPF_ADJ_ROOM_MAC, 0)
         .map_err(|_| ())?;
     let quote: [u8; ICMP_QUOTE] = ctx.load(ETH_HLEN + ICMP_ROOM).map_err(|_| ())?;
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((ICMP_ROOM + ICMP_QUOTE) as u16).to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 1;
-    ip[12..16].copy_from_slice(&flow.daddr.to_ne_bytes());
-    ip[16..20].copy_from_slice(&flow.saddr.to_ne_bytes());
-    let sum = fold(add_words(&ip, 0));
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let ip = ipv4_header(
+        (ICMP_ROOM + ICMP_QUOTE) as u16,
+        0,
+        IPPROTO_ICMP,
+        flow.daddr,
+        flow.saddr,
+    );
     // Type 3 (destination unreachable), code 3 (port unreachable).
     let mut icmp = [3u8, 3, 0, 0, 0, 0, 0, 0];
     let sum = fold(add_words(&quote, add_words(&icmp, 0)));
@@ -550,6 +547,31 @@ fn unreachable(ctx: &TcContext, flow: &Flow) -> Result<i32, ()> {
     ctx.store(ETH_HLEN, &ip, 0).map_err(|_| ())?;
     ctx.store(ETH_HLEN + 20, &icmp, 0).map_err(|_| ())?;
     bounce(ctx)
+}
+
+/// The MAC the agent gives the interface with IPv4 address `addr`
+/// (network byte order): 02:42 and the address, as Docker does.
+#[inline(always)]
+pub(crate) fn mac_of(addr: u32) -> [u8; 6] {
+    let a = addr.to_ne_bytes();
+    [0x02, 0x42, a[0], a[1], a[2], a[3]]
+}
+
+/// An IPv4 header without options, TTL 64 (the kernel's default hop
+/// limit), no DF, checksum filled in; addresses in network byte order.
+#[inline(always)]
+pub(crate) fn ipv4_header(total_len: u16, id: u16, proto: u8, src: u32, dst: u32) -> [u8; 20] {
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total_len.to_be_bytes());
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&src.to_ne_bytes());
+    ip[16..20].copy_from_slice(&dst.to_ne_bytes());
+    let sum = fold(add_words(&ip, 0));
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip
 }
 
 /// Adds `bytes` (an even number) to a ones' complement sum, as 16-bit
@@ -625,8 +647,7 @@ fn answer_arp(ctx: &TcContext) -> Result<i32, ()> {
     }
     let sha: [u8; 6] = ctx.load(ARP + 8).map_err(|_| ())?;
     let spa: u32 = ctx.load(ARP + 14).map_err(|_| ())?;
-    let v = tpa.to_ne_bytes();
-    let vip_mac = [0x02, 0x42, v[0], v[1], v[2], v[3]];
+    let vip_mac = mac_of(tpa);
     // Ethernet: from the VIP's MAC back to the asker (bounce swaps them).
     ctx.store(0, &vip_mac, 0).map_err(|_| ())?;
     ctx.store(ARP + 6, &2u16.to_be(), 0).map_err(|_| ())?;

@@ -22,24 +22,18 @@ use aya_ebpf::{
     helpers::generated::{bpf_check_mtu, bpf_get_prandom_u32},
     programs::TcContext,
 };
-use netagent_common::{IngressRemote, LbRevKey, VXLAN_PORT};
+use netagent_common::{IngressRemote, LbRevKey, VXLAN_OVERHEAD, VXLAN_PORT};
 
-use crate::lb::{add_words, fold, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IP_FRAG_MASK};
+use crate::lb::{ipv4_header, ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IP_FRAG_MASK};
 
-/// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
-pub(crate) const VXLAN_OVERHEAD: usize = 50;
 const OUTER_IP: usize = 20;
 const UDP_HDR: usize = 8;
-const INNER_ETH: u64 = 14;
-/// ip4_dst_hoplimit's default, what a vxlan device with `ttl 0` uses.
-const OUTER_TTL: u8 = 64;
 /// The kernel's default local port range, which vxlan draws source ports
 /// from (so that the underlay's ECMP hashing spreads flows).
 const SPORT_MIN: u64 = 32768;
 const SPORT_RANGE: u64 = 61000 - 32768;
 /// VXLAN's "I" flag: the VNI is valid.
 const VXLAN_FLAG_VNI: u8 = 0x08;
-const ETH_P_IP: u16 = 0x0800;
 
 /// What `encapsulate` did.
 pub(crate) enum Encap {
@@ -102,7 +96,7 @@ pub(crate) fn encapsulate(
             | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
             | BPF_F_ADJ_ROOM_ENCAP_L2_ETH
             | BPF_F_ADJ_ROOM_FIXED_GSO,
-    ) | ((INNER_ETH & u64::from(BPF_ADJ_ROOM_ENCAP_L2_MASK))
+    ) | ((ETH_HLEN as u64 & u64::from(BPF_ADJ_ROOM_ENCAP_L2_MASK))
         << BPF_ADJ_ROOM_ENCAP_L2_SHIFT);
     if ctx
         .adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
@@ -112,21 +106,13 @@ pub(crate) fn encapsulate(
     }
     // Checked above: it fits in 16 bits.
     let outer_len = (inner_ip_len as usize + VXLAN_OVERHEAD) as u16;
-    let mut ip = [0u8; OUTER_IP];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&outer_len.to_be_bytes());
-    // An ID per packet: without DF, a router may fragment it, and the
-    // task node must not mix the fragments of two packets.
+    // An ID per packet: without DF (as the vxlan device sends, see the
+    // module doc), a router may fragment it, and the task node must not
+    // mix the fragments of two packets. TTL 64, as a vxlan device with
+    // `ttl 0` uses.
     // SAFETY: a plain helper call.
     let id = unsafe { bpf_get_prandom_u32() } as u16;
-    ip[4..6].copy_from_slice(&id.to_be_bytes());
-    // frag_off 0: no DF, as the vxlan device sends (see the module doc).
-    ip[8] = OUTER_TTL;
-    ip[9] = IPPROTO_UDP;
-    ip[12..16].copy_from_slice(&outer_src.to_ne_bytes());
-    ip[16..20].copy_from_slice(&to.vtep.to_ne_bytes());
-    let sum = fold(add_words(&ip, 0));
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let ip = ipv4_header(outer_len, id, IPPROTO_UDP, outer_src, to.vtep);
 
     let mut h = [0u8; VXLAN_OVERHEAD];
     h[..OUTER_IP].copy_from_slice(&ip);

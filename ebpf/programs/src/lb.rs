@@ -110,7 +110,7 @@ pub(crate) struct Flow {
 /// directly (no helper call): the common case on a veth, where the headers
 /// are always linear. `None` when they are not there.
 #[inline(always)]
-fn bytes_at<const N: usize>(ctx: &TcContext, offset: usize) -> Option<[u8; N]> {
+pub(crate) fn bytes_at<const N: usize>(ctx: &TcContext, offset: usize) -> Option<[u8; N]> {
     let start = ctx.data() + offset;
     if start + N > ctx.data_end() {
         return None;
@@ -403,34 +403,53 @@ fn pick(service: &LbService, key: &LbCtKey) -> Option<(u32, u32)> {
 /// cannot cover go through `parse_flow`.
 #[inline(always)]
 pub(crate) fn reply_key(ctx: &TcContext) -> Result<Option<LbRevKey>, ()> {
-    let key = |saddr, daddr, sport, dport, proto| LbRevKey {
-        backend: saddr,
-        client: daddr,
-        backend_port: sport,
-        client_port: dport,
-        proto,
-        pad: [0; 3],
-    };
     if let Some(h) = bytes_at::<{ ETH_HLEN + 24 }>(ctx, 0) {
         if h[12..14] != ETH_P_IP.to_be_bytes() {
             return Ok(None);
         }
-        let proto = h[23];
-        let unfragmented = u16::from_be_bytes([h[20], h[21]]) & IP_FRAG_MASK == 0;
-        if h[14] == 0x45 && unfragmented {
-            if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-                return Ok(None);
-            }
-            let word = |at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
-            let port = |at: usize| u16::from_ne_bytes([h[at], h[at + 1]]);
-            return Ok(Some(key(word(26), word(30), port(34), port(36), proto)));
+        if let Some(key) = plain_reply_key(&h, ETH_HLEN) {
+            return Ok(Some(key));
+        }
+        // Without options, only another protocol or a fragment is left:
+        // no flow of ours (`parse_flow` would say the same, slower).
+        if h[ETH_HLEN] == 0x45 {
+            return Ok(None);
         }
     }
     let eth_proto = u16::from_be(ctx.load::<u16>(12).map_err(|_| ())?);
     if eth_proto != ETH_P_IP {
         return Ok(None);
     }
-    Ok(parse_flow(ctx)?.map(|f| key(f.saddr, f.daddr, f.sport, f.dport, f.proto)))
+    Ok(parse_flow(ctx)?.map(|f| LbRevKey {
+        backend: f.saddr,
+        client: f.daddr,
+        backend_port: f.sport,
+        client_port: f.dport,
+        proto: f.proto,
+        pad: [0; 3],
+    }))
+}
+
+/// The reverse-conntrack key of the IPv4 header at `ip` in `h` and the
+/// ports after it, when that header has no options, is not a fragment and
+/// carries TCP or UDP; `None` otherwise.
+#[inline(always)]
+pub(crate) fn plain_reply_key<const N: usize>(h: &[u8; N], ip: usize) -> Option<LbRevKey> {
+    let proto = h[ip + 9];
+    let fragment = u16::from_be_bytes([h[ip + 6], h[ip + 7]]) & IP_FRAG_MASK != 0;
+    if h[ip] != 0x45 || fragment || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+        return None;
+    }
+    let word = |at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    let port = |at: usize| u16::from_ne_bytes([h[at], h[at + 1]]);
+    Some(LbRevKey {
+        backend: word(ip + 12),
+        client: word(ip + 16),
+        backend_port: port(ip + 20),
+        client_port: port(ip + 22),
+        proto,
+        pad: [0; 3],
+    })
 }
 
 #[inline(always)]

@@ -24,7 +24,9 @@ use aya_ebpf::{
 };
 use netagent_common::{IngressRemote, LbRevKey, VXLAN_OVERHEAD, VXLAN_PORT};
 
-use crate::lb::{ipv4_header, ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, IP_FRAG_MASK};
+use crate::lb::{
+    bytes_at, ipv4_header, plain_reply_key, ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 const OUTER_IP: usize = 20;
 const UDP_HDR: usize = 8;
@@ -161,46 +163,28 @@ fn largest_segment(ctx: &TcContext, ip_len: u32) -> Option<u32> {
 /// outer IPv4 header starts.
 const INNER_IP: usize = ETH_HLEN + VXLAN_OVERHEAD;
 
-/// The inner packet of the VXLAN packet in `ctx` (UDP to port 4789), as a
-/// reply key (see `lb::reply_key`), when it is plain enough to be handled
-/// here: outer and inner IPv4 without options, a VNI, inner TCP or UDP,
-/// neither the outer nor the inner packet a fragment, not a GSO aggregate.
-/// `None` otherwise (the node's vxlan device takes it, as before).
+/// The inner packet of the VXLAN packet in `ctx` (UDP to port 4789, not a
+/// fragment: `lb::reply_key` read it so), as a reply key, when it is plain
+/// enough to be handled here: the outer IPv4 without options, a VNI, the
+/// inner IPv4 without options, TCP or UDP, not a fragment, not a GSO
+/// aggregate, all in the linear part. `None` otherwise (the node's vxlan
+/// device takes it, as before).
 #[inline(always)]
 pub(crate) fn inner_reply(ctx: &TcContext) -> Option<LbRevKey> {
     // SAFETY: the kernel hands every tc program a valid __sk_buff.
     if unsafe { (*ctx.skb.skb).gso_size } != 0 {
         return None;
     }
-    // Outer IPv4 (20) + UDP (8) + VXLAN flags (1).
-    let outer: [u8; 29] = ctx.load(ETH_HLEN).ok()?;
-    // A fragment (MF or an offset) of the outer packet is not the whole
-    // inner packet: the vxlan device reassembles it first.
-    let outer_fragment = u16::from_be_bytes([outer[6], outer[7]]) & IP_FRAG_MASK != 0;
-    if outer[0] != 0x45 || outer_fragment || outer[OUTER_IP + UDP_HDR] & VXLAN_FLAG_VNI == 0 {
+    // One direct read up to the inner ports.
+    let h = bytes_at::<{ INNER_IP + 24 }>(ctx, 0)?;
+    let vxlan_flags = h[ETH_HLEN + OUTER_IP + UDP_HDR];
+    if h[ETH_HLEN] != 0x45
+        || vxlan_flags & VXLAN_FLAG_VNI == 0
+        || h[INNER_IP - 2..INNER_IP] != ETH_P_IP.to_be_bytes()
+    {
         return None;
     }
-    let eth_type: u16 = ctx.load(INNER_IP - 2).ok()?;
-    if eth_type != ETH_P_IP.to_be() {
-        return None;
-    }
-    // Inner IPv4 (20) + ports (4).
-    let h: [u8; 24] = ctx.load(INNER_IP).ok()?;
-    let proto = h[9];
-    let fragment = u16::from_be_bytes([h[6], h[7]]) & IP_FRAG_MASK != 0;
-    if h[0] != 0x45 || fragment || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
-        return None;
-    }
-    let word = |at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
-    let port = |at: usize| u16::from_ne_bytes([h[at], h[at + 1]]);
-    Some(LbRevKey {
-        backend: word(12),
-        client: word(16),
-        backend_port: port(20),
-        client_port: port(22),
-        proto,
-        pad: [0; 3],
-    })
+    plain_reply_key(&h, INNER_IP)
 }
 
 /// Strips the outer IPv4, UDP and VXLAN headers and the inner Ethernet

@@ -73,9 +73,10 @@ mod tests {
 
     #[test]
     fn remote_tasks_of_published_networks_with_their_node_vni_and_mtu() {
-        let app = network("app", 4096, Some(1400));
-        let other = network("other", 4097, None);
-        let mut internal = network("internal", 4098, None);
+        let mut app = network("app", 4096);
+        app.mtu = Some(1400);
+        let other = network("other", 4097);
+        let mut internal = network("internal", 4098);
         internal.internal = true;
         let mine = endpoint(&app, "n1", 2);
         let theirs = endpoint(&app, "n2", 3);
@@ -99,7 +100,7 @@ mod tests {
 
     #[test]
     fn other_nodes_ingress_addresses_take_no_entry() {
-        let app = network("app", 4096, None);
+        let app = network("app", 4096);
         let task = endpoint(&app, "n2", 3);
         let mut ingress = endpoint(&app, "n2", 250);
         ingress.id = crate::ingress::pseudo_endpoint_id("n2", app.vni);
@@ -111,7 +112,7 @@ mod tests {
 
     #[test]
     fn an_address_two_nodes_claim_gets_no_entry() {
-        let app = network("app", 4096, None);
+        let app = network("app", 4096);
         let moving = endpoint(&app, "n2", 3);
         let mut moved = endpoint(&app, "n3", 3);
         moved.id = "n3-moved".into();

@@ -192,7 +192,7 @@ pub(crate) mod fixtures {
     use super::*;
     use crate::gossip::PeerState;
 
-    pub fn network(name: &str, vni: u32, mtu: Option<u32>) -> Network {
+    pub fn network(name: &str, vni: u32) -> Network {
         Network {
             name: name.into(),
             id: format!("id-{name}"),
@@ -200,7 +200,7 @@ pub(crate) mod fixtures {
             subnet: format!("10.{}.0.0/24", vni - 4000).parse().unwrap(),
             gateway: format!("10.{}.0.1", vni - 4000).parse().unwrap(),
             internal: false,
-            mtu,
+            mtu: None,
         }
     }
 
@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn first_local_endpoint_creates_sandbox_with_remote_peers() {
-        let net = network("app", 4096, None);
+        let net = network("app", 4096);
         let mine = endpoint(&net, "n1", 2);
         let theirs = endpoint(&net, "n2", 3);
         let v = view(&[
@@ -277,7 +277,7 @@ mod tests {
 
     #[test]
     fn a_network_with_a_published_port_gets_a_sandbox_without_local_endpoints() {
-        let net = network("app", 4096, None);
+        let net = network("app", 4096);
         let theirs = endpoint(&net, "n2", 3);
         let v = view(&[("n1", 11, vec![]), ("n2", 12, vec![theirs.clone()])]);
         let wanted = BTreeSet::from([net.id.clone()]);
@@ -301,7 +301,7 @@ mod tests {
 
     #[test]
     fn converged_state_plans_nothing() {
-        let net = network("app", 4096, None);
+        let net = network("app", 4096);
         let mine = endpoint(&net, "n1", 2);
         let theirs = endpoint(&net, "n2", 3);
         let v = view(&[
@@ -316,7 +316,7 @@ mod tests {
 
     #[test]
     fn dead_node_peers_are_removed_before_new_ones_are_added() {
-        let net = network("app", 4096, None);
+        let net = network("app", 4096);
         let mine = endpoint(&net, "n1", 2);
         let gone = endpoint(&net, "n2", 3);
         // The same address now lives on n3 (detached on n2, attached on n3).
@@ -350,7 +350,7 @@ mod tests {
 
     #[test]
     fn a_fresh_agent_removes_no_peer_before_its_view_settles() {
-        let net = network("app", 4096, None);
+        let net = network("app", 4096);
         let mine = endpoint(&net, "n1", 2);
         let theirs = endpoint(&net, "n2", 3);
         // Just restarted: the view holds only this node so far.
@@ -369,7 +369,7 @@ mod tests {
 
     #[test]
     fn last_local_endpoint_gone_removes_the_sandbox_only_for_known_networks() {
-        let net = network("app", 4096, None);
+        let net = network("app", 4096);
         let theirs = endpoint(&net, "n2", 3);
         let v = view(&[("n2", 12, vec![theirs.clone()])]);
         let observed = Observed {
@@ -381,8 +381,8 @@ mod tests {
 
     #[test]
     fn networks_stay_apart_and_nodes_without_vtep_are_skipped() {
-        let a = network("a", 4096, None);
-        let b = network("b", 4097, None);
+        let a = network("a", 4096);
+        let b = network("b", 4097);
         let mine = endpoint(&a, "n1", 2);
         let other_net = endpoint(&b, "n2", 3);
         let mut v = view(&[("n1", 11, vec![mine.clone()]), ("n2", 12, vec![other_net])]);

@@ -97,6 +97,40 @@ fn subnet_key(net: &Ipv4Net) -> Key<u32> {
     Key::new(u32::from(net.prefix_len()), be(net.network()))
 }
 
+/// Brings a map whose content `have` mirrors to `wanted`, touching only
+/// what differs: `remove` each key no longer wanted, then `insert` each new
+/// or changed entry. `insert` answers whether the entry is in the map now
+/// (false: it was left out, and any older entry for its key removed).
+/// `have` follows every step that succeeded; the first error stops.
+fn sync_by_difference<M, K: Ord + Copy, V: PartialEq + Copy, E>(
+    map: &mut M,
+    have: &mut BTreeMap<K, V>,
+    wanted: &BTreeMap<K, V>,
+    mut remove: impl FnMut(&mut M, &K) -> Result<(), E>,
+    mut insert: impl FnMut(&mut M, &K, &V) -> Result<bool, E>,
+) -> Result<(), E> {
+    let gone: Vec<K> = have
+        .keys()
+        .filter(|key| !wanted.contains_key(key))
+        .copied()
+        .collect();
+    for key in gone {
+        remove(map, &key)?;
+        have.remove(&key);
+    }
+    for (key, value) in wanted {
+        if have.get(key) == Some(value) {
+            continue;
+        }
+        if insert(map, key, value)? {
+            have.insert(*key, *value);
+        } else {
+            have.remove(key);
+        }
+    }
+    Ok(())
+}
+
 struct State {
     datapath: Datapath,
     /// The programs are on the underlay (once per run: a restart replaces
@@ -289,30 +323,32 @@ impl Ingress {
         let mut map: HashMap<_, IngressPortKey, IngressPort> =
             HashMap::try_from(state.datapath.map_mut(INGRESS_PORTS_MAP)?)
                 .map_err(map_error(INGRESS_PORTS_MAP))?;
-        for key in state.ports.keys().filter(|k| !wanted.contains_key(k)) {
-            removed(map.remove(key)).map_err(map_error(INGRESS_PORTS_MAP))?;
-            info!(
-                port = u16::from_be(key.port),
-                proto = key.proto,
-                "published port closed"
-            );
-        }
-        for (key, value) in &wanted {
-            if state.ports.get(key) == Some(value) {
-                continue;
-            }
-            map.insert(key, value, 0)
-                .map_err(map_error(INGRESS_PORTS_MAP))?;
-            info!(
-                port = u16::from_be(key.port),
-                proto = key.proto,
-                target = u16::from_be(value.target),
-                table = %Ipv4Addr::from(value.service.to_ne_bytes()),
-                "published port opened"
-            );
-        }
-        state.ports = wanted;
-        Ok(())
+        sync_by_difference(
+            &mut map,
+            &mut state.ports,
+            &wanted,
+            |map, key| {
+                removed(map.remove(key)).map_err(map_error(INGRESS_PORTS_MAP))?;
+                info!(
+                    port = u16::from_be(key.port),
+                    proto = key.proto,
+                    "published port closed"
+                );
+                Ok(())
+            },
+            |map, key, value| {
+                map.insert(key, value, 0)
+                    .map_err(map_error(INGRESS_PORTS_MAP))?;
+                info!(
+                    port = u16::from_be(key.port),
+                    proto = key.proto,
+                    target = u16::from_be(value.target),
+                    table = %Ipv4Addr::from(value.service.to_ne_bytes()),
+                    "published port opened"
+                );
+                Ok(true)
+            },
+        )
     }
 
     /// Writes INGRESS_REMOTE from `wanted` (`remote::plan`): entries that
@@ -331,27 +367,25 @@ impl Ingress {
         let mut map: HashMap<_, u32, IngressRemote> =
             HashMap::try_from(state.datapath.map_mut(INGRESS_REMOTE_MAP)?)
                 .map_err(map_error(INGRESS_REMOTE_MAP))?;
-        for addr in state.remote.keys().filter(|a| !wanted.contains_key(a)) {
-            removed(map.remove(addr)).map_err(map_error(INGRESS_REMOTE_MAP))?;
-        }
-        state.remote.retain(|addr, _| wanted.contains_key(addr));
         let mut failed = 0usize;
         let mut last_error = None;
-        for (addr, entry) in &wanted {
-            if state.remote.get(addr) == Some(entry) {
-                continue;
-            }
-            if let Err(error) = map.insert(addr, entry, 0) {
+        sync_by_difference(
+            &mut map,
+            &mut state.remote,
+            &wanted,
+            |map, addr| removed(map.remove(addr)).map_err(map_error(INGRESS_REMOTE_MAP)),
+            |map, addr, entry| {
+                let Err(error) = map.insert(addr, entry, 0) else {
+                    return Ok(true);
+                };
                 debug!(task = %ip(*addr), %error, "remote task not in INGRESS_REMOTE");
                 failed += 1;
                 last_error = Some(error);
                 // An older entry for it (another VTEP or MAC) must go.
-                state.remote.remove(addr);
                 removed(map.remove(addr)).map_err(map_error(INGRESS_REMOTE_MAP))?;
-                continue;
-            }
-            state.remote.insert(*addr, *entry);
-        }
+                Ok(false)
+            },
+        )?;
         if let Some(error) = last_error {
             warn!(
                 failed,

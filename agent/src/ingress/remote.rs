@@ -12,7 +12,7 @@ use std::{
 use netagent_common::IngressRemote;
 
 use super::is_pseudo_endpoint;
-use crate::{gossip::GossipView, model::Network, reconcile};
+use crate::{gossip::GossipView, model::Network};
 
 /// The INGRESS_REMOTE entries this node wants, by task address: one per
 /// endpoint another node owns on a network of `wanted` (ids) that is not
@@ -27,36 +27,39 @@ pub fn plan(
     view: &GossipView,
 ) -> BTreeMap<Ipv4Addr, IngressRemote> {
     let mut entries = BTreeMap::new();
-    let mut ambiguous = BTreeSet::new();
+    // Addresses that get no entry: claimed twice, or a node's ingress
+    // address (whoever else claims it).
+    let mut left_out = BTreeSet::new();
     for network in networks
         .iter()
         .filter(|n| wanted.contains(&n.id) && !n.internal)
     {
-        let pseudo: BTreeSet<Ipv4Addr> = view
-            .nodes
-            .values()
-            .filter(|node| node.name != self_name)
-            .flat_map(|node| node.endpoints.values())
-            .filter(|ep| ep.network_id == network.id && is_pseudo_endpoint(ep))
-            .map(|ep| ep.ip)
-            .collect();
-        for peer in reconcile::wanted_peers(self_name, network, view)
-            .into_iter()
-            .filter(|peer| !pseudo.contains(&peer.ip))
-        {
-            let entry = IngressRemote {
-                vtep: u32::from_ne_bytes(peer.vtep.octets()),
-                vni: network.vni,
-                mac: peer.mac.0,
-                pad: 0,
-                mtu: network.mtu.unwrap_or(0),
-            };
-            if entries.insert(peer.ip, entry).is_some_and(|e| e != entry) {
-                ambiguous.insert(peer.ip);
+        for node in view.nodes.values().filter(|node| node.name != self_name) {
+            for ep in node
+                .endpoints
+                .values()
+                .filter(|ep| ep.network_id == network.id)
+            {
+                if is_pseudo_endpoint(ep) {
+                    left_out.insert(ep.ip);
+                    continue;
+                }
+                // A node without a VTEP has no tunnel to its tasks yet.
+                let Some(vtep) = node.vtep else { continue };
+                let entry = IngressRemote {
+                    vtep: u32::from_ne_bytes(vtep.octets()),
+                    vni: network.vni,
+                    mac: ep.mac.0,
+                    pad: 0,
+                    mtu: network.mtu.unwrap_or(0),
+                };
+                if entries.insert(ep.ip, entry).is_some_and(|e| e != entry) {
+                    left_out.insert(ep.ip);
+                }
             }
         }
     }
-    entries.retain(|ip, _| !ambiguous.contains(ip));
+    entries.retain(|ip, _| !left_out.contains(ip));
     entries
 }
 
@@ -70,9 +73,10 @@ mod tests {
 
     #[test]
     fn remote_tasks_of_published_networks_with_their_node_vni_and_mtu() {
-        let app = network("app", 4096, Some(1400));
-        let other = network("other", 4097, None);
-        let mut internal = network("internal", 4098, None);
+        let mut app = network("app", 4096);
+        app.mtu = Some(1400);
+        let other = network("other", 4097);
+        let mut internal = network("internal", 4098);
         internal.internal = true;
         let mine = endpoint(&app, "n1", 2);
         let theirs = endpoint(&app, "n2", 3);
@@ -96,7 +100,7 @@ mod tests {
 
     #[test]
     fn other_nodes_ingress_addresses_take_no_entry() {
-        let app = network("app", 4096, None);
+        let app = network("app", 4096);
         let task = endpoint(&app, "n2", 3);
         let mut ingress = endpoint(&app, "n2", 250);
         ingress.id = crate::ingress::pseudo_endpoint_id("n2", app.vni);
@@ -108,7 +112,7 @@ mod tests {
 
     #[test]
     fn an_address_two_nodes_claim_gets_no_entry() {
-        let app = network("app", 4096, None);
+        let app = network("app", 4096);
         let moving = endpoint(&app, "n2", 3);
         let mut moved = endpoint(&app, "n3", 3);
         moved.id = "n3-moved".into();

@@ -1,10 +1,13 @@
 //! Cluster formation and overlay networks across nodes (issue 3).
 
+mod common;
+
 use std::{
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
+use common::{sandbox, vni_of};
 use netlab::{require_root, wait_until, Container, Lab, LabSpec};
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -74,18 +77,6 @@ fn tcp_connects(lab: &Lab, from: &Container, ip: &str, port: u16) -> bool {
     lab.exec(&from.netns, &["nc", "-z", "-w", "1", ip, &port.to_string()])
         .map(|out| out.status.success())
         .unwrap_or(false)
-}
-
-/// The sandbox namespace of network VNI `vni` on `node`.
-fn sandbox(lab: &Lab, node: &str, vni: u64) -> String {
-    format!("{}-{node}-{vni}", lab.prefix())
-}
-
-fn vni_of(lab: &Lab, network: &str) -> u64 {
-    lab.netctl_json("n1", &["overlay", "inspect", network])
-        .expect("inspect")["vni"]
-        .as_u64()
-        .expect("vni")
 }
 
 /// The permanent FDB entries of vxlan0 in a sandbox, as text lines.

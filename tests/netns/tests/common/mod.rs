@@ -103,3 +103,16 @@ pub fn endpoint(id: &str, ip: Ipv4Addr, container_netns: &Path) -> Attachment {
         ifname: "eth0".into(),
     }
 }
+
+/// The sandbox namespace of network VNI `vni` on `node`.
+pub fn sandbox(lab: &Lab, node: &str, vni: u64) -> String {
+    format!("{}-{node}-{vni}", lab.prefix())
+}
+
+/// The VNI of overlay network `network`, as n1's `netctl` says.
+pub fn vni_of(lab: &Lab, network: &str) -> u64 {
+    lab.netctl_json("n1", &["overlay", "inspect", network])
+        .expect("inspect")["vni"]
+        .as_u64()
+        .expect("vni")
+}

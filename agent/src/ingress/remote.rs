@@ -12,7 +12,7 @@ use std::{
 use netagent_common::IngressRemote;
 
 use super::is_pseudo_endpoint;
-use crate::{gossip::GossipView, model::Network};
+use crate::{gossip::GossipView, model::Network, reconcile};
 
 /// The INGRESS_REMOTE entries this node wants, by task address: one per
 /// endpoint another node owns on a network of `wanted` (ids) that is not
@@ -27,39 +27,36 @@ pub fn plan(
     view: &GossipView,
 ) -> BTreeMap<Ipv4Addr, IngressRemote> {
     let mut entries = BTreeMap::new();
-    // Addresses that get no entry: claimed twice, or a node's ingress
-    // address (whoever else claims it).
-    let mut left_out = BTreeSet::new();
+    let mut ambiguous = BTreeSet::new();
     for network in networks
         .iter()
         .filter(|n| wanted.contains(&n.id) && !n.internal)
     {
-        for node in view.nodes.values().filter(|node| node.name != self_name) {
-            for ep in node
-                .endpoints
-                .values()
-                .filter(|ep| ep.network_id == network.id)
-            {
-                if is_pseudo_endpoint(ep) {
-                    left_out.insert(ep.ip);
-                    continue;
-                }
-                // A node without a VTEP has no tunnel to its tasks yet.
-                let Some(vtep) = node.vtep else { continue };
-                let entry = IngressRemote {
-                    vtep: u32::from_ne_bytes(vtep.octets()),
-                    vni: network.vni,
-                    mac: ep.mac.0,
-                    pad: 0,
-                    mtu: network.mtu.unwrap_or(0),
-                };
-                if entries.insert(ep.ip, entry).is_some_and(|e| e != entry) {
-                    left_out.insert(ep.ip);
-                }
+        let pseudo: BTreeSet<Ipv4Addr> = view
+            .nodes
+            .values()
+            .filter(|node| node.name != self_name)
+            .flat_map(|node| node.endpoints.values())
+            .filter(|ep| ep.network_id == network.id && is_pseudo_endpoint(ep))
+            .map(|ep| ep.ip)
+            .collect();
+        for peer in reconcile::wanted_peers(self_name, network, view)
+            .into_iter()
+            .filter(|peer| !pseudo.contains(&peer.ip))
+        {
+            let entry = IngressRemote {
+                vtep: u32::from_ne_bytes(peer.vtep.octets()),
+                vni: network.vni,
+                mac: peer.mac.0,
+                pad: 0,
+                mtu: network.mtu.unwrap_or(0),
+            };
+            if entries.insert(peer.ip, entry).is_some_and(|e| e != entry) {
+                ambiguous.insert(peer.ip);
             }
         }
     }
-    entries.retain(|ip, _| !left_out.contains(ip));
+    entries.retain(|ip, _| !ambiguous.contains(ip));
     entries
 }
 

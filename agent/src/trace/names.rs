@@ -3,11 +3,7 @@
 //! services, nodes) and swapped in whole; every name is rendered as JSON
 //! then (`json::Name`), so naming an event allocates nothing.
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasherDefault, Hasher},
-    net::Ipv4Addr,
-};
+use std::{collections::HashMap, net::Ipv4Addr};
 
 use netagent_common::{TraceEvent, TRACE_FLAG_PUBLISHED, TRACE_FLAG_REMOTE_TASK};
 
@@ -67,37 +63,9 @@ struct Published {
     network: Option<Name>,
 }
 
-/// Addresses are looked up four or five times per event: a multiplicative
-/// hash of the 32 bits instead of SipHash (the keys come from the agent's
-/// model, not from packets).
-#[derive(Default)]
-struct AddrHasher(u64);
-
-impl Hasher for AddrHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u8(byte);
-        }
-    }
-
-    fn write_u8(&mut self, byte: u8) {
-        self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type AddrMap<V> = HashMap<Ipv4Addr, V, BuildHasherDefault<AddrHasher>>;
-
 #[derive(Clone, Debug, Default)]
 pub struct AddressBook {
-    by_addr: AddrMap<Named>,
+    by_addr: HashMap<Ipv4Addr, Named>,
     published: HashMap<(u16, u8), Published>,
     /// Nodes' ingress addresses, by node, then network name.
     ingress_addrs: HashMap<String, HashMap<String, Ipv4Addr>>,
@@ -152,7 +120,7 @@ impl AddressBook {
         services: &[Service],
         nodes: &[(String, Ipv4Addr)],
     ) -> Self {
-        let mut by_addr = AddrMap::default();
+        let mut by_addr = HashMap::new();
         for (name, addr) in nodes {
             by_addr.insert(
                 *addr,

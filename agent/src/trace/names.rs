@@ -10,7 +10,7 @@ use netagent_common::{TraceEvent, TRACE_FLAG_PUBLISHED, TRACE_FLAG_REMOTE_TASK};
 use super::{
     decode,
     json::{self, Name},
-    record::{TraceRecord, Tuple},
+    record::Tuple,
 };
 use crate::model::{Endpoint, Service};
 
@@ -83,7 +83,7 @@ pub enum Interface<'a> {
 
 /// An event with its addresses named, borrowing the book's names: what a
 /// record says, before it is written (`batch`) or made a document
-/// (`AddressBook::resolve`).
+/// (`fixtures`' `AddressBook::resolve`, for the tests).
 #[derive(Clone, Debug)]
 pub struct Resolved<'a> {
     pub time_ns: u64,
@@ -316,40 +316,6 @@ impl AddressBook {
                         .copied()
                 });
             }
-        }
-    }
-
-    /// The record of `event` as a document (`netctl` reads lines back into
-    /// this; the stream's lines are written from `name` directly).
-    pub fn resolve(&self, event: &TraceEvent, node: &str, wall_offset_ns: i128) -> TraceRecord {
-        let r = self.name(event, node, wall_offset_ns);
-        let text = |name: Option<&Name>| name.map(|n| n.text().to_owned());
-        TraceRecord {
-            time_ns: r.time_ns,
-            node: node.to_owned(),
-            interface: match r.interface {
-                Interface::Named(name) => name.text().to_owned(),
-                Interface::Index(index) => format!("if{index}"),
-            },
-            endpoint: text(r.endpoint),
-            verdict: decode::verdict(event.kind),
-            reason: decode::reason(event.reason),
-            protocol: decode::protocol(event),
-            before: r.before,
-            after: r.after,
-            service: text(r.service),
-            network: text(r.network),
-            task: r.task.map(str::to_owned),
-            snat: r.snat,
-            names: r
-                .names()
-                .map(|(addr, named)| (addr, named.label.text().to_owned()))
-                .collect(),
-            packet_len: event.packet_len,
-            headers: base64::Engine::encode(
-                &base64::engine::general_purpose::STANDARD,
-                decode::headers(event),
-            ),
         }
     }
 }

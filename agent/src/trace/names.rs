@@ -230,11 +230,11 @@ impl AddressBook {
         } else {
             self.name_vip(event, &mut resolved);
         }
-        let snat = resolved.snat.filter(|a| self.get(*a).is_some());
+        // Unnamed addresses (the SNAT one too) are skipped below.
         let addrs = [before.src, before.dst, after.src, after.dst]
             .into_iter()
             .filter(|a| !a.is_unspecified())
-            .chain(snat);
+            .chain(resolved.snat);
         let mut count = 0;
         for addr in addrs {
             let Some(named) = self.get(addr) else {
@@ -255,18 +255,12 @@ impl AddressBook {
     fn name_vip<'a>(&'a self, event: &TraceEvent, resolved: &mut Resolved<'a>) {
         let (before, after) = (resolved.before, resolved.after);
         // The local container is the client side: the source of what it
-        // sent, the destination of what it receives.
-        let local = if decode::from_container(event.kind) {
-            before.src
+        // sent, the destination of what it receives. The VIP: where the
+        // container sent it, or what the reply now comes from.
+        let (local, vip) = if decode::from_container(event.kind) {
+            (before.src, before.dst)
         } else {
-            before.dst
-        };
-        // The VIP: where the container sent it, or what the reply now
-        // comes from.
-        let vip = if decode::from_container(event.kind) {
-            before.dst
-        } else {
-            after.src
+            (before.dst, after.src)
         };
         let endpoint = self.get(local);
         let vip = self.get(vip);

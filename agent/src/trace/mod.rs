@@ -256,17 +256,21 @@ impl Tracer {
         };
         let replay = lock(&self.replay);
         let receiver = Receiver::new(self.events.subscribe(), replay.next);
-        let since_ns = match since {
-            Some(since) => wall_clock_ns().saturating_sub(since.as_nanos() as u64),
-            None => u64::MAX,
+        let (since_ns, recent) = match since {
+            // Without --since nothing is replayed.
+            None => (u64::MAX, Vec::new()),
+            Some(since) => {
+                let since_ns = wall_clock_ns().saturating_sub(since.as_nanos() as u64);
+                let recent = replay
+                    .batches
+                    .iter()
+                    // CPUs' events interleave: any record may be the newest.
+                    .filter(|b| b.entries().iter().any(|e| e.time_ns >= since_ns))
+                    .cloned()
+                    .collect();
+                (since_ns, recent)
+            }
         };
-        let recent = replay
-            .batches
-            .iter()
-            // CPUs' events interleave: any record may be the newest.
-            .filter(|b| b.entries().iter().any(|e| e.time_ns >= since_ns))
-            .cloned()
-            .collect();
         Ok(Subscribed {
             subscription,
             recent,

@@ -24,8 +24,8 @@ pub struct Named {
     /// The service of the task or VIP.
     pub service: Option<Name>,
     pub network: Option<Name>,
-    /// For a task: its endpoint id and its veth on its node, `ve-<id8>`.
-    pub endpoint: Option<(String, Name)>,
+    /// For a task: its veth on its node, `ve-<id8>`.
+    pub veth: Option<Name>,
 }
 
 impl Named {
@@ -46,10 +46,7 @@ impl Named {
             names_entry: names_entry.into(),
             service: service.map(Name::new),
             network: network.map(Name::new),
-            endpoint: endpoint_id.map(|id| {
-                let veth = Name::new(crate::dataplane::endpoint::host_veth_name(&id));
-                (id, veth)
-            }),
+            veth: endpoint_id.map(|id| Name::new(crate::dataplane::endpoint::host_veth_name(&id))),
         }
     }
 }
@@ -269,7 +266,7 @@ impl AddressBook {
             .and_then(|n| n.network.as_ref())
             .or_else(|| endpoint.and_then(|n| n.network.as_ref()));
         if let Some((veth, label)) =
-            endpoint.and_then(|n| n.endpoint.as_ref().map(|(_, veth)| (veth, &n.label)))
+            endpoint.and_then(|n| n.veth.as_ref().map(|veth| (veth, &n.label)))
         {
             resolved.interface = Interface::Named(veth);
             resolved.endpoint = Some(label);
@@ -294,7 +291,7 @@ impl AddressBook {
         };
         let port = self.published.get(&(published, event.proto));
         let task = task.and_then(|addr| self.get(addr));
-        resolved.endpoint = task.filter(|n| n.endpoint.is_some()).map(|n| &n.label);
+        resolved.endpoint = task.filter(|n| n.veth.is_some()).map(|n| &n.label);
         resolved.service = port.map(|p| &p.service);
         resolved.network = task
             .and_then(|n| n.network.as_ref())

@@ -112,7 +112,7 @@ pub fn addr(out: &mut Vec<u8>, addr: Ipv4Addr) {
 }
 
 /// `a.b.c.d`, unquoted.
-pub fn addr_text(out: &mut Vec<u8>, addr: Ipv4Addr) {
+fn addr_text(out: &mut Vec<u8>, addr: Ipv4Addr) {
     for (i, octet) in addr.octets().into_iter().enumerate() {
         if i > 0 {
             out.push(b'.');

@@ -117,9 +117,8 @@ impl Batch {
 
 /// Turns drained events into batches: the reader task's, one per agent.
 pub struct Encoder {
-    node: String,
-    /// The node's name as JSON, written in every line.
-    node_json: Name,
+    /// The node's name (as JSON, written in every line).
+    node: Name,
     /// The number of the next record.
     next: u64,
     /// Bytes per line lately, to size the next buffer in one allocation.
@@ -129,8 +128,7 @@ pub struct Encoder {
 impl Encoder {
     pub fn new(node: &str) -> Self {
         Self {
-            node: node.to_owned(),
-            node_json: Name::new(node),
+            node: Name::new(node),
             next: 0,
             line_bytes: 512,
         }
@@ -147,8 +145,8 @@ impl Encoder {
         let mut lines = Vec::with_capacity(events.len() * (self.line_bytes + 64));
         let mut entries = Vec::with_capacity(events.len());
         for event in events {
-            let named = book.name(event, &self.node, wall_offset_ns);
-            write_line(&mut lines, event, &named, &self.node_json);
+            let named = book.name(event, self.node.text(), wall_offset_ns);
+            write_line(&mut lines, event, &named, &self.node);
             entries.push(Entry {
                 time_ns: named.time_ns,
                 kind: event.kind,

@@ -83,6 +83,11 @@ impl Batch {
         self.entries.is_empty()
     }
 
+    /// The number of the record after its last.
+    pub fn end(&self) -> u64 {
+        self.first + self.len() as u64
+    }
+
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
@@ -316,7 +321,7 @@ impl Receiver {
 
     fn count(&mut self, batch: Arc<Batch>) -> (Arc<Batch>, u64) {
         let skipped = batch.first.saturating_sub(self.next);
-        self.next = batch.first + batch.len() as u64;
+        self.next = batch.end();
         (batch, skipped)
     }
 }

@@ -121,12 +121,11 @@ pub struct Tracer {
 }
 
 /// The newest batches, at least `REPLAY_CAPACITY` records once that many
-/// came, and the number of the next record.
+/// came (the newest is always kept: it numbers the next record).
 #[derive(Default)]
 struct Replay {
     batches: VecDeque<Arc<Batch>>,
     records: usize,
-    next: u64,
 }
 
 /// TRACE_ON and the tracers that hold it on.
@@ -255,7 +254,8 @@ impl Tracer {
             all_packets,
         };
         let replay = lock(&self.replay);
-        let receiver = Receiver::new(self.events.subscribe(), replay.next);
+        let next = replay.batches.back().map_or(0, |b| b.end());
+        let receiver = Receiver::new(self.events.subscribe(), next);
         let (since_ns, recent) = match since {
             // Without --since nothing is replayed.
             None => (u64::MAX, Vec::new()),
@@ -308,7 +308,6 @@ impl Tracer {
     fn publish(&self, batch: Batch) {
         let batch = Arc::new(batch);
         let mut replay = lock(&self.replay);
-        replay.next = batch.first + batch.len() as u64;
         replay.records += batch.len();
         replay.batches.push_back(batch.clone());
         while let Some(oldest) = replay.batches.front() {

@@ -22,14 +22,31 @@ pub struct Lines {
     /// What came and is not read yet from `start` on.
     buffer: Vec<u8>,
     start: usize,
+    /// No newline in `start..scanned` (a newline at `scanned` if one was
+    /// found): what `has_line` searched is not searched again.
+    scanned: usize,
     driver: JoinHandle<hyper::Result<()>>,
     socket: PathBuf,
 }
 
 impl Lines {
     /// Whether a whole line is already here (`next_line` will not wait).
-    pub fn has_line(&self) -> bool {
-        self.buffer[self.start..].contains(&b'\n')
+    pub fn has_line(&mut self) -> bool {
+        self.line_end().is_some()
+    }
+
+    /// Where the next line's newline is, if it came.
+    fn line_end(&mut self) -> Option<usize> {
+        match self.buffer[self.scanned..].iter().position(|b| *b == b'\n') {
+            Some(at) => {
+                self.scanned += at;
+                Some(self.scanned)
+            }
+            None => {
+                self.scanned = self.buffer.len();
+                None
+            }
+        }
     }
 
     /// The next line (without its newline), or `None` when the agent ends
@@ -37,11 +54,12 @@ impl Lines {
     /// not copied out of what came.
     pub async fn next_line(&mut self) -> Result<Option<&[u8]>, ClientError> {
         let end = loop {
-            if let Some(at) = self.buffer[self.start..].iter().position(|b| *b == b'\n') {
-                break self.start + at;
+            if let Some(end) = self.line_end() {
+                break end;
             }
             // Once per frame, not per line: what was read goes.
             self.buffer.drain(..self.start);
+            self.scanned -= self.start;
             self.start = 0;
             match self.body.frame().await {
                 Some(Ok(frame)) => {
@@ -59,6 +77,7 @@ impl Lines {
             }
         };
         let start = std::mem::replace(&mut self.start, end + 1);
+        self.scanned = end + 1;
         Ok(Some(&self.buffer[start..end]))
     }
 }
@@ -150,6 +169,7 @@ impl ApiClient {
             body: response.into_body(),
             buffer: Vec::new(),
             start: 0,
+            scanned: 0,
             driver,
             socket: self.socket.clone(),
         })

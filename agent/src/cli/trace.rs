@@ -16,9 +16,6 @@ use netagent_common::TRACE_CAPTURE_BYTES;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{CliError, Format};
-
-/// netctl's output buffer: a batch of lines is one write.
-const OUT_BUFFER: usize = 256 * 1024;
 use crate::{
     api::ApiClient,
     trace::{
@@ -27,6 +24,9 @@ use crate::{
         record::{TraceLine, TraceRecord, Tuple},
     },
 };
+
+/// netctl's output buffer: a batch of lines is one write.
+const OUT_BUFFER: usize = 256 * 1024;
 
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
@@ -117,31 +117,27 @@ pub async fn run(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue; // keep-alive
         }
-        match (format, &mut pcap) {
-            // The agent's lines are what --format json prints: passed on
-            // as they came, not parsed.
-            (Format::Json, None) => {
-                out.write_all(line)?;
-                out.write_all(b"\n")?;
+        // The agent's lines are what --format json prints: passed on as
+        // they came, parsed only for a table or the pcap file.
+        if pcap.is_some() || matches!(format, Format::Table) {
+            let parsed: TraceLine = serde_json::from_slice(line)?;
+            if let (Some(pcap), TraceLine::Event(record)) = (&mut pcap, &parsed) {
+                let headers = base64::engine::general_purpose::STANDARD
+                    .decode(&record.headers)
+                    .unwrap_or_default();
+                if !headers.is_empty() {
+                    pcap.packet(record.time_ns, record.packet_len, &headers)
+                        .map_err(pcap_error)?;
+                }
             }
-            (format, pcap) => {
-                let parsed: TraceLine = serde_json::from_slice(line)?;
-                if let (Some(pcap), TraceLine::Event(record)) = (pcap, &parsed) {
-                    let headers = base64::engine::general_purpose::STANDARD
-                        .decode(&record.headers)
-                        .unwrap_or_default();
-                    if !headers.is_empty() {
-                        pcap.packet(record.time_ns, record.packet_len, &headers)
-                            .map_err(pcap_error)?;
-                    }
-                }
-                match format {
-                    Format::Json => out.write_all(line)?,
-                    Format::Table => describe(&mut out, &parsed)?,
-                }
-                out.write_all(b"\n")?;
+            if matches!(format, Format::Table) {
+                describe(&mut out, &parsed)?;
             }
         }
+        if matches!(format, Format::Json) {
+            out.write_all(line)?;
+        }
+        out.write_all(b"\n")?;
         // Written out whenever the agent has sent nothing more yet: a
         // batch costs one write, and what was shown is always on disk.
         if !lines.has_line() {

@@ -83,6 +83,11 @@ impl Batch {
         self.entries.is_empty()
     }
 
+    /// The number of the record after its last.
+    pub fn end(&self) -> u64 {
+        self.first + self.len() as u64
+    }
+
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
@@ -117,9 +122,8 @@ impl Batch {
 
 /// Turns drained events into batches: the reader task's, one per agent.
 pub struct Encoder {
-    node: String,
-    /// The node's name as JSON, written in every line.
-    node_json: Name,
+    /// The node's name (as JSON, written in every line).
+    node: Name,
     /// The number of the next record.
     next: u64,
     /// Bytes per line lately, to size the next buffer in one allocation.
@@ -129,8 +133,7 @@ pub struct Encoder {
 impl Encoder {
     pub fn new(node: &str) -> Self {
         Self {
-            node: node.to_owned(),
-            node_json: Name::new(node),
+            node: Name::new(node),
             next: 0,
             line_bytes: 512,
         }
@@ -147,8 +150,8 @@ impl Encoder {
         let mut lines = Vec::with_capacity(events.len() * (self.line_bytes + 64));
         let mut entries = Vec::with_capacity(events.len());
         for event in events {
-            let named = book.name(event, &self.node, wall_offset_ns);
-            write_line(&mut lines, event, &named, &self.node_json);
+            let named = book.name(event, self.node.text(), wall_offset_ns);
+            write_line(&mut lines, event, &named, &self.node);
             entries.push(Entry {
                 time_ns: named.time_ns,
                 kind: event.kind,
@@ -318,7 +321,7 @@ impl Receiver {
 
     fn count(&mut self, batch: Arc<Batch>) -> (Arc<Batch>, u64) {
         let skipped = batch.first.saturating_sub(self.next);
-        self.next = batch.first + batch.len() as u64;
+        self.next = batch.end();
         (batch, skipped)
     }
 }

@@ -58,13 +58,6 @@ pub fn verdict_word(kind: u8) -> Option<&'static str> {
     })
 }
 
-pub fn verdict(kind: u8) -> String {
-    match verdict_word(kind) {
-        Some(word) => word.to_owned(),
-        None => format!("kind-{kind}"),
-    }
-}
-
 /// The word for a reason code: `Ok(None)` for none, `Err(code)` for one
 /// this build does not know.
 pub fn reason_word(reason: u8) -> Result<Option<&'static str>, u8> {
@@ -79,13 +72,6 @@ pub fn reason_word(reason: u8) -> Result<Option<&'static str>, u8> {
     }))
 }
 
-pub fn reason(reason: u8) -> Option<String> {
-    match reason_word(reason) {
-        Ok(word) => word.map(str::to_owned),
-        Err(other) => Some(format!("reason-{other}")),
-    }
-}
-
 /// The protocol's word, or `Err(number)` for another IP protocol.
 pub fn protocol_word(event: &TraceEvent) -> Result<&'static str, u8> {
     Ok(match (event.kind, event.proto) {
@@ -96,13 +82,6 @@ pub fn protocol_word(event: &TraceEvent) -> Result<&'static str, u8> {
         (_, 0) => "-",
         (_, other) => return Err(other),
     })
-}
-
-pub fn protocol(event: &TraceEvent) -> String {
-    match protocol_word(event) {
-        Ok(word) => word.to_owned(),
-        Err(other) => other.to_string(),
-    }
 }
 
 /// Addresses and ports come as they sat in the packet (network order).
@@ -130,6 +109,7 @@ pub fn is_forward(kind: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trace::fixtures::{protocol, reason, verdict};
 
     fn sample() -> TraceEvent {
         TraceEvent {

@@ -5,10 +5,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    decode::VERDICTS,
-    record::{TraceRecord, Tuple},
-};
+use super::{decode::VERDICTS, record::Tuple};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceFilter {
@@ -141,28 +138,6 @@ pub trait Filterable {
     fn snat(&self) -> Option<Ipv4Addr>;
 }
 
-impl Filterable for TraceRecord {
-    fn network(&self) -> Option<&str> {
-        self.network.as_deref()
-    }
-
-    fn service(&self) -> Option<&str> {
-        self.service.as_deref()
-    }
-
-    fn verdict(&self) -> &str {
-        &self.verdict
-    }
-
-    fn tuples(&self) -> (Tuple, Tuple) {
-        (self.before, self.after)
-    }
-
-    fn snat(&self) -> Option<Ipv4Addr> {
-        self.snat
-    }
-}
-
 /// `500ms`, `30s`, `5m`, `1h` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, FilterError> {
     let bad = || FilterError::Duration(text.to_owned());
@@ -187,6 +162,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::trace::record::TraceRecord;
 
     fn record() -> TraceRecord {
         let tuple = |src: [u8; 4], sport, dst: [u8; 4], dport| Tuple {

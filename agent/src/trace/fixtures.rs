@@ -1,10 +1,17 @@
-//! Events and address books for the trace unit tests (`names`, `batch`).
+//! Events and address books for the trace unit tests (`names`, `batch`),
+//! and records made as documents, to compare the stream's lines with.
 
 use std::net::Ipv4Addr;
 
 use netagent_common::{TraceEvent, TraceTuple, TRACE_CAPTURE_BYTES};
 
-use super::names::AddressBook;
+use super::{
+    decode::{self, protocol_word, reason_word, verdict_word},
+    filter::Filterable,
+    json::Name,
+    names::{AddressBook, Interface},
+    record::{TraceRecord, Tuple},
+};
 use crate::model::{Endpoint, PublishedPort, Service, ServiceVip};
 
 /// An address as the programs write it (network order in a native u32).
@@ -96,4 +103,86 @@ pub fn book(names: &Names) -> AddressBook {
         &[(names.node.into(), Ipv4Addr::new(198, 18, 0, 11))],
     )
     .with_underlay("eth0")
+}
+
+/// The words of an event's codes as a record holds them (the stream's
+/// lines are written from `decode`'s `*_word` directly).
+pub fn verdict(kind: u8) -> String {
+    match verdict_word(kind) {
+        Some(word) => word.to_owned(),
+        None => format!("kind-{kind}"),
+    }
+}
+
+pub fn reason(reason: u8) -> Option<String> {
+    match reason_word(reason) {
+        Ok(word) => word.map(str::to_owned),
+        Err(other) => Some(format!("reason-{other}")),
+    }
+}
+
+pub fn protocol(event: &TraceEvent) -> String {
+    match protocol_word(event) {
+        Ok(word) => word.to_owned(),
+        Err(other) => other.to_string(),
+    }
+}
+
+/// What the agent's batches filter on, for records read back.
+impl Filterable for TraceRecord {
+    fn network(&self) -> Option<&str> {
+        self.network.as_deref()
+    }
+
+    fn service(&self) -> Option<&str> {
+        self.service.as_deref()
+    }
+
+    fn verdict(&self) -> &str {
+        &self.verdict
+    }
+
+    fn tuples(&self) -> (Tuple, Tuple) {
+        (self.before, self.after)
+    }
+
+    fn snat(&self) -> Option<Ipv4Addr> {
+        self.snat
+    }
+}
+
+impl AddressBook {
+    /// The record of `event` as a document (`netctl` reads lines back into
+    /// this; the stream's lines are written from `name` directly).
+    pub fn resolve(&self, event: &TraceEvent, node: &str, wall_offset_ns: i128) -> TraceRecord {
+        let r = self.name(event, node, wall_offset_ns);
+        let text = |name: Option<&Name>| name.map(|n| n.text().to_owned());
+        TraceRecord {
+            time_ns: r.time_ns,
+            node: node.to_owned(),
+            interface: match r.interface {
+                Interface::Named(name) => name.text().to_owned(),
+                Interface::Index(index) => format!("if{index}"),
+            },
+            endpoint: text(r.endpoint),
+            verdict: verdict(event.kind),
+            reason: reason(event.reason),
+            protocol: protocol(event),
+            before: r.before,
+            after: r.after,
+            service: text(r.service),
+            network: text(r.network),
+            task: r.task.map(str::to_owned),
+            snat: r.snat,
+            names: r
+                .names()
+                .map(|(addr, named)| (addr, named.label.text().to_owned()))
+                .collect(),
+            packet_len: event.packet_len,
+            headers: base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                decode::headers(event),
+            ),
+        }
+    }
 }

@@ -1,8 +1,8 @@
 //! The few JSON pieces the trace stream's event lines are made of, written
-//! straight into a byte buffer: strings escaped exactly as `serde_json`
-//! escapes them (so a line reads back as the same document, byte for
-//! byte), decimal numbers and IPv4 addresses without going through
-//! `fmt`. Pure; used by `names` (pre-rendered names) and `batch` (lines).
+//! straight into a byte buffer: names rendered once by `serde_json` (so a
+//! line reads back as the same document, byte for byte), decimal numbers
+//! and IPv4 addresses without going through `fmt`. Pure; used by `names`
+//! (pre-rendered names) and `batch` (lines).
 
 use std::{net::Ipv4Addr, sync::Arc};
 
@@ -18,11 +18,10 @@ pub struct Name {
 impl Name {
     pub fn new(text: impl Into<String>) -> Self {
         let text: String = text.into();
-        let mut json = Vec::with_capacity(text.len() + 2);
-        string(&mut json, &text);
         Self {
-            // Escaping keeps UTF-8 valid: only ASCII bytes are added.
-            json: String::from_utf8_lossy(&json).into(),
+            // Rendered by serde_json itself, so that a line reads back as
+            // the same document, byte for byte.
+            json: serde_json::Value::from(text.as_str()).to_string().into(),
             text: text.into(),
         }
     }
@@ -40,41 +39,6 @@ impl Name {
     pub fn json(&self) -> &[u8] {
         self.json.as_bytes()
     }
-}
-
-/// `"text"` with `"`, `\` and control characters escaped as `serde_json`
-/// does (`\n`-style short forms where JSON has one, else `\u00XX`).
-pub fn string(out: &mut Vec<u8>, text: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    let bytes = text.as_bytes();
-    let mut start = 0;
-    for (i, &byte) in bytes.iter().enumerate() {
-        let short = match byte {
-            b'"' => b'"',
-            b'\\' => b'\\',
-            b'\n' => b'n',
-            b'\r' => b'r',
-            b'\t' => b't',
-            0x08 => b'b',
-            0x0c => b'f',
-            0x00..=0x1f => b'u',
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(&[b'\\', short]);
-        if short == b'u' {
-            out.extend_from_slice(&[
-                b'0',
-                b'0',
-                HEX[usize::from(byte >> 4)],
-                HEX[usize::from(byte & 0xf)],
-            ]);
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
 }
 
 /// A number in decimal, two digits at a time (ports and addresses are
@@ -112,7 +76,7 @@ pub fn addr(out: &mut Vec<u8>, addr: Ipv4Addr) {
 }
 
 /// `a.b.c.d`, unquoted.
-pub fn addr_text(out: &mut Vec<u8>, addr: Ipv4Addr) {
+fn addr_text(out: &mut Vec<u8>, addr: Ipv4Addr) {
     for (i, octet) in addr.octets().into_iter().enumerate() {
         if i > 0 {
             out.push(b'.');
@@ -124,27 +88,6 @@ pub fn addr_text(out: &mut Vec<u8>, addr: Ipv4Addr) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn as_serde(text: &str) -> String {
-        let mut out = Vec::new();
-        string(&mut out, text);
-        String::from_utf8(out).expect("utf-8")
-    }
-
-    #[test]
-    fn strings_are_escaped_as_serde_json_escapes_them() {
-        let mut every_control: String = (0u8..0x20).map(char::from).collect();
-        every_control.push_str("\u{7f} é 漢 🦀 \"quoted\" back\\slash /");
-        for text in ["", "web.1", "a \"b\"", "tab\there", &every_control] {
-            assert_eq!(
-                as_serde(text),
-                serde_json::to_string(text).expect("json"),
-                "{text:?}"
-            );
-            assert_eq!(Name::new(text).json(), as_serde(text).as_bytes());
-            assert_eq!(Name::new(text).text(), text);
-        }
-    }
 
     #[test]
     fn numbers_and_addresses_are_plain_decimal() {

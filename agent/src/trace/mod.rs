@@ -121,12 +121,11 @@ pub struct Tracer {
 }
 
 /// The newest batches, at least `REPLAY_CAPACITY` records once that many
-/// came, and the number of the next record.
+/// came (the newest is always kept: it numbers the next record).
 #[derive(Default)]
 struct Replay {
     batches: VecDeque<Arc<Batch>>,
     records: usize,
-    next: u64,
 }
 
 /// TRACE_ON and the tracers that hold it on.
@@ -255,18 +254,23 @@ impl Tracer {
             all_packets,
         };
         let replay = lock(&self.replay);
-        let receiver = Receiver::new(self.events.subscribe(), replay.next);
-        let since_ns = match since {
-            Some(since) => wall_clock_ns().saturating_sub(since.as_nanos() as u64),
-            None => u64::MAX,
+        let next = replay.batches.back().map_or(0, |b| b.end());
+        let receiver = Receiver::new(self.events.subscribe(), next);
+        let (since_ns, recent) = match since {
+            // Without --since nothing is replayed.
+            None => (u64::MAX, Vec::new()),
+            Some(since) => {
+                let since_ns = wall_clock_ns().saturating_sub(since.as_nanos() as u64);
+                let recent = replay
+                    .batches
+                    .iter()
+                    // CPUs' events interleave: any record may be the newest.
+                    .filter(|b| b.entries().iter().any(|e| e.time_ns >= since_ns))
+                    .cloned()
+                    .collect();
+                (since_ns, recent)
+            }
         };
-        let recent = replay
-            .batches
-            .iter()
-            // CPUs' events interleave: any record may be the newest.
-            .filter(|b| b.entries().iter().any(|e| e.time_ns >= since_ns))
-            .cloned()
-            .collect();
         Ok(Subscribed {
             subscription,
             recent,
@@ -304,7 +308,6 @@ impl Tracer {
     fn publish(&self, batch: Batch) {
         let batch = Arc::new(batch);
         let mut replay = lock(&self.replay);
-        replay.next = batch.first + batch.len() as u64;
         replay.records += batch.len();
         replay.batches.push_back(batch.clone());
         while let Some(oldest) = replay.batches.front() {

@@ -3,18 +3,14 @@
 //! services, nodes) and swapped in whole; every name is rendered as JSON
 //! then (`json::Name`), so naming an event allocates nothing.
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasherDefault, Hasher},
-    net::Ipv4Addr,
-};
+use std::{collections::HashMap, net::Ipv4Addr};
 
 use netagent_common::{TraceEvent, TRACE_FLAG_PUBLISHED, TRACE_FLAG_REMOTE_TASK};
 
 use super::{
     decode,
     json::{self, Name},
-    record::{TraceRecord, Tuple},
+    record::Tuple,
 };
 use crate::model::{Endpoint, Service};
 
@@ -28,8 +24,8 @@ pub struct Named {
     /// The service of the task or VIP.
     pub service: Option<Name>,
     pub network: Option<Name>,
-    /// For a task: its endpoint id and its veth on its node, `ve-<id8>`.
-    pub endpoint: Option<(String, Name)>,
+    /// For a task: its veth on its node, `ve-<id8>`.
+    pub veth: Option<Name>,
 }
 
 impl Named {
@@ -50,10 +46,7 @@ impl Named {
             names_entry: names_entry.into(),
             service: service.map(Name::new),
             network: network.map(Name::new),
-            endpoint: endpoint_id.map(|id| {
-                let veth = Name::new(crate::dataplane::endpoint::host_veth_name(&id));
-                (id, veth)
-            }),
+            veth: endpoint_id.map(|id| Name::new(crate::dataplane::endpoint::host_veth_name(&id))),
         }
     }
 }
@@ -67,37 +60,9 @@ struct Published {
     network: Option<Name>,
 }
 
-/// Addresses are looked up four or five times per event: a multiplicative
-/// hash of the 32 bits instead of SipHash (the keys come from the agent's
-/// model, not from packets).
-#[derive(Default)]
-struct AddrHasher(u64);
-
-impl Hasher for AddrHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u8(byte);
-        }
-    }
-
-    fn write_u8(&mut self, byte: u8) {
-        self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type AddrMap<V> = HashMap<Ipv4Addr, V, BuildHasherDefault<AddrHasher>>;
-
 #[derive(Clone, Debug, Default)]
 pub struct AddressBook {
-    by_addr: AddrMap<Named>,
+    by_addr: HashMap<Ipv4Addr, Named>,
     published: HashMap<(u16, u8), Published>,
     /// Nodes' ingress addresses, by node, then network name.
     ingress_addrs: HashMap<String, HashMap<String, Ipv4Addr>>,
@@ -115,7 +80,7 @@ pub enum Interface<'a> {
 
 /// An event with its addresses named, borrowing the book's names: what a
 /// record says, before it is written (`batch`) or made a document
-/// (`AddressBook::resolve`).
+/// (`fixtures`' `AddressBook::resolve`, for the tests).
 #[derive(Clone, Debug)]
 pub struct Resolved<'a> {
     pub time_ns: u64,
@@ -152,7 +117,7 @@ impl AddressBook {
         services: &[Service],
         nodes: &[(String, Ipv4Addr)],
     ) -> Self {
-        let mut by_addr = AddrMap::default();
+        let mut by_addr = HashMap::new();
         for (name, addr) in nodes {
             by_addr.insert(
                 *addr,
@@ -262,11 +227,11 @@ impl AddressBook {
         } else {
             self.name_vip(event, &mut resolved);
         }
-        let snat = resolved.snat.filter(|a| self.get(*a).is_some());
+        // Unnamed addresses (the SNAT one too) are skipped below.
         let addrs = [before.src, before.dst, after.src, after.dst]
             .into_iter()
             .filter(|a| !a.is_unspecified())
-            .chain(snat);
+            .chain(resolved.snat);
         let mut count = 0;
         for addr in addrs {
             let Some(named) = self.get(addr) else {
@@ -287,18 +252,12 @@ impl AddressBook {
     fn name_vip<'a>(&'a self, event: &TraceEvent, resolved: &mut Resolved<'a>) {
         let (before, after) = (resolved.before, resolved.after);
         // The local container is the client side: the source of what it
-        // sent, the destination of what it receives.
-        let local = if decode::from_container(event.kind) {
-            before.src
+        // sent, the destination of what it receives. The VIP: where the
+        // container sent it, or what the reply now comes from.
+        let (local, vip) = if decode::from_container(event.kind) {
+            (before.src, before.dst)
         } else {
-            before.dst
-        };
-        // The VIP: where the container sent it, or what the reply now
-        // comes from.
-        let vip = if decode::from_container(event.kind) {
-            before.dst
-        } else {
-            after.src
+            (before.dst, after.src)
         };
         let endpoint = self.get(local);
         let vip = self.get(vip);
@@ -307,7 +266,7 @@ impl AddressBook {
             .and_then(|n| n.network.as_ref())
             .or_else(|| endpoint.and_then(|n| n.network.as_ref()));
         if let Some((veth, label)) =
-            endpoint.and_then(|n| n.endpoint.as_ref().map(|(_, veth)| (veth, &n.label)))
+            endpoint.and_then(|n| n.veth.as_ref().map(|veth| (veth, &n.label)))
         {
             resolved.interface = Interface::Named(veth);
             resolved.endpoint = Some(label);
@@ -332,7 +291,7 @@ impl AddressBook {
         };
         let port = self.published.get(&(published, event.proto));
         let task = task.and_then(|addr| self.get(addr));
-        resolved.endpoint = task.filter(|n| n.endpoint.is_some()).map(|n| &n.label);
+        resolved.endpoint = task.filter(|n| n.veth.is_some()).map(|n| &n.label);
         resolved.service = port.map(|p| &p.service);
         resolved.network = task
             .and_then(|n| n.network.as_ref())
@@ -348,40 +307,6 @@ impl AddressBook {
                         .copied()
                 });
             }
-        }
-    }
-
-    /// The record of `event` as a document (`netctl` reads lines back into
-    /// this; the stream's lines are written from `name` directly).
-    pub fn resolve(&self, event: &TraceEvent, node: &str, wall_offset_ns: i128) -> TraceRecord {
-        let r = self.name(event, node, wall_offset_ns);
-        let text = |name: Option<&Name>| name.map(|n| n.text().to_owned());
-        TraceRecord {
-            time_ns: r.time_ns,
-            node: node.to_owned(),
-            interface: match r.interface {
-                Interface::Named(name) => name.text().to_owned(),
-                Interface::Index(index) => format!("if{index}"),
-            },
-            endpoint: text(r.endpoint),
-            verdict: decode::verdict(event.kind),
-            reason: decode::reason(event.reason),
-            protocol: decode::protocol(event),
-            before: r.before,
-            after: r.after,
-            service: text(r.service),
-            network: text(r.network),
-            task: r.task.map(str::to_owned),
-            snat: r.snat,
-            names: r
-                .names()
-                .map(|(addr, named)| (addr, named.label.text().to_owned()))
-                .collect(),
-            packet_len: event.packet_len,
-            headers: base64::Engine::encode(
-                &base64::engine::general_purpose::STANDARD,
-                decode::headers(event),
-            ),
         }
     }
 }

@@ -305,8 +305,7 @@ fn a_vip_flow_is_traced_with_names_filters_pcap_and_replay() {
 
     // The tracer without a filter got both, as the same documents the
     // filtered ones got.
-    let same = unfiltered.wait_event("the translation, unfiltered", |e| *e == translate);
-    assert_eq!(same, translate);
+    unfiltered.wait_event("the translation, unfiltered", |e| *e == translate);
     unfiltered.wait_event("a refusal, unfiltered", |e| {
         e["verdict"] == "drop" && e["before"]["dst"] == empty_vip.as_str()
     });

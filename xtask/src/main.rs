@@ -7,6 +7,7 @@
 mod bench;
 mod demo;
 mod lab;
+mod programs;
 mod setup;
 mod test;
 mod workspace;

@@ -25,7 +25,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("protobuf-compiler", "etcd-client's gRPC code generation"),
     ("libprotobuf-dev", "etcd-client's well-known protobuf types"),
     ("dnsmasq-base", "the lab's upstream DNS server"),
-    ("dnsutils", "dig, in tests and the lab's readiness checks"),
+    (
+        "bind9-dnsutils",
+        "dig, in tests and the lab's readiness checks",
+    ),
     ("ldnsutils", "drill, a second DNS client for tests"),
     ("iperf3", "throughput benchmarks"),
     ("dnsperf", "the DNS benchmark"),
@@ -33,6 +36,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "masquerade and the nftables anchor"),
     ("iptables", "the iptables anchor"),
     ("tcpdump", "reading pcap files and debugging the lab"),
+    ("bpftool", "reading pinned maps and programs in tests"),
     ("curl", "HTTP clients in tests and the demo"),
     ("netcat-openbsd", "TCP and UDP probes in tests"),
 ];
@@ -82,8 +86,14 @@ impl Drop for Setup {
     }
 }
 
+/// The names of the packages setup installs.
+pub fn package_names() -> Vec<&'static str> {
+    PACKAGES.iter().map(|(package, _)| *package).collect()
+}
+
 pub fn run() -> Result<Setup> {
     install_packages()?;
+    check_programs()?;
     install_rust_src()?;
     install_bpf_linker()?;
     let mounted_bpffs = mount_bpffs()?;
@@ -139,6 +149,25 @@ fn install_packages() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing),
+    )
+}
+
+/// Every program the repository runs is on this machine now: a package
+/// whose programs moved, or a wrong entry in the table, fails here, before
+/// a test fails on it.
+fn check_programs() -> Result<()> {
+    let missing = crate::programs::missing_on_this_machine();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = missing
+        .iter()
+        .map(|(program, package)| format!("{program} (from {package})"))
+        .collect();
+    bail!(
+        "programs the tests run are missing after setup: {}; fix their packages in \
+         xtask/src/programs.rs and xtask/src/setup.rs",
+        list.join(", ")
     )
 }
 

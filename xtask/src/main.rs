@@ -40,6 +40,9 @@ enum Command {
         #[command(subcommand)]
         command: lab::LabCommand,
     },
+    /// List every external program the sources run, with its Debian
+    /// package; fail when setup would not install one.
+    Programs,
     /// Run benchmark NAME against its anchors; writes target/bench/NAME.json.
     Bench {
         name: String,
@@ -54,6 +57,7 @@ fn main() -> Result<()> {
         Command::Test { args } => test::run(&args),
         Command::Demo => demo::run(),
         Command::Lab { command } => lab::run(command),
+        Command::Programs => programs::run(),
         Command::Bench { name, args } => bench::run(&name, &args),
     }
 }

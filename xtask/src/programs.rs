@@ -342,6 +342,29 @@ pub fn problems(uses: &[Use], packages: &[&str]) -> Vec<String> {
     problems
 }
 
+/// `cargo xtask programs`: every program, its origin and where it is run;
+/// fails on the problems the unit test would report.
+pub fn run() -> anyhow::Result<()> {
+    let uses = scan(&crate::workspace::root());
+    for (program, source) in PROGRAMS {
+        let origin = match source {
+            Source::Package(package) => format!("Debian {package}"),
+            Source::Toolchain => "the Rust toolchain".to_owned(),
+        };
+        let places: Vec<String> = uses
+            .iter()
+            .filter(|u| u.program == *program)
+            .map(|u| format!("{}:{}", u.file.display(), u.line))
+            .collect();
+        println!("{program:<18} {origin:<24} {}", places.join(" "));
+    }
+    let problems = problems(&uses, &crate::setup::package_names());
+    if !problems.is_empty() {
+        anyhow::bail!("\n{}", problems.join("\n"));
+    }
+    Ok(())
+}
+
 /// Where Debian puts programs: a program is checked there, not on PATH
 /// (which may find a copy of another origin, such as pyenv's python3).
 const DEBIAN_BIN_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];

@@ -37,6 +37,8 @@ pub enum DatapathError {
          or pass --bpffs with a directory on one"
     )]
     NotBpffs { path: PathBuf },
+    #[error(transparent)]
+    Bpffs(#[from] super::bpffs::BpffsError),
     #[error("cannot create the pin directory {path}: {source}")]
     PinDir {
         path: PathBuf,
@@ -125,12 +127,13 @@ impl Datapath {
     /// Loads the object, reusing the maps pinned under `bpffs` by an earlier
     /// run of this agent (so their contents survive a restart).
     pub fn load(bpffs: &Path, lb_maps: &crate::lb::maps::MapSizes) -> Result<Self, DatapathError> {
+        super::bpffs::ensure_mounted(bpffs)?;
         let pin_dir = bpffs.join("maps");
         std::fs::create_dir_all(&pin_dir).map_err(|source| DatapathError::PinDir {
             path: pin_dir.clone(),
             source,
         })?;
-        if !is_bpffs(bpffs) {
+        if !super::bpffs::is_bpffs(bpffs) {
             // Leave nothing half-made: the directory we may just have created
             // is on an ordinary filesystem.
             let _ = std::fs::remove_dir(&pin_dir);
@@ -257,10 +260,4 @@ impl Datapath {
         info!(%ifname, %direction, program, prog_id, "program attached");
         Ok(())
     }
-}
-
-fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path)
-        .map(|fs| fs.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
-        .unwrap_or(false)
 }

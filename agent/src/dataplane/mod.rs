@@ -1,6 +1,7 @@
 //! What the agent programs into the kernel of its node.
 //!
-//! `bpf` loads the datapath object and owns its pins; `counters` attaches the
+//! `bpf` loads the datapath object and owns its pins, on the bpf filesystem
+//! `bpffs` mounts when the node has none; `counters` attaches the
 //! per-interface counters and reads them back. The overlay: `overlay` is the
 //! contract; `netns` switches namespaces (on dedicated threads only),
 //! `netlink` holds the rtnetlink handles and hand-built messages, `sandbox`
@@ -11,6 +12,7 @@
 //! (hand-built nf_tables netlink messages).
 
 pub mod bpf;
+pub mod bpffs;
 pub mod counters;
 pub mod dns_redirect;
 pub mod endpoint;

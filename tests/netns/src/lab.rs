@@ -15,7 +15,7 @@ use crate::{
         self, BPFFS_ROOT, ETC_NETNS, EXTERNAL_ADDR, LAB_STATE_ROOT, UNDERLAY_PREFIX_LEN,
         UPSTREAM_DNS_ADDR,
     },
-    process::{self, Lifetime, ProcessId},
+    process::{self, Lifetime, Mounts, ProcessId},
     sweep,
 };
 
@@ -372,6 +372,7 @@ impl Lab {
             ],
             &log,
             self.lifetime(),
+            Mounts::Host,
         )
         .map_err(|source| LabError::Spawn {
             what: "dnsmasq (install it with `cargo xtask setup`)".into(),
@@ -415,6 +416,7 @@ impl Lab {
             args,
             &log,
             self.lifetime(),
+            Mounts::Host,
         )
         .map_err(|source| LabError::Spawn {
             what: format!("{program} in {netns}"),
@@ -538,6 +540,22 @@ impl Lab {
     /// Starts the agent of node `name` with `extra` flags, and waits until its
     /// API answers.
     pub fn start_agent_with(&mut self, name: &str, extra: &[&str]) -> Result<(), LabError> {
+        self.start_agent_mounted(name, extra, Mounts::Host)
+    }
+
+    /// Starts the agent of node `name` in a private mount namespace where no
+    /// bpf filesystem is mounted (a host without one), and waits until its
+    /// API answers. Its pins live and die with that namespace.
+    pub fn start_agent_without_bpffs(&mut self, name: &str) -> Result<(), LabError> {
+        self.start_agent_mounted(name, &[], Mounts::PrivateWithoutBpffs)
+    }
+
+    fn start_agent_mounted(
+        &mut self,
+        name: &str,
+        extra: &[&str],
+        mounts: Mounts,
+    ) -> Result<(), LabError> {
         let bin = self.netagent_bin();
         if !bin.exists() {
             return Err(LabError::MissingBinary(bin));
@@ -551,11 +569,18 @@ impl Lab {
             source,
         })?;
         let log = node_dir.join("agent.log");
-        let child = process::spawn_in_netns(&node.netns_path(), &bin, &args, &log, self.lifetime())
-            .map_err(|source| LabError::Spawn {
-                what: format!("netagent on {name}"),
-                source,
-            })?;
+        let child = process::spawn_in_netns(
+            &node.netns_path(),
+            &bin,
+            &args,
+            &log,
+            self.lifetime(),
+            mounts,
+        )
+        .map_err(|source| LabError::Spawn {
+            what: format!("netagent on {name}"),
+            source,
+        })?;
         let id = self.record_process(&child)?;
         let socket = run_dir.join("netagent.sock");
         self.node_mut(name)?.agent = Some(Agent {

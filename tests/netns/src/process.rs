@@ -87,19 +87,53 @@ pub enum Lifetime {
     Detached,
 }
 
+/// The mounts a process started by the lab sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mounts {
+    /// The host's: `nsenter --net` alone keeps the mount namespace, so the
+    /// bpffs the process pins into stays visible.
+    Host,
+    /// A private copy of the host's with no bpf filesystem mounted: a node
+    /// without bpffs, made for this one process and never for the host.
+    PrivateWithoutBpffs,
+}
+
+/// Unmounts every bpffs stacked on /sys/fs/bpf (inside the private mount
+/// namespace `unshare` made), then runs the rest of the command line.
+const UNMOUNT_BPFFS: &str = "while grep -q ' /sys/fs/bpf ' /proc/self/mounts; do \
+     umount /sys/fs/bpf || exit 1; done; exec \"$@\"";
+
 /// Starts `program args...` in network namespace `netns_path` through
-/// `nsenter --net` (which keeps the host's mount namespace, so the bpffs the
-/// process pins into stays visible), output appended to `log`.
+/// `nsenter --net`, with `mounts`, output appended to `log`.
 pub fn spawn_in_netns(
     netns_path: &Path,
     program: &Path,
     args: &[String],
     log: &Path,
     lifetime: Lifetime,
+    mounts: Mounts,
 ) -> std::io::Result<Child> {
     let out = File::options().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
-    let mut command = Command::new("nsenter");
+    let mut command = match mounts {
+        Mounts::Host => Command::new("nsenter"),
+        Mounts::PrivateWithoutBpffs => {
+            // unshare and sh exec what follows: the pid stays the program's.
+            let mut command = Command::new("unshare");
+            command.args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                UNMOUNT_BPFFS,
+                "sh",
+                "nsenter",
+            ]);
+            command
+        }
+    };
     command
         .arg(format!("--net={}", netns_path.display()))
         .arg("--")

@@ -226,3 +226,32 @@ fn bpffs_elsewhere_is_refused_and_leaves_nothing() {
     assert!(filters.stdout.is_empty(), "left a filter behind");
     lab.teardown().expect("clean teardown");
 }
+
+#[test]
+fn an_agent_on_a_node_without_bpffs_mounts_one_and_comes_up() {
+    require_root!();
+    let mut lab = Lab::up(LabSpec::nodes(1)).expect("lab");
+    // Only the agent's own mount namespace lacks a bpffs; the host keeps its.
+    lab.start_agent_without_bpffs("n1")
+        .expect("the agent comes up on a node without a bpf filesystem");
+    let status = lab.netctl_json("n1", &["status"]).expect("netctl status");
+    let programs = status["programs"].as_array().cloned().unwrap_or_default();
+    assert!(
+        programs.iter().any(|p| p["name"] == "count_ingress"),
+        "no datapath program attached: {status}"
+    );
+    let agent = lab.node("n1").unwrap().agent().expect("agent");
+    let log = std::fs::read_to_string(&agent.log).expect("agent log");
+    assert!(
+        log.contains("no bpf filesystem was mounted: mounted one"),
+        "the agent did not say that it mounted a bpffs:\n{log}"
+    );
+    // The pins went to the agent's own bpffs, not the host's.
+    let host_pins = agent.bpffs.join("maps");
+    assert!(
+        !host_pins.exists(),
+        "pins appeared on the host's bpffs: {}",
+        host_pins.display()
+    );
+    lab.teardown().expect("clean teardown");
+}

@@ -173,6 +173,7 @@ impl ClusterRuntime {
             .unwrap_or_default();
         let overlay = Overlay::new(OverlayConfig {
             netns_prefix: config.netns_prefix.clone(),
+            owner: crate::dataplane::sandbox::owner_mark(&config.data_dir),
             underlay: underlay.clone(),
             vtep,
             node_netns: None,

@@ -23,8 +23,23 @@ pub mod defaults {
     pub const CONTROL_PORT: u16 = 2377;
     /// Every node gossips here, TCP and UDP.
     pub const GOSSIP_PORT: u16 = 7946;
-    /// Prefix of the namespaces the agent creates (sandboxes).
-    pub const NETNS_PREFIX: &str = "netagent";
+    /// Prefix of the namespaces the agent creates (sandboxes) when none is
+    /// given: `netagent-<node name>`, so that agents of different nodes on
+    /// one host never share a sandbox name. Characters a namespace name
+    /// cannot hold become `_`.
+    pub fn netns_prefix(node_name: &str) -> String {
+        let node: String = node_name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("netagent-{node}")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +243,12 @@ pub fn local_addresses() -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_sandbox_prefix_carries_the_node_name() {
+        assert_eq!(defaults::netns_prefix("n1"), "netagent-n1");
+        assert_eq!(defaults::netns_prefix("db.eu/1 a"), "netagent-db.eu_1_a");
+    }
 
     #[test]
     fn lb_sizes_default_and_checked() {

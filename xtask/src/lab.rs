@@ -31,8 +31,8 @@ fn up(nodes: usize) -> Result<()> {
     let bin_dir = workspace::build_binaries()?;
     std::env::set_var("NETAGENT_BIN_DIR", &bin_dir);
     let mut lab = Lab::up(LabSpec {
-        nodes,
         persistent: true,
+        ..LabSpec::nodes(nodes)
     })
     .context("building the lab")?;
     if let Err(error) = lab.start_agents() {

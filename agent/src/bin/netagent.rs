@@ -39,7 +39,8 @@ struct Flags {
     /// Gossip port [default: 7946].
     #[arg(long)]
     gossip_port: Option<u16>,
-    /// Prefix of the namespaces this agent creates [default: netagent].
+    /// Prefix of the sandbox namespaces this agent creates, `<prefix>-<vni>`
+    /// [default: netagent-<node name>].
     #[arg(long)]
     netns_prefix: Option<String>,
     /// Log filter, e.g. `info` or `netagent=debug` (RUST_LOG wins).
@@ -82,6 +83,10 @@ fn resolve(flags: Flags) -> anyhow::Result<AgentConfig> {
         || Ok(netagent::lb::maps::MapSizes::default()),
         |lb| lb.sizes(),
     )?;
+    let netns_prefix = flags
+        .netns_prefix
+        .or(file.netns_prefix)
+        .unwrap_or_else(|| defaults::netns_prefix(&node_name));
     Ok(AgentConfig {
         lb_maps,
         node_name,
@@ -107,10 +112,7 @@ fn resolve(flags: Flags) -> anyhow::Result<AgentConfig> {
             .gossip_port
             .or(file.gossip_port)
             .unwrap_or(defaults::GOSSIP_PORT),
-        netns_prefix: flags
-            .netns_prefix
-            .or(file.netns_prefix)
-            .unwrap_or_else(|| defaults::NETNS_PREFIX.into()),
+        netns_prefix,
     })
 }
 

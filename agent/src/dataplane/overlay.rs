@@ -5,7 +5,8 @@
 //! (nf_tables in the node namespace, through `nftables`).
 //!
 //! Naming, so that nothing collides between agents on one machine:
-//! - sandbox namespace: `<netns_prefix>-<vni>` (under /run/netns)
+//! - sandbox namespace: `<netns_prefix>-<vni>` (under /run/netns), its br0
+//!   marked with the agent that made it (the alias `netagent:<data dir>`)
 //! - inside a sandbox: `br0` (gateway address, up), `vxlan0` (VNI, dstport
 //!   4789, learning off, proxy on, local = vtep, created in the node
 //!   namespace under a temporary unique name, then moved in and renamed)
@@ -51,10 +52,12 @@ pub enum OverlayError {
     },
     #[error("underlay interface {name} not found in the node namespace; set the underlay to the interface that holds the advertise address")]
     UnderlayMissing { name: String },
-    #[error("sandbox {name} (VNI {vni}) does not exist; create it with ensure_sandbox first")]
+    #[error("sandbox {name} (VNI {vni}) does not exist yet: the agent builds it when the network is first used on this node; see `netctl overlay ls` and the agent's log")]
     NoSandbox { name: String, vni: u32 },
-    #[error("{link} is missing in sandbox {sandbox}; run ensure_sandbox to repair the sandbox")]
+    #[error("{link} is missing in sandbox {sandbox}: the agent rebuilds it on its next pass (or restart it); see `ip -n {sandbox} link`")]
     LinkMissing { link: &'static str, sandbox: String },
+    #[error("sandbox {sandbox} belongs to another agent on this host (its br0 is marked {owner:?}): give each agent its own --netns-prefix, or, if that agent is gone for good, remove the sandbox with `ip netns del {sandbox}`")]
+    ForeignSandbox { sandbox: String, owner: String },
     #[error("endpoint id {id:?} is not usable (want 1 or more of [A-Za-z0-9_.-]); pass the endpoint's id")]
     BadEndpointId { id: String },
     #[error("interface name {name:?} is not usable (1 to 15 bytes, no '/', ':' or whitespace); pass a name such as eth0")]
@@ -151,9 +154,12 @@ pub(crate) const HINT_GENERIC: &str =
 /// How the node's overlay data plane is set up.
 #[derive(Clone, Debug)]
 pub struct OverlayConfig {
-    /// Prefix of every namespace this agent creates (`netagent` by default;
-    /// the lab passes `<lab prefix>-<node>`).
+    /// Prefix of every namespace this agent creates (`netagent-<node name>`
+    /// by default; the lab passes `<lab prefix>-<node>`).
     pub netns_prefix: String,
+    /// The mark this agent puts on the sandboxes it makes (see
+    /// `sandbox::owner_mark`): it adopts, changes and removes no other.
+    pub owner: String,
     /// The underlay interface (holds the VTEP address).
     pub underlay: String,
     /// This node's VTEP address (its advertise address).
@@ -291,6 +297,8 @@ impl Overlay {
     }
 
     async fn remove_all(&self, network: &Network) -> Result<(), OverlayError> {
+        // Another agent's sandbox of the same name keeps all its parts.
+        sandbox::check_ours(&self.config, network).await?;
         let mut errors = Vec::new();
         self.remove_egress_into(network, &mut errors).await;
         match sandbox::remove(&self.config, network).await {
@@ -310,7 +318,7 @@ impl Overlay {
 
     /// VNIs of the sandboxes that exist now (for adoption after a restart).
     pub async fn sandboxes(&self) -> Result<Vec<u32>, OverlayError> {
-        Ok(sandbox::list(&self.config.netns_prefix))
+        Ok(sandbox::list(&self.config).await)
     }
 
     /// Attaches a container; on failure removes whatever it created.

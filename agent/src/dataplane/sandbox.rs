@@ -42,13 +42,89 @@ pub fn vni_of(prefix: &str, netns_name: &str) -> Option<u32> {
     rest.parse().ok()
 }
 
-/// VNIs of this agent's sandboxes, sorted.
-pub fn list(prefix: &str) -> Vec<u32> {
-    let mut vnis: Vec<u32> = netns::list_named()
-        .iter()
-        .filter(|name| netns::is_namespace(&netns::named_path(name)))
-        .filter_map(|name| vni_of(prefix, name))
-        .collect();
+/// The mark an agent whose data directory is `data_dir` puts on its
+/// sandboxes: two agents on one host never share a data directory.
+pub fn owner_mark(data_dir: &Path) -> String {
+    format!("{OWNER_MARK_PREFIX}{}", data_dir.display())
+}
+
+/// What every owner mark starts with.
+const OWNER_MARK_PREFIX: &str = "netagent:";
+
+/// Who made a sandbox, from the alias of its br0.
+#[derive(Debug, PartialEq, Eq)]
+enum Owner {
+    This,
+    Other(String),
+    /// No br0 or no mark on it: half-built by this agent, or built by a
+    /// version that did not mark; adopted and marked.
+    Unmarked,
+}
+
+fn owner_of(bridge: Option<&LinkMessage>, ours: &str) -> Owner {
+    match bridge.and_then(netlink::link_alias) {
+        Some(mark) if mark == ours => Owner::This,
+        Some(mark) if mark.starts_with(OWNER_MARK_PREFIX) => Owner::Other(mark.to_owned()),
+        _ => Owner::Unmarked,
+    }
+}
+
+/// Fails when the sandbox behind `netlink` carries another agent's mark.
+async fn check_owner(
+    config: &OverlayConfig,
+    netlink: &Netlink,
+    name: &str,
+) -> Result<(), OverlayError> {
+    let bridge = netlink.link(BRIDGE).await.map_err(OverlayError::netlink(
+        "looking up br0",
+        name,
+        HINT_GENERIC,
+    ))?;
+    match owner_of(bridge.as_ref(), &config.owner) {
+        Owner::Other(owner) => Err(OverlayError::ForeignSandbox {
+            sandbox: name.to_owned(),
+            owner,
+        }),
+        Owner::This | Owner::Unmarked => Ok(()),
+    }
+}
+
+/// Fails when the sandbox of `network` exists and carries another agent's
+/// mark; a sandbox that does not exist is this agent's to make.
+pub async fn check_ours(config: &OverlayConfig, network: &Network) -> Result<(), OverlayError> {
+    let name = name(&config.netns_prefix, network.vni);
+    let path = netns::named_path(&name);
+    if !netns::is_namespace(&path) {
+        return Ok(());
+    }
+    let netlink = Netlink::connect(Some(&path))
+        .await
+        .map_err(OverlayError::netlink("connecting", &name, HINT_GENERIC))?;
+    check_owner(config, &netlink, &name).await
+}
+
+/// VNIs of this agent's sandboxes, sorted: those with its prefix, less the
+/// ones another agent marked.
+pub async fn list(config: &OverlayConfig) -> Vec<u32> {
+    let mut vnis = Vec::new();
+    for name in netns::list_named() {
+        let path = netns::named_path(&name);
+        let Some(vni) = vni_of(&config.netns_prefix, &name) else {
+            continue;
+        };
+        if !netns::is_namespace(&path) {
+            continue;
+        }
+        let ours = match Netlink::connect(Some(&path)).await {
+            Ok(netlink) => check_owner(config, &netlink, &name).await.is_ok(),
+            Err(_) => true,
+        };
+        if ours {
+            vnis.push(vni);
+        } else {
+            tracing::debug!(sandbox = %name, "another agent's sandbox: left alone");
+        }
+    }
     vnis.sort_unstable();
     vnis
 }
@@ -86,6 +162,7 @@ pub async fn open(config: &OverlayConfig, network: &Network) -> Result<Opened, O
     let netlink = Netlink::connect(Some(&path))
         .await
         .map_err(OverlayError::netlink("connecting", &name, HINT_GENERIC))?;
+    check_owner(config, &netlink, &name).await?;
     Ok(Opened {
         name,
         path,
@@ -197,6 +274,25 @@ async fn setup(
         }
     };
     let br = bridge.header.index;
+    match owner_of(Some(&bridge), &config.owner) {
+        Owner::This => {}
+        Owner::Other(owner) => {
+            return Err(OverlayError::ForeignSandbox {
+                sandbox: name.to_owned(),
+                owner,
+            })
+        }
+        Owner::Unmarked => {
+            sandbox
+                .set_link(
+                    LinkUnspec::new_with_index(br)
+                        .alias(config.owner.clone())
+                        .build(),
+                )
+                .await
+                .map_err(at("marking br0 with this agent's name".into()))?;
+        }
+    }
     fix_mtu(&sandbox, &bridge, mtu, name).await?;
     sandbox
         .ensure_ipv4_addr(br, network.gateway, network.subnet.prefix_len())
@@ -432,6 +528,8 @@ pub async fn remove(config: &OverlayConfig, network: &Network) -> Result<(), Ove
     if netns::is_namespace(&path) {
         match Netlink::connect(Some(&path)).await {
             Ok(sandbox) => {
+                // Never another agent's, whatever its name.
+                check_owner(config, &sandbox, &name).await?;
                 for link in [VXLAN, temp.as_str(), BRIDGE] {
                     if let Err(error) = sandbox.del_link_named(link).await {
                         errors.push(format!("deleting {link}: {error}"));
@@ -476,6 +574,34 @@ mod tests {
         assert_eq!(vni_of("nl1a2b3c-n1", "nl1a2b3c-n1-"), None);
         assert_eq!(vni_of("nl1a2b3c-n1", "nl1a2b3c-n10-4096"), None);
         assert_eq!(vni_of("netagent", "netagent-+5"), None);
+    }
+
+    #[test]
+    fn a_sandbox_is_ours_only_with_our_mark() {
+        let ours = owner_mark(Path::new("/var/lib/netagent"));
+        assert_eq!(ours, "netagent:/var/lib/netagent");
+        let marked = |alias: &str| {
+            let mut link = LinkMessage::default();
+            link.attributes
+                .push(netlink_packet_route::link::LinkAttribute::IfAlias(
+                    alias.into(),
+                ));
+            link
+        };
+        assert_eq!(owner_of(Some(&marked(&ours)), &ours), Owner::This);
+        assert_eq!(
+            owner_of(Some(&marked("netagent:/srv/other")), &ours),
+            Owner::Other("netagent:/srv/other".into())
+        );
+        assert_eq!(
+            owner_of(Some(&marked("set by hand")), &ours),
+            Owner::Unmarked
+        );
+        assert_eq!(
+            owner_of(Some(&LinkMessage::default()), &ours),
+            Owner::Unmarked
+        );
+        assert_eq!(owner_of(None, &ours), Owner::Unmarked);
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub struct LabSpec {
     /// Keep everything after this process exits (`cargo xtask lab up`);
     /// `cargo xtask lab down` removes it.
     pub persistent: bool,
+    /// Start agents without `--netns-prefix`, as an operator would: their
+    /// sandboxes are `netagent-<node>-<vni>`, found by the sweep through
+    /// their mark (the agent's data directory, inside the lab).
+    pub default_netns_prefix: bool,
 }
 
 impl LabSpec {
@@ -82,7 +86,14 @@ impl LabSpec {
         Self {
             nodes,
             persistent: false,
+            default_netns_prefix: false,
         }
+    }
+
+    /// Agents with the default `--netns-prefix`.
+    pub fn with_default_netns_prefix(mut self) -> Self {
+        self.default_netns_prefix = true;
+        self
     }
 }
 
@@ -145,6 +156,7 @@ pub struct Lab {
     state_dir: PathBuf,
     bin_dir: PathBuf,
     persistent: bool,
+    default_netns_prefix: bool,
     nodes: Vec<Node>,
     dnsmasq: Option<(Child, ProcessId)>,
     /// Servers and clients started in lab namespaces (`spawn_in`).
@@ -224,6 +236,7 @@ impl Lab {
             state_dir,
             bin_dir: bin_dir(),
             persistent: spec.persistent,
+            default_netns_prefix: spec.default_netns_prefix,
             nodes: Vec::new(),
             dnsmasq: None,
             processes: Vec::new(),
@@ -505,7 +518,7 @@ impl Lab {
         let data_dir = node_dir.join("data");
         let run_dir = node_dir.join("run");
         let bpffs = Path::new(BPFFS_ROOT).join(&self.prefix).join(&node.name);
-        let args = vec![
+        let mut args = vec![
             "--node-name".into(),
             node.name.clone(),
             "--advertise-addr".into(),
@@ -518,10 +531,14 @@ impl Lab {
             bpffs.display().to_string(),
             "--upstream-dns".into(),
             UPSTREAM_DNS_ADDR.to_string(),
-            // Sandboxes carry the lab's prefix, so the sweep finds them.
-            "--netns-prefix".into(),
-            format!("{}-{}", self.prefix, node.name),
         ];
+        if !self.default_netns_prefix {
+            // Sandboxes carry the lab's prefix, so the sweep finds them by name.
+            args.extend([
+                "--netns-prefix".into(),
+                format!("{}-{}", self.prefix, node.name),
+            ]);
+        }
         (args, data_dir, run_dir, bpffs)
     }
 

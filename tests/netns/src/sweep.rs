@@ -50,6 +50,34 @@ fn dir_names(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The mark agents put on their sandboxes' br0 (the alias
+/// `netagent:<data dir>`), as `ip -o link` prints it.
+const OWNER_MARK: &str = "alias netagent:";
+
+/// The lab a sandbox namespace belongs to by its agent's mark: an agent
+/// started with the default `--netns-prefix` names its sandboxes
+/// `netagent-<node>-<vni>`, but its data directory is inside the lab's
+/// state directory.
+fn lab_of_mark(netns: &str) -> Option<String> {
+    let output = cmd::run_output("ip", ["-n", netns, "-o", "link", "show", "dev", "br0"]).ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mark = text.split(OWNER_MARK).nth(1)?;
+    let data_dir = mark
+        .split(|c: char| c.is_whitespace() || c == '\\')
+        .next()?;
+    let inside = Path::new(data_dir).strip_prefix(LAB_STATE_ROOT).ok()?;
+    let first = inside.components().next()?.as_os_str().to_str()?;
+    lab_prefix_of(first).map(str::to_owned)
+}
+
+/// The lab namespace `netns` belongs to: by its name, or by its mark.
+fn lab_of_namespace(netns: &str) -> Option<String> {
+    match lab_prefix_of(netns) {
+        Some(prefix) => Some(prefix.to_owned()),
+        None => lab_of_mark(netns),
+    }
+}
+
 fn state_dir(prefix: &str) -> PathBuf {
     Path::new(LAB_STATE_ROOT).join(prefix)
 }
@@ -67,13 +95,17 @@ fn is_live(prefix: &str, include_persistent: bool) -> bool {
 fn known_prefixes() -> Vec<String> {
     let mut prefixes: Vec<String> = [
         Path::new(LAB_STATE_ROOT),
-        Path::new("/run/netns"),
         Path::new(ETC_NETNS),
         Path::new(BPFFS_ROOT),
     ]
     .iter()
     .flat_map(|dir| dir_names(dir))
     .filter_map(|name| lab_prefix_of(&name).map(str::to_owned))
+    .chain(
+        dir_names(Path::new("/run/netns"))
+            .iter()
+            .filter_map(|name| lab_of_namespace(name)),
+    )
     .collect();
     prefixes.sort();
     prefixes.dedup();
@@ -103,7 +135,7 @@ pub fn sweep(include_persistent: bool) -> SweepReport {
 pub fn remove_lab_objects(prefix: &str) -> Vec<String> {
     let mut errors = Vec::new();
     for netns in dir_names(Path::new("/run/netns")) {
-        if belongs_to(&netns, prefix) {
+        if belongs_to(&netns, prefix) || lab_of_mark(&netns).as_deref() == Some(prefix) {
             if let Err(error) = cmd::run("ip", ["netns", "del", &netns]) {
                 errors.push(error.to_string());
             }
@@ -191,8 +223,12 @@ pub fn leftovers() -> Leftovers {
             }
         }
     }
+    let namespaces = dir_names(Path::new("/run/netns"))
+        .into_iter()
+        .filter(|name| lab_of_namespace(name).is_some_and(|prefix| !is_live(&prefix, false)))
+        .collect();
     Leftovers {
-        namespaces: stale_in(Path::new("/run/netns")),
+        namespaces,
         etc_netns: stale_in(Path::new(ETC_NETNS)),
         pins: stale_in(Path::new(BPFFS_ROOT)),
         state_dirs: stale_in(Path::new(LAB_STATE_ROOT)),

@@ -603,3 +603,101 @@ fn bad_input_gets_one_line_and_leaves_nothing() {
     assert!(error.contains("attached"), "{error}");
     lab.teardown().expect("teardown");
 }
+
+/// What an agent programmed in a sandbox: its links, FDB and neighbours.
+fn sandbox_state(lab: &Lab, netns: &str) -> (String, String, String) {
+    let links = lab
+        .exec(netns, &["ip", "-o", "link"])
+        .expect("links")
+        .stdout;
+    (
+        String::from_utf8_lossy(&links).into_owned(),
+        fdb(lab, netns),
+        neighbours(lab, netns),
+    )
+}
+
+/// The owner mark on a sandbox's br0 (its alias).
+fn owner_mark(lab: &Lab, netns: &str) -> String {
+    let out = lab
+        .exec(netns, &["ip", "-j", "link", "show", "dev", "br0"])
+        .expect("ip link");
+    let links: Value = serde_json::from_slice(&out.stdout).expect("ip -j link");
+    links[0]["ifalias"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Two agents on one host with every path distinct but the default
+/// `--netns-prefix`: each builds, adopts after a SIGKILL, and changes only
+/// its own sandboxes; one told to use the other's names refuses them in one
+/// line.
+#[test]
+fn agents_sharing_a_host_touch_only_their_own_sandboxes() {
+    require_root!();
+    let mut lab = Lab::up(LabSpec::nodes(2).with_default_netns_prefix()).expect("lab");
+    lab.start_agents().expect("agents");
+    lab.form_cluster().expect("cluster");
+    lab.netctl_json("n1", &["overlay", "create", "appnet", "--subnet", SUBNET])
+        .expect("overlay create");
+    let (c1, _) = attach(&mut lab, "n1", "c1", "appnet");
+    let (_c2, ip2) = attach(&mut lab, "n2", "c2", "appnet");
+    assert_reaches(&lab, &c1, &ip2);
+    let vni = vni_of(&lab, "appnet");
+    let sandboxes = ["n1", "n2"].map(|node| format!("netagent-{node}-{vni}"));
+    for (sandbox, node) in sandboxes.iter().zip(["n1", "n2"]) {
+        let data_dir = lab.state_dir().join(node).join("data");
+        assert_eq!(
+            owner_mark(&lab, sandbox),
+            format!("netagent:{}", data_dir.display()),
+            "{sandbox} is not marked as {node}'s"
+        );
+    }
+    let before = sandboxes.clone().map(|s| sandbox_state(&lab, &s));
+
+    for node in ["n1", "n2"] {
+        lab.signal_agent(node, Signal::SIGKILL).expect("kill");
+        lab.start_agent(node).expect("restart");
+        wait_until(Duration::from_secs(10), || {
+            let nodes = lab.netctl_json(node, &["node", "ls"]).ok()?;
+            (nodes.as_array()?.len() == 2).then_some(())
+        })
+        .expect("cluster after restart");
+        assert_reaches(&lab, &c1, &ip2);
+        let after = sandboxes.clone().map(|s| sandbox_state(&lab, &s));
+        assert_eq!(before, after, "restarting {node}'s agent changed a sandbox");
+    }
+
+    // n1's agent given n2's names: n2's sandbox is refused, and untouched.
+    lab.signal_agent("n1", Signal::SIGTERM).expect("stop n1");
+    lab.start_agent_with("n1", &["--netns-prefix", "netagent-n2"])
+        .expect("n1 with n2's prefix");
+    let c3 = lab.add_container("c3").expect("container");
+    let path = c3.netns_path().display().to_string();
+    let refused = netctl_error(
+        &lab,
+        "n1",
+        &[
+            "endpoint",
+            "attach",
+            "--network",
+            "appnet",
+            "--netns",
+            &path,
+        ],
+    );
+    assert!(
+        refused.contains("belongs to another agent") && refused.contains(&sandboxes[1]),
+        "{refused}"
+    );
+    assert_eq!(
+        sandbox_state(&lab, &sandboxes[1]),
+        before[1],
+        "n1's agent changed n2's sandbox"
+    );
+    lab.teardown().expect("teardown");
+    for sandbox in &sandboxes {
+        assert!(
+            !std::path::Path::new("/run/netns").join(sandbox).exists(),
+            "{sandbox} outlived the lab"
+        );
+    }
+}

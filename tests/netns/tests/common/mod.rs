@@ -34,6 +34,9 @@ pub fn config(lab: &Lab, node: &str) -> OverlayConfig {
     let node = lab.node(node).expect("node");
     OverlayConfig {
         netns_prefix: format!("{}-{}", lab.prefix(), node.name),
+        owner: netagent::dataplane::sandbox::owner_mark(
+            &lab.state_dir().join(&node.name).join("data"),
+        ),
         underlay: "eth0".into(),
         vtep: node.addr,
         node_netns: Some(node.netns_path()),

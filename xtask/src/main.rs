@@ -7,6 +7,7 @@
 mod bench;
 mod demo;
 mod lab;
+mod modules;
 mod programs;
 mod setup;
 mod test;
@@ -43,6 +44,13 @@ enum Command {
     /// List every external program the sources run, with its Debian
     /// package; fail when setup would not install one.
     Programs,
+    /// Check that the module graph of every crate has no cycle among
+    /// siblings; print each cycle with a `file:line` per edge.
+    Modules {
+        /// Also print the edges among the top-level modules of each crate.
+        #[arg(long)]
+        graph: bool,
+    },
     /// Run benchmark NAME against its anchors; writes target/bench/NAME.json.
     Bench {
         name: String,
@@ -57,7 +65,8 @@ fn main() -> Result<()> {
         Command::Test { args } => test::run(&args),
         Command::Demo => demo::run(),
         Command::Lab { command } => lab::run(command),
-        Command::Programs => programs::run(),
+        Command::Programs => programs::run(&setup::package_names()),
+        Command::Modules { graph } => modules::run(graph),
         Command::Bench { name, args } => bench::run(&name, &args),
     }
 }

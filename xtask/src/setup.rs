@@ -248,3 +248,24 @@ fn is_bpffs(path: &str) -> bool {
         .output()
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "bpf_fs")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_program_the_repository_runs_is_installed_by_setup() {
+        let uses = crate::programs::scan(&crate::workspace::root());
+        // The scan must see the repository's own programs, or it checks
+        // nothing.
+        for known in ["ip", "bpftool", "dig", "dnsmasq", "nsenter"] {
+            assert!(
+                uses.iter().any(|u| u.program == known),
+                "the scan no longer finds `{known}`"
+            );
+        }
+        let packages = package_names();
+        let problems = crate::programs::problems(&uses, &packages);
+        assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+    }
+}

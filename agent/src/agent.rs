@@ -27,7 +27,7 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot create the data directory {path}: {source}: run netagent as root, or pass another --data-dir")]
     DataDir {
         path: std::path::PathBuf,
         source: std::io::Error,
@@ -42,9 +42,9 @@ pub enum AgentError {
     Serve(#[from] api::server::ServeError),
     #[error("cannot rejoin the cluster: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
-    #[error("cannot install the signal handlers: {0}")]
+    #[error("cannot install the signal handlers: {0}: report this bug with the agent's log")]
     Signals(std::io::Error),
-    #[error("the local API failed: {0}")]
+    #[error("the local API failed: {0}: restart netagent and see its log")]
     Api(std::io::Error),
 }
 

@@ -321,8 +321,8 @@ async fn next_address(
     held.push(block);
     ipam::next_free(network, held, used).ok_or_else(|| {
         AttachError::Control(ControlError::Conflict(format!(
-            "no address left on network {}: its subnet {} is full",
-            network.name, network.subnet
+            "no address left on network {}: its subnet {} is full; detach unused endpoints (`netctl endpoint ls --network {}`) or create a network with a larger --subnet",
+            network.name, network.subnet, network.name
         )))
     })
 }

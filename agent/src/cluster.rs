@@ -145,7 +145,7 @@ impl ClusterRuntime {
         let endpoints = EndpointStore::open(&config.data_dir)?;
         let IpAddr::V4(vtep) = config.advertise_addr else {
             return Err(OverlayError::Config(format!(
-                "the advertise address {} is not IPv4 (the VXLAN underlay is IPv4)",
+                "the advertise address {} is not IPv4 (the VXLAN underlay is IPv4): restart netagent with an IPv4 --advertise-addr",
                 config.advertise_addr
             ))
             .into());

@@ -44,7 +44,7 @@ pub mod defaults {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {source}: check the path given with --config (default /etc/netagent/netagent.toml)")]
     ReadFile {
         path: PathBuf,
         source: std::io::Error,
@@ -55,7 +55,7 @@ pub enum ConfigError {
     NoNodeName,
     #[error("cannot pick an advertise address: {0}; pass --advertise-addr")]
     AdvertiseAddr(String),
-    #[error("upstream DNS server {0:?} is not an IP address or IP:port")]
+    #[error("upstream DNS server {0:?} is not an IP address or IP:port: fix --upstream-dns or upstream_dns in the config file")]
     UpstreamDns(String),
     #[error(
         "lb.table_size {0} is not a prime between 3 and {max} (the size of a stored table): \
@@ -63,7 +63,7 @@ pub enum ConfigError {
         max = netagent_common::LB_TABLE_SIZE
     )]
     LbTableSize(u32),
-    #[error("lb.{0} must be at least 1")]
+    #[error("lb.{0} must be at least 1: fix it in the [lb] section of the config file")]
     LbZero(&'static str),
 }
 

@@ -15,11 +15,11 @@ const FILE: &str = "endpoints.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {source}: check that netagent runs as root and can read its --data-dir")]
     Read { path: PathBuf, source: io::Error },
     #[error("{path} is damaged ({message}): move it away to start without local endpoints")]
     Parse { path: PathBuf, message: String },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {source}: check that the --data-dir is writable and its disk not full")]
     Write { path: PathBuf, source: io::Error },
 }
 

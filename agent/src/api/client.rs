@@ -94,11 +94,11 @@ pub enum ClientError {
     NoSocket(PathBuf),
     #[error("netagent is not running: nothing answers on {0} (start it, e.g. `systemctl start netagent`)")]
     NotRunning(PathBuf),
-    #[error("permission denied on {0}: the netagent API is for root only")]
+    #[error("permission denied on {0}: the netagent API is for root only (run `sudo netctl ...`)")]
     PermissionDenied(PathBuf),
-    #[error("cannot reach netagent on {path}: {source}")]
+    #[error("cannot reach netagent on {path}: {source}: check that netagent runs (`systemctl status netagent`), or pick another agent with --host")]
     Connect { path: PathBuf, source: io::Error },
-    #[error("talking to netagent on {path} failed: {message}")]
+    #[error("talking to netagent on {path} failed: {message}: check that netagent still runs (`systemctl status netagent`) and see its log (`journalctl -u netagent`)")]
     Protocol { path: PathBuf, message: String },
     #[error("{0}")]
     Api(String),
@@ -273,6 +273,10 @@ impl ApiClient {
 fn refusal(status: StatusCode, body: &[u8]) -> ClientError {
     let message = serde_json::from_slice::<ErrorBody>(body)
         .map(|body| body.error)
-        .unwrap_or_else(|_| format!("netagent answered {status}"));
+        .unwrap_or_else(|_| {
+            format!(
+                "netagent answered {status} without a readable error: see its log (`journalctl -u netagent`); are netctl and netagent the same version?"
+            )
+        });
     ClientError::Api(message)
 }

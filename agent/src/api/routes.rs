@@ -225,7 +225,7 @@ async fn remove_node(
         return Err(ApiError::with_status(
             StatusCode::CONFLICT,
             format!(
-                "node {} is not down and can't be removed: stop its agent first (`netctl node ls` shows it Down within seconds)",
+                "node {} is not down and can't be removed: stop its agent first (`systemctl stop netagent` there; `netctl node ls` shows it down within seconds)",
                 record.name
             ),
         ));

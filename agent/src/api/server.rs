@@ -24,9 +24,9 @@ use crate::agent::AgentState;
 pub enum ServeError {
     #[error("another netagent is already serving {0}: stop it first, or give this one another --run-dir")]
     InUse(PathBuf),
-    #[error("cannot create the run directory {path}: {source}")]
+    #[error("cannot create the run directory {path}: {source}: run netagent as root, or give it another --run-dir")]
     RunDir { path: PathBuf, source: io::Error },
-    #[error("cannot listen on {path}: {source}")]
+    #[error("cannot listen on {path}: {source}: check that netagent runs as root and can write its --run-dir, or give it another --run-dir")]
     Bind { path: PathBuf, source: io::Error },
 }
 
@@ -133,6 +133,9 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
+/// The answer to a path the API does not have.
+const NO_SUCH_ENDPOINT: &str = "no such API endpoint: are netctl and netagent the same version? (`netctl --version`, `netagent --version`)";
+
 /// The API's routes.
 pub fn router(state: Arc<AgentState>) -> Router {
     Router::new()
@@ -141,7 +144,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .merge(super::routes::router())
         .merge(super::service_routes::router())
         .merge(super::trace_routes::router())
-        .fallback(|| async { ApiError::not_found("no such API endpoint") })
+        .fallback(|| async { ApiError::not_found(NO_SUCH_ENDPOINT) })
         .with_state(state)
 }
 

@@ -120,7 +120,7 @@ fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&flags.log_level))
-        .context("invalid --log-level")?;
+        .context("invalid --log-level: use error, warn, info, debug or trace (or a filter such as netagent=debug)")?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -130,7 +130,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .thread_name("netagent")
         .build()
-        .context("cannot start the async runtime")?;
+        .context("cannot start the async runtime (out of memory or threads?): try again")?;
     runtime.block_on(netagent::agent::run(config))?;
     Ok(())
 }

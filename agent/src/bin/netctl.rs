@@ -11,7 +11,7 @@ fn main() -> std::process::ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("netctl: cannot start the async runtime: {error}");
+            eprintln!("netctl: cannot start the async runtime: {error} (out of memory or threads?): try again");
             return std::process::ExitCode::FAILURE;
         }
     };

@@ -27,13 +27,13 @@ pub enum CliError {
     BadArgument(String),
     #[error(transparent)]
     Client(#[from] crate::api::ClientError),
-    #[error("cannot write the output: {0}")]
+    #[error("cannot write the output: {0} (was the pipe closed, or is the disk full?)")]
     Output(#[from] std::io::Error),
-    #[error("cannot encode JSON: {0}")]
+    #[error("cannot handle JSON ({0}): are netctl and netagent the same version? If they are, report this bug with the agent's log (`journalctl -u netagent`)")]
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     TraceFilter(#[from] crate::trace::filter::FilterError),
-    #[error("cannot write the pcap file {path}: {source}")]
+    #[error("cannot write the pcap file {path}: {source}: check that its directory exists and is writable and the disk is not full")]
     Pcap {
         path: PathBuf,
         source: std::io::Error,

@@ -91,7 +91,11 @@ pub fn next_subnet(pool: Ipv4Net, existing: &[Ipv4Net]) -> Result<Ipv4Net, Contr
     let candidates = pool
         .trunc()
         .subnets(POOL_SUBNET_PREFIX.max(pool.prefix_len()))
-        .map_err(|e| ControlError::Other(format!("cannot cut {pool}: {e}")))?;
+        .map_err(|e| {
+            ControlError::Other(format!(
+                "cannot cut {pool} into subnets ({e}): report this bug with the agent's log (`journalctl -u netagent`)"
+            ))
+        })?;
     for candidate in candidates {
         if !existing.iter().any(|net| overlaps(net, &candidate)) {
             return Ok(candidate);
@@ -156,7 +160,11 @@ pub fn next_block(
 ) -> Result<Ipv4Net, ControlError> {
     let blocks = subnet
         .subnets(block_prefix(subnet))
-        .map_err(|e| ControlError::Other(format!("cannot cut {subnet}: {e}")))?;
+        .map_err(|e| {
+            ControlError::Other(format!(
+                "cannot cut {subnet} into address blocks ({e}): report this bug with the agent's log (`journalctl -u netagent`)"
+            ))
+        })?;
     for block in blocks {
         let free = !taken.iter().any(|t| overlaps(t, &block))
             && !foreign_reservations

@@ -19,8 +19,17 @@ use crate::model::Role;
 /// The DNS name every manager certificate carries and clients verify.
 pub const MANAGER_NAME: &str = "netagent-manager";
 
+/// What to do about a damaged certificate or key (in `<data-dir>/cluster.json`
+/// or the store).
+const DAMAGED: &str =
+    "restore the --data-dir from a backup, or stop netagent, remove its --data-dir and join again";
+
 fn ca_error(what: &str) -> impl Fn(rcgen::Error) -> ControlError + '_ {
-    move |error| ControlError::Other(format!("cannot {what}: {error}"))
+    move |error| {
+        ControlError::Other(format!(
+            "cannot {what} ({error}): if the --data-dir was damaged, restore it from a backup; else report this bug with the agent's log (`journalctl -u netagent`)"
+        ))
+    }
 }
 
 /// Hex SHA-256 of a certificate's DER, as join tokens carry it.
@@ -32,17 +41,31 @@ pub fn fingerprint(der: &[u8]) -> String {
 pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, ControlError> {
     let certs = rustls_pemfile::certs(&mut pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ControlError::Other(format!("bad certificate PEM: {e}")))?;
+        .map_err(|e| {
+            ControlError::Other(format!(
+                "a stored certificate is damaged (bad PEM: {e}): {DAMAGED}"
+            ))
+        })?;
     if certs.is_empty() {
-        return Err(ControlError::Other("no certificate in PEM".into()));
+        return Err(ControlError::Other(format!(
+            "a stored certificate is missing (no certificate in its PEM): {DAMAGED}"
+        )));
     }
     Ok(certs)
 }
 
 pub fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, ControlError> {
     rustls_pemfile::private_key(&mut pem.as_bytes())
-        .map_err(|e| ControlError::Other(format!("bad private key PEM: {e}")))?
-        .ok_or_else(|| ControlError::Other("no private key in PEM".into()))
+        .map_err(|e| {
+            ControlError::Other(format!(
+                "a stored private key is damaged (bad PEM: {e}): {DAMAGED}"
+            ))
+        })?
+        .ok_or_else(|| {
+            ControlError::Other(format!(
+                "a stored private key is missing (no key in its PEM): {DAMAGED}"
+            ))
+        })
 }
 
 pub fn fingerprint_pem(pem: &str) -> Result<String, ControlError> {

@@ -43,7 +43,9 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn tls_error(e: rustls::Error) -> ControlError {
-    ControlError::Other(format!("cannot set up TLS to the managers: {e}"))
+    ControlError::Other(format!(
+        "cannot set up TLS to the managers ({e}): <data-dir>/cluster.json may be damaged; restore it from a backup, or stop netagent, remove its --data-dir and join again"
+    ))
 }
 
 /// How one attempt on one manager failed.
@@ -144,7 +146,9 @@ async fn send(
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| {
-                Failure::Answered(ControlError::Other(format!("cannot build a request: {e}")))
+                Failure::Answered(ControlError::Other(format!(
+                    "cannot build a request to the managers ({e}): report this bug with the agent's log (`journalctl -u netagent`)"
+                )))
             })?;
         let response = sender
             .send_request(request)
@@ -213,7 +217,11 @@ impl ManagerClient {
 fn json<T: Serialize>(value: &T) -> Result<Option<Vec<u8>>, ControlError> {
     serde_json::to_vec(value)
         .map(Some)
-        .map_err(|e| ControlError::Other(format!("cannot encode a request: {e}")))
+        .map_err(|e| {
+            ControlError::Other(format!(
+                "cannot encode a request to the managers ({e}): report this bug with the agent's log (`journalctl -u netagent`)"
+            ))
+        })
 }
 
 impl ControlPlane for ManagerClient {

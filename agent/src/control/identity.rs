@@ -24,9 +24,9 @@ pub fn load(data_dir: &Path) -> Result<Option<ClusterIdentity>, ControlError> {
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
         Err(error) => {
             return Err(ControlError::Other(format!(
-                "cannot read {}: {error}: check the permissions of the data dir",
-                file.display()
-            )))
+            "cannot read {}: {error}: check that netagent runs as root and can read its --data-dir",
+            file.display()
+        )))
         }
     };
     serde_json::from_str(&text).map(Some).map_err(|error| {
@@ -40,13 +40,17 @@ pub fn load(data_dir: &Path) -> Result<Option<ClusterIdentity>, ControlError> {
 pub fn save(identity: &ClusterIdentity, data_dir: &Path) -> Result<(), ControlError> {
     let io = |what: &str, error: std::io::Error| {
         ControlError::Other(format!(
-            "cannot {what} in {}: {error}: check that the data dir is writable",
+            "cannot {what} in {}: {error}: check that the --data-dir is writable and its disk not full",
             data_dir.display()
         ))
     };
-    fs::create_dir_all(data_dir).map_err(|e| io("create the data dir", e))?;
+    fs::create_dir_all(data_dir).map_err(|e| io("create the data directory", e))?;
     let json = serde_json::to_vec_pretty(identity)
-        .map_err(|e| ControlError::Other(format!("cannot encode the cluster identity: {e}")))?;
+        .map_err(|e| {
+            ControlError::Other(format!(
+                "cannot encode the cluster identity ({e}): report this bug with the agent's log (`journalctl -u netagent`)"
+            ))
+        })?;
     let target = path(data_dir);
     let temp = data_dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
     let write = || -> std::io::Result<()> {
@@ -77,7 +81,7 @@ pub fn remove(data_dir: &Path) -> Result<(), ControlError> {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == ErrorKind::NotFound => Ok(()),
         Err(error) => Err(ControlError::Other(format!(
-            "cannot remove {}: {error}: check the permissions of the data dir",
+            "cannot remove {}: {error}: check that netagent runs as root and can write its --data-dir",
             path(data_dir).display()
         ))),
     }

@@ -186,7 +186,11 @@ fn in_network(network: &Network) -> impl Fn(ControlError) -> ControlError + '_ {
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ControlError> {
     serde_json::to_vec(value)
-        .map_err(|e| ControlError::Other(format!("cannot encode a record: {e}")))
+        .map_err(|e| {
+            ControlError::Other(format!(
+                "cannot encode a store record ({e}): report this bug with the agent's log (`journalctl -u netagent`)"
+            ))
+        })
 }
 
 fn decode<T: DeserializeOwned>(key: &str, value: &Versioned) -> Result<T, ControlError> {
@@ -802,7 +806,9 @@ fn server_config(
     identity: &ClusterIdentity,
 ) -> Result<Arc<ServerConfig>, ControlError> {
     let tls = |e: rustls::Error| {
-        ControlError::Other(format!("cannot set up TLS for the control plane: {e}"))
+        ControlError::Other(format!(
+            "cannot set up TLS for the control plane ({e}): this manager's <data-dir>/cluster.json or its store may be damaged; restore the --data-dir from a backup"
+        ))
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
@@ -811,7 +817,11 @@ fn server_config(
         // A joining node has no certificate yet; requests are authorised one by one.
         .allow_unauthenticated()
         .build()
-        .map_err(|e| ControlError::Other(format!("cannot set up TLS client verification: {e}")))?;
+        .map_err(|e| {
+            ControlError::Other(format!(
+                "cannot set up TLS client verification ({e}): the cluster CA in this manager's store may be damaged; restore the --data-dir from a backup"
+            ))
+        })?;
     let mut chain = ca::certs_from_pem(&identity.cert_pem)?;
     // Send the CA too: a joining node pins it by fingerprint.
     chain.push(ca.cert_der().clone());
@@ -931,7 +941,11 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ControlError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| ControlError::Other(format!("control-plane task failed: {e}")))?
+        .map_err(|e| {
+            ControlError::Other(format!(
+                "a control-plane task failed ({e}): report this bug with the agent's log (`journalctl -u netagent`)"
+            ))
+        })?
 }
 
 fn init_sync(
@@ -1131,7 +1145,7 @@ fn self_or_manager(node: &CertRecord, node_id: &str) -> Result<(), ControlError>
         Ok(())
     } else {
         Err(ControlError::Invalid(format!(
-            "a worker may allocate addresses only for itself, not for node {node_id}"
+            "a worker may allocate addresses only for itself, not for node {node_id}: check that every node runs the same netagent version"
         )))
     }
 }
@@ -1217,7 +1231,10 @@ async fn dispatch(
         (Method::DELETE, ["v1", "networks", _, "reservations", _]) => {
             let network = owned[2].clone();
             let ip: Ipv4Addr = owned[4].parse().map_err(|_| {
-                ControlError::Invalid(format!("{:?} is not an IPv4 address", owned[4]))
+                ControlError::Invalid(format!(
+                    "{:?} is not an IPv4 address: check that every node runs the same netagent version",
+                    owned[4]
+                ))
             })?;
             let requester = (node.role != Role::Manager).then(|| node.node_id.clone());
             blocking(move || core.release_ip(&network, ip, requester.as_deref())).await?;

@@ -105,7 +105,7 @@ pub fn apply(mut node: NodeRecord, request: &UpdateNode) -> Result<NodeRecord, C
     );
     if node.labels.len() > MAX_LABELS {
         return Err(ControlError::Invalid(format!(
-            "node {} would have {} labels: a node holds up to {MAX_LABELS}",
+            "node {} would have {} labels: a node holds up to {MAX_LABELS}; remove some with --label-rm KEY",
             node.name,
             node.labels.len()
         )));

@@ -16,7 +16,7 @@ use super::ControlError;
 pub const FILE_NAME: &str = "store.redb";
 
 #[derive(Debug, thiserror::Error)]
-#[error("store {op} failed: {message}")]
+#[error("control-plane store {op} failed: {message}: check <data-dir>/store.redb (disk full? damaged: restore it from a backup; in use: stop the other netagent)")]
 pub struct StoreError {
     pub op: &'static str,
     pub message: String,
@@ -24,9 +24,7 @@ pub struct StoreError {
 
 impl From<StoreError> for ControlError {
     fn from(error: StoreError) -> Self {
-        ControlError::Unavailable(format!(
-            "{error}: check the data dir (disk full or damaged store?)"
-        ))
+        ControlError::Unavailable(error.to_string())
     }
 }
 

@@ -39,30 +39,34 @@ pub enum DatapathError {
     NotBpffs { path: PathBuf },
     #[error(transparent)]
     Bpffs(#[from] super::bpffs::BpffsError),
-    #[error("cannot create the pin directory {path}: {source}")]
+    #[error("cannot create the pin directory {path}: {source}: check that --bpffs is on a writable bpf filesystem and netagent runs as root")]
     PinDir {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("loading the eBPF object failed: {0}")]
+    #[error("loading the eBPF object failed: {0}: check that netagent runs as root on Linux 6.6 or later, and see its log")]
     Load(#[from] aya::EbpfError),
-    #[error("eBPF program {0} is missing from the object")]
+    #[error(
+        "eBPF program {0} is missing from the object: this netagent build is broken; reinstall it"
+    )]
     MissingProgram(&'static str),
-    #[error("eBPF map {0} is missing from the object")]
+    #[error(
+        "eBPF map {0} is missing from the object: this netagent build is broken; reinstall it"
+    )]
     MissingMap(&'static str),
-    #[error("eBPF program {name}: {source}")]
+    #[error("eBPF program {name}: {source}: check that netagent runs as root on Linux 6.6 or later; see `bpftool prog`")]
     Program {
         name: &'static str,
         source: aya::programs::ProgramError,
     },
-    #[error("eBPF map {name}: {source}")]
+    #[error("eBPF map {name}: {source}: check that netagent runs as root; see `bpftool map`")]
     Map {
         name: &'static str,
         source: aya::maps::MapError,
     },
-    #[error("interface {0} does not exist")]
+    #[error("interface {0} does not exist: check `ip link show {0}` (a stopped container takes its interfaces with it)")]
     NoInterface(String),
-    #[error("cannot attach {program} to {ifname} ({direction}): {source}")]
+    #[error("cannot attach {program} to {ifname} ({direction}): {source}: see `tc filter show dev {ifname} {direction}` for what holds the slot")]
     Attach {
         program: &'static str,
         ifname: String,

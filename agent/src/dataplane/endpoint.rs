@@ -198,7 +198,7 @@ async fn wire(
         .await
         .map_err(cat(
             format!("renaming {peer} to {}", attachment.ifname),
-            "the container may have an interface of that name already; pick another ifname",
+            "the container may have an interface of that name already; pass another --ifname",
         ))?;
     container
         .ensure_ipv4_addr(index, attachment.ip, network.subnet.prefix_len())

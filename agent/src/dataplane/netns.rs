@@ -33,7 +33,7 @@ pub enum NetnsError {
     Create { path: PathBuf, source: io::Error },
     #[error("cannot delete network namespace {}: {source}", path.display())]
     Delete { path: PathBuf, source: io::Error },
-    #[error("namespace helper thread failed: {0}")]
+    #[error("a namespace helper thread failed ({0}): report this bug with the agent's log (`journalctl -u netagent`)")]
     Thread(String),
     #[error("{0}")]
     Io(#[from] io::Error),

@@ -31,7 +31,7 @@ use crate::model::{Mac, Network, Peer};
 /// Every error is one line: what was wrong, then what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
-    #[error("invalid overlay configuration: {0}; fix the agent's configuration")]
+    #[error("{0}")]
     Config(String),
     #[error("{what} in {netns} failed: {source}; {hint}")]
     Netlink {
@@ -50,24 +50,24 @@ pub enum OverlayError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("underlay interface {name} not found in the node namespace; set the underlay to the interface that holds the advertise address")]
+    #[error("underlay interface {name} not found in the node namespace; check `ip addr` and restart netagent with the --advertise-addr of an existing interface")]
     UnderlayMissing { name: String },
     #[error("sandbox {name} (VNI {vni}) does not exist yet: the agent builds it when the network is first used on this node; see `netctl overlay ls` and the agent's log")]
     NoSandbox { name: String, vni: u32 },
-    #[error("{link} is missing in sandbox {sandbox}: the agent rebuilds it on its next pass (or restart it); see `ip -n {sandbox} link`")]
+    #[error("{link} is missing in sandbox {sandbox}: see `ip -n {sandbox} link`; restarting netagent rebuilds it")]
     LinkMissing { link: &'static str, sandbox: String },
     #[error("sandbox {sandbox} belongs to another agent on this host (its br0 is marked {owner:?}): give each agent its own --netns-prefix, or, if that agent is gone for good, remove the sandbox with `ip netns del {sandbox}`")]
     ForeignSandbox { sandbox: String, owner: String },
-    #[error("endpoint id {id:?} is not usable (want 1 or more of [A-Za-z0-9_.-]); pass the endpoint's id")]
+    #[error("endpoint id {id:?} is not usable (want 1 or more of [A-Za-z0-9_.-]); pass an id that `netctl endpoint ls` shows")]
     BadEndpointId { id: String },
-    #[error("interface name {name:?} is not usable (1 to 15 bytes, no '/', ':' or whitespace); pass a name such as eth0")]
+    #[error("interface name {name:?} is not usable (1 to 15 bytes, no '/', ':' or whitespace); pass --ifname with a name such as eth0")]
     BadIfname { name: String },
-    #[error("{ip} is not a host address of subnet {subnet}; give the endpoint an address of that subnet other than the gateway")]
+    #[error("{ip} is not a host address of subnet {subnet}; pass an --ip of that subnet other than the gateway, or leave --ip out")]
     AddressOutsideSubnet {
         ip: Ipv4Addr,
         subnet: ipnet::Ipv4Net,
     },
-    #[error("veth {link} exists already in sandbox {sandbox} (attached twice, or two endpoint ids share their first 8 characters); detach it first")]
+    #[error("veth {link} exists already in sandbox {sandbox} (attached twice, or two endpoint ids share their first 8 characters); detach it first (`netctl endpoint detach ID`)")]
     EndpointExists { link: String, sandbox: String },
     #[error("{what} in {netns} failed: {source}; {hint}")]
     Nftables {
@@ -149,7 +149,7 @@ impl OverlayError {
 
 /// The hint for failures we cannot explain better.
 pub(crate) const HINT_GENERIC: &str =
-    "check that the agent runs as root and see `ip -n <namespace> link` for the state left";
+    "check that netagent runs as root; `ip -n NAME link` (for a container path: `nsenter --net=PATH ip link`) shows the state left";
 
 /// How the node's overlay data plane is set up.
 #[derive(Clone, Debug)]
@@ -193,13 +193,13 @@ impl Overlay {
     pub fn new(config: OverlayConfig) -> Result<Self, OverlayError> {
         if config.netns_prefix.is_empty() || config.netns_prefix.contains('/') {
             return Err(OverlayError::Config(format!(
-                "namespace prefix {:?} must be non-empty and hold no '/'",
+                "--netns-prefix {:?} must be non-empty and hold no '/': fix --netns-prefix (netns_prefix in the config file)",
                 config.netns_prefix
             )));
         }
         if config.underlay.is_empty() {
             return Err(OverlayError::Config(
-                "the underlay interface is empty".into(),
+                "no underlay interface: restart netagent with --advertise-addr set to an address of one of this node's interfaces".into(),
             ));
         }
         Ok(Self {

@@ -198,7 +198,7 @@ pub async fn ensure(config: &OverlayConfig, network: &Network) -> Result<(), Ove
         tracing::warn!(sandbox = %name, "removing a stale namespace file");
         netns::delete_named(&name).map_err(|source| OverlayError::Netns {
             source,
-            hint: "remove the file by hand",
+            hint: "remove the stale file under /run/netns (`ip netns del NAME`)",
         })?;
     }
     let created = !path.exists();
@@ -466,7 +466,7 @@ async fn create_vxlan(
     .map_err(OverlayError::netlink(
         format!("creating vxlan {temp} (VNI {})", network.vni),
         NODE,
-        "another vxlan device may hold this VNI and port in the node namespace; delete it",
+        "another vxlan device may hold this VNI and port in the node namespace (see `ip -d link show type vxlan`); delete it with `ip link del DEV`",
     ))?;
     let moved = move_into(node, &temp, path).await;
     if let Err(error) = moved {

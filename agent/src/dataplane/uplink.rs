@@ -113,7 +113,7 @@ pub async fn ensure(config: &OverlayConfig, network: &Network) -> Result<(), Ove
         .map_err(OverlayError::netlink(
             format!("adding the route to {subnet} via {node_name}"),
             NODE,
-            "another route to this subnet may exist in the node namespace; give the network a subnet the node does not use",
+            "another route to this subnet may exist in the node namespace (see `ip route`); remove it, or create the network with a --subnet the node does not use",
         ))?;
 
     // Forwarding on both sides.

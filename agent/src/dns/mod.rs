@@ -44,11 +44,11 @@ use udp::{Registration, UdpLoop};
 pub enum DnsError {
     #[error("{0}")]
     Other(String),
-    #[error("dns resolver needs a tokio runtime: {0}")]
+    #[error("the DNS resolver started outside the async runtime ({0}): report this bug with the agent's log (`journalctl -u netagent`)")]
     Runtime(#[from] tokio::runtime::TryCurrentError),
-    #[error("dns resolver socket: {0}")]
+    #[error("the DNS resolver cannot set up its socket: {0}: check that netagent runs as root and see its log (`journalctl -u netagent`)")]
     Socket(#[from] std::io::Error),
-    #[error("cannot start the dns resolver threads: {0}")]
+    #[error("cannot start the DNS resolver threads: {0}: the node may be out of memory or at its thread limit (the unit's TasksMax, `ulimit -u`)")]
     Threads(std::io::Error),
 }
 

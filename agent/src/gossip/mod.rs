@@ -55,15 +55,15 @@ const TOMBSTONE_GRACE: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GossipError {
-    #[error("cannot encode endpoint {id}: {source}")]
+    #[error("cannot encode endpoint {id} for gossip ({source}): report this bug with the agent's log (`journalctl -u netagent`)")]
     Encode {
         id: String,
         #[source]
         source: serde_json::Error,
     },
-    #[error("gossip address {0} must be the node's own address, not a wildcard")]
+    #[error("gossip address {0} must be the node's own address, not a wildcard: restart netagent with --advertise-addr set to one of its addresses")]
     Wildcard(SocketAddr),
-    #[error("cannot start gossip on {addr}: {reason}")]
+    #[error("cannot start gossip on {addr}: {reason}: check that no other process holds that UDP port (`ss -lunp`), or pass another --gossip-port")]
     Start { addr: SocketAddr, reason: String },
 }
 

@@ -65,7 +65,7 @@ const INGRESS_SLOT: TcSlot = TcSlot {
 pub enum IngressError {
     #[error(transparent)]
     Datapath(Box<DatapathError>),
-    #[error("published-port map {name}: {source}")]
+    #[error("published-port map {name}: {source}: report it with the agent's log (`journalctl -u netagent`)")]
     Map {
         name: &'static str,
         source: Box<MapError>,
@@ -532,7 +532,12 @@ impl Ingress {
                 held.push(block);
             }
             ipam::ingress_address(network, held)
-                .ok_or_else(|| format!("no ingress address in the blocks of {}", network.name))?
+                .ok_or_else(|| {
+                    format!(
+                        "no ingress address in this node's address blocks of network {}: report this bug with the agent's log (`journalctl -u netagent`)",
+                        network.name
+                    )
+                })?
         };
         if let Some(other) = local.iter().find(|e| e.ip == addr) {
             return Err(format!(

@@ -14,7 +14,7 @@ pub const DEFAULT_TABLE_SIZE: u32 = 1021;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MaglevError {
-    #[error("maglev table size {0} is not a prime of at least 3")]
+    #[error("Maglev table size {0} is not a prime of at least 3: set lb.table_size in the config file to a prime such as 1021")]
     NotPrime(u32),
 }
 

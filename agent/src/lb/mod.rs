@@ -64,7 +64,7 @@ const LB_SLOT: TcSlot = TcSlot {
 pub enum LbError {
     #[error(transparent)]
     Datapath(Box<DatapathError>),
-    #[error("load balancer map {name}: {source}")]
+    #[error("load balancer map {name}: {source} (if the map is full, raise the [lb] sizes in the config file; else report it with the agent's log, `journalctl -u netagent`)")]
     Map {
         name: &'static str,
         source: Box<MapError>,
@@ -77,7 +77,8 @@ pub enum LbError {
     NoTable,
     #[error(
         "the pinned Maglev map has {pinned} entries, the configuration asks for {configured}: \
-         restore the [lb] sizes, or remove the pinned LB_* maps (drops open flows)"
+         restore the [lb] sizes in the config file, or remove <bpffs>/maps/LB_* and restart netagent \
+         (drops open flows through VIPs)"
     )]
     PinnedSize { pinned: u32, configured: u32 },
     #[error(
@@ -90,7 +91,7 @@ pub enum LbError {
         pinned: u32,
         expected: u32,
     },
-    #[error("cannot attach the load balancer in {}: {source}", netns.display())]
+    #[error("cannot attach the load balancer in {}: {source}: check that the namespace exists (`ip netns list`) and netagent runs as root", netns.display())]
     Netns {
         netns: std::path::PathBuf,
         source: Box<NetnsError>,

@@ -65,7 +65,7 @@ pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
 pub enum TraceError {
     #[error(transparent)]
     Datapath(#[from] Box<DatapathError>),
-    #[error("trace map {name}: {source}")]
+    #[error("trace map {name}: {source}: if <bpffs>/maps/{name} is left from another build, remove it and restart netagent")]
     Map {
         name: &'static str,
         source: Box<MapError>,
@@ -76,7 +76,7 @@ pub enum TraceError {
         TRACE_RING_BYTES
     )]
     RingSize { pinned: u32 },
-    #[error("cannot watch the trace ring buffer: {0}")]
+    #[error("cannot watch the trace ring buffer: {0}: restart netagent; if it happens again, report it with the agent's log (`journalctl -u netagent`)")]
     Poll(std::io::Error),
 }
 

@@ -1,51 +1,39 @@
-//! The daemon: start-up, the state the API reads, and shutdown.
-//!
-//! Start-up order: data and run directories, the datapath (adopting what an
-//! earlier run left; tracing switched off), then the API. Shutdown stops the
-//! API and leaves the datapath in the kernel, so that traffic keeps flowing
-//! while the agent is down or being upgraded.
+//! The agent's state: what the API handlers read and change (the datapath,
+//! the tracer, the cluster this node is in). `daemon` makes it and serves
+//! it.
 
 use std::{
     sync::{Arc, Mutex},
     time::Instant,
 };
 
-use tokio::signal::unix::{signal, SignalKind};
-use tracing::{info, warn};
+use netagent_api::types::{InterfaceCounters, ProgramStatus, Status};
 
 use crate::{
-    api::{
-        self,
-        types::{InterfaceCounters, ProgramStatus, Status},
-    },
-    cluster::ClusterRuntime,
+    cluster::{ClusterError, ClusterRuntime},
     config::AgentConfig,
-    dataplane::{counters, interfaces, Datapath, DatapathError},
-    trace::{names::AddressBook, NameSource, Tracer},
+    dataplane::{counters, Datapath, DatapathError},
+    model::Role,
+    trace::{names::AddressBook, Tracer},
     VERSION,
 };
 
+/// Why this node cannot init or join a cluster.
 #[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error("cannot create the data directory {path}: {source}: run netagent as root, or pass another --data-dir")]
-    DataDir {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+pub enum MembershipError {
+    #[error("this node is already in cluster {cluster_id} as a {role}: leave it first")]
+    AlreadyIn { cluster_id: String, role: Role },
     #[error(transparent)]
-    Datapath(#[from] DatapathError),
-    #[error(
-        "no interface of this node holds the advertise address {0}: pass the address of one of its interfaces"
-    )]
-    AdvertiseAddrNotLocal(std::net::IpAddr),
-    #[error(transparent)]
-    Serve(#[from] api::server::ServeError),
-    #[error("cannot rejoin the cluster: {0}")]
-    Cluster(#[from] crate::cluster::ClusterError),
-    #[error("cannot install the signal handlers: {0}: report this bug with the agent's log")]
-    Signals(std::io::Error),
-    #[error("the local API failed: {0}: restart netagent and see its log")]
-    Api(std::io::Error),
+    Cluster(#[from] ClusterError),
+}
+
+impl MembershipError {
+    fn already_in(rt: &ClusterRuntime) -> Self {
+        Self::AlreadyIn {
+            cluster_id: rt.identity().cluster_id.clone(),
+            role: rt.identity().role,
+        }
+    }
 }
 
 /// What the API handlers read and change.
@@ -60,6 +48,23 @@ pub struct AgentState {
 }
 
 impl AgentState {
+    /// The state of an agent starting now, with its datapath loaded and the
+    /// cluster it resumed (if any).
+    pub fn new(
+        config: AgentConfig,
+        datapath: Datapath,
+        tracer: Option<Arc<Tracer>>,
+        cluster: Option<Arc<ClusterRuntime>>,
+    ) -> Self {
+        Self {
+            config,
+            started: Instant::now(),
+            datapath: Mutex::new(datapath),
+            tracer,
+            cluster: tokio::sync::RwLock::new(cluster),
+        }
+    }
+
     pub fn config(&self) -> &AgentConfig {
         &self.config
     }
@@ -83,7 +88,7 @@ impl AgentState {
         let Some(rt) = self.cluster().await else {
             return AddressBook::default();
         };
-        let mut endpoints = crate::api::routes::all_endpoints(&rt).await;
+        let mut endpoints = rt.all_endpoints().await;
         if let Some(ingress) = &rt.ingress {
             for own in ingress.pseudo_endpoints().await {
                 if !endpoints.iter().any(|ep| ep.id == own.id) {
@@ -113,10 +118,10 @@ impl AgentState {
     pub async fn init_cluster(
         &self,
         pool: Option<ipnet::Ipv4Net>,
-    ) -> Result<Arc<ClusterRuntime>, crate::api::server::ApiError> {
+    ) -> Result<Arc<ClusterRuntime>, MembershipError> {
         let mut cluster = self.cluster.write().await;
         if let Some(rt) = cluster.as_ref() {
-            return Err(already_in(rt));
+            return Err(MembershipError::already_in(rt));
         }
         let rt = ClusterRuntime::init(&self.config, pool).await?;
         *cluster = Some(rt.clone());
@@ -128,10 +133,10 @@ impl AgentState {
         &self,
         token: &str,
         manager: std::net::SocketAddr,
-    ) -> Result<Arc<ClusterRuntime>, crate::api::server::ApiError> {
+    ) -> Result<Arc<ClusterRuntime>, MembershipError> {
         let mut cluster = self.cluster.write().await;
         if let Some(rt) = cluster.as_ref() {
-            return Err(already_in(rt));
+            return Err(MembershipError::already_in(rt));
         }
         let rt = ClusterRuntime::join(&self.config, token, manager).await?;
         *cluster = Some(rt.clone());
@@ -170,92 +175,4 @@ impl AgentState {
     pub fn counters(&self) -> Result<Vec<InterfaceCounters>, DatapathError> {
         counters::read(&self.datapath())
     }
-}
-
-fn already_in(rt: &ClusterRuntime) -> crate::api::server::ApiError {
-    crate::api::server::ApiError::with_status(
-        axum::http::StatusCode::CONFLICT,
-        format!(
-            "this node is already in cluster {} as a {}: leave it first",
-            rt.identity().cluster_id,
-            rt.identity().role
-        ),
-    )
-}
-
-/// The trace reader's names: the agent's model, as long as the agent lives.
-fn name_source(state: &Arc<AgentState>) -> NameSource {
-    let weak = Arc::downgrade(state);
-    Box::new(move || {
-        let weak = weak.clone();
-        Box::pin(async move {
-            match weak.upgrade() {
-                Some(state) => state.address_book().await,
-                None => AddressBook::default(),
-            }
-        })
-    })
-}
-
-/// Runs the agent until SIGTERM or SIGINT.
-pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
-    let underlay = interfaces::interface_with_addr(config.advertise_addr)
-        .ok_or(AgentError::AdvertiseAddrNotLocal(config.advertise_addr))?;
-
-    let mut datapath = Datapath::load(&config.bpffs, &config.lb_maps)?;
-    counters::watch(&mut datapath, &underlay)?;
-    // Tracing is optional: an agent that cannot trace still forwards.
-    let tracer = match Tracer::open(&mut datapath, &config.node_name) {
-        Ok(tracer) => Some(tracer),
-        Err(error) => {
-            warn!(%error, "tracing unavailable");
-            None
-        }
-    };
-
-    let cluster = ClusterRuntime::resume(&config).await?;
-    let listener = api::server::bind(&config.api_socket()).await?;
-    let socket_path = config.api_socket();
-    let state = Arc::new(AgentState {
-        config,
-        started: Instant::now(),
-        datapath: Mutex::new(datapath),
-        tracer,
-        cluster: tokio::sync::RwLock::new(cluster),
-    });
-    if let Some(tracer) = &state.tracer {
-        if let Err(error) = tracer.spawn(name_source(&state)) {
-            warn!(%error, "tracing unavailable");
-        }
-    }
-    info!(
-        node = %state.config.node_name,
-        advertise_addr = %state.config.advertise_addr,
-        underlay = %underlay,
-        version = VERSION,
-        "netagent running"
-    );
-
-    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = sigterm.recv() => info!("SIGTERM: shutting down"),
-            _ = sigint.recv() => info!("SIGINT: shutting down"),
-        }
-    };
-    let served = axum::serve(listener, api::server::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
-    // Teardown, reverse of start-up: the API socket goes; the datapath stays.
-    if let Err(error) = std::fs::remove_file(&socket_path) {
-        warn!(socket = %socket_path.display(), %error, "could not remove the API socket");
-    }
-    served.map_err(AgentError::Api)?;
-    info!("netagent stopped; the datapath stays in place");
-    Ok(())
 }

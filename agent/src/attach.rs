@@ -4,8 +4,8 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr, path::PathBuf};
 
+use netagent_api::types::AttachRequest;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::{
@@ -19,26 +19,6 @@ use crate::{
     ipam,
     model::{Endpoint, Health, Network},
 };
-
-/// `netctl endpoint attach`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct AttachRequest {
-    pub network: String,
-    #[serde(default)]
-    pub netns: Option<PathBuf>,
-    #[serde(default)]
-    pub pid: Option<u32>,
-    #[serde(default)]
-    pub service: Option<String>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub aliases: Vec<String>,
-    #[serde(default)]
-    pub ip: Option<Ipv4Addr>,
-    #[serde(default)]
-    pub ifname: Option<String>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {

@@ -305,6 +305,15 @@ impl ClusterRuntime {
         self.gossip.subscribe().borrow().clone()
     }
 
+    /// Every endpoint of the live nodes, plus this node's own (published or
+    /// not), sorted by network, node and address.
+    pub async fn all_endpoints(&self) -> Vec<Endpoint> {
+        let local = self.endpoints.lock().await.endpoints();
+        let mut endpoints = self.view().endpoints_with(&local);
+        endpoints.sort_by(|a, b| (&a.network, &a.node, a.ip).cmp(&(&b.network, &b.node, b.ip)));
+        endpoints
+    }
+
     /// Puts the load balancer on every local endpoint's veth once per run
     /// (after a restart: replaces the programs in place).
     async fn attach_lb(&self, lb: &LoadBalancer, local: &[Endpoint], networks: &[Network]) {

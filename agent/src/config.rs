@@ -14,11 +14,11 @@ use crate::lb::maps::MapSizes;
 pub mod defaults {
     pub const CONFIG_FILE: &str = "/etc/netagent/netagent.toml";
     pub const DATA_DIR: &str = "/var/lib/netagent";
-    pub const RUN_DIR: &str = "/run/netagent";
+    pub const RUN_DIR: &str = netagent_api::DEFAULT_RUN_DIR;
     pub const BPFFS: &str = "/sys/fs/bpf/netagent";
     pub const RESOLV_CONF: &str = "/etc/resolv.conf";
     /// File name of the local API socket inside the run directory.
-    pub const API_SOCKET: &str = "netagent.sock";
+    pub const API_SOCKET: &str = netagent_api::API_SOCKET;
     /// Managers serve the control plane here (Docker Swarm's port).
     pub const CONTROL_PORT: u16 = 2377;
     /// Every node gossips here, TCP and UDP.

@@ -1,16 +1,17 @@
 //! netagent: the per-host networking agent of a container cluster.
 //!
-//! The library holds everything; the two binaries (`netagent`, the daemon,
-//! and `netctl`, its command line) are thin edges over it. See
+//! The library holds the daemon; its binary (`netagent`) is a thin edge
+//! over it. The local API's contract is the `netagent-api` crate, which
+//! `netctl` (its own crate) links instead of this one. See
 //! `docs/architecture.md` for how data flows between the modules.
 
 pub mod agent;
 pub mod api;
 pub mod attach;
-pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod dataplane;
 pub mod dns;
 pub mod drain;

@@ -74,20 +74,10 @@ impl Resolvers {
         networks: &[Network],
         drained: &BTreeSet<String>,
     ) {
-        let mut endpoints: Vec<Endpoint> = view
-            .nodes
-            .values()
-            .flat_map(|node| node.endpoints.values().cloned())
-            .collect();
-        // This node's own endpoints count even before gossip shows them.
-        for endpoint in local {
-            if !endpoints.iter().any(|e| e.id == endpoint.id) {
-                endpoints.push(endpoint.clone());
-            }
-        }
         let inputs = TableInputs {
             services: services.to_vec(),
-            endpoints,
+            // This node's own endpoints count even before gossip shows them.
+            endpoints: view.endpoints_with(local),
             networks: networks.to_vec(),
             drained: drained.clone(),
         };

@@ -96,7 +96,7 @@ pub fn cargo_tests(args: &[&str]) -> Result<Tally> {
 
 /// Builds netagent and netctl (debug profile) and returns their directory.
 pub fn build_binaries() -> Result<PathBuf> {
-    cargo(&["build", "-p", "netagent", "--bins"])?;
+    cargo(&["build", "-p", "netagent", "-p", "netctl", "--bins"])?;
     Ok(target_dir().join("debug"))
 }
 

@@ -10,86 +10,37 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use serde::{Deserialize, Serialize};
+use netagent_api::{
+    routes,
+    types::{
+        AttachRequest, ClusterInfo, CreateNetwork, HealthRequest, InitRequest, JoinRequest,
+        NetworkFilter, TokenQuery, TokenResponse, UpdateNode,
+    },
+};
 
-use super::server::ApiError;
+use super::error::{runtime, ApiError};
 use crate::{
     agent::AgentState,
-    attach::{self, AttachRequest},
+    attach,
     cluster::ClusterRuntime,
-    control::{ControlPlane, CreateNetwork, NodeRecord, UpdateNode},
-    model::{Endpoint, Health, Network, NodeInfo, NodeStatus, Role},
+    control::{ControlPlane, NodeRecord},
+    model::{Endpoint, Network, NodeInfo, NodeStatus},
 };
 
 pub fn router() -> Router<Arc<AgentState>> {
     Router::new()
-        .route("/v1/cluster", get(cluster_info))
-        .route("/v1/cluster/init", post(cluster_init))
-        .route("/v1/cluster/join", post(cluster_join))
-        .route("/v1/cluster/join-token", get(join_token))
-        .route("/v1/nodes", get(nodes))
-        .route("/v1/nodes/{name}", get(node).delete(remove_node))
-        .route(
-            "/v1/nodes/{name}/update",
-            post(update_node).patch(update_node),
-        )
-        .route("/v1/networks", post(create_network).get(networks))
-        .route("/v1/networks/{name}", get(network).delete(remove_network))
-        .route("/v1/endpoints", post(attach_endpoint).get(endpoints))
-        .route("/v1/endpoints/{id}", axum::routing::delete(detach_endpoint))
-        .route("/v1/endpoints/{id}/health", post(set_health))
-}
-
-/// `GET /v1/cluster`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ClusterInfo {
-    pub cluster_id: String,
-    pub node_id: String,
-    pub node_name: String,
-    pub role: Role,
-    pub managers: Vec<SocketAddr>,
-}
-
-#[derive(Debug, Default, Deserialize, Serialize)]
-pub struct InitRequest {
-    #[serde(default)]
-    pub advertise_addr: Option<std::net::IpAddr>,
-    #[serde(default)]
-    pub default_addr_pool: Option<ipnet::Ipv4Net>,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-pub struct JoinRequest {
-    pub token: String,
-    pub manager: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct TokenQuery {
-    role: Role,
-    #[serde(default)]
-    rotate: bool,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TokenResponse {
-    pub token: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct NetworkFilter {
-    network: Option<String>,
-}
-
-fn not_in_cluster() -> ApiError {
-    ApiError::with_status(
-        StatusCode::CONFLICT,
-        "this node is not in a cluster: run `netctl cluster init` or `netctl cluster join` first",
-    )
-}
-
-pub(super) async fn runtime(state: &AgentState) -> Result<Arc<ClusterRuntime>, ApiError> {
-    state.cluster().await.ok_or_else(not_in_cluster)
+        .route(routes::CLUSTER, get(cluster_info))
+        .route(routes::CLUSTER_INIT, post(cluster_init))
+        .route(routes::CLUSTER_JOIN, post(cluster_join))
+        .route(routes::JOIN_TOKEN, get(join_token))
+        .route(routes::NODES, get(nodes))
+        .route(routes::NODE, get(node).delete(remove_node))
+        .route(routes::NODE_UPDATE, post(update_node).patch(update_node))
+        .route(routes::NETWORKS, post(create_network).get(networks))
+        .route(routes::NETWORK, get(network).delete(remove_network))
+        .route(routes::ENDPOINTS, post(attach_endpoint).get(endpoints))
+        .route(routes::ENDPOINT, axum::routing::delete(detach_endpoint))
+        .route(routes::ENDPOINT_HEALTH, post(set_health))
 }
 
 fn info(rt: &ClusterRuntime) -> ClusterInfo {
@@ -268,7 +219,8 @@ async fn remove_network(
     Path(name): Path<String>,
 ) -> Result<Json<Network>, ApiError> {
     let rt = runtime(&state).await?;
-    let attached = all_endpoints(&rt)
+    let attached = rt
+        .all_endpoints()
         .await
         .into_iter()
         .filter(|ep| ep.network == name)
@@ -282,23 +234,6 @@ async fn remove_network(
     let network = rt.control.remove_network(&name).await?;
     rt.refresh_networks().await?;
     Ok(Json(network))
-}
-
-/// Every endpoint of the live nodes, plus this node's own (published or not).
-pub(crate) async fn all_endpoints(rt: &ClusterRuntime) -> Vec<Endpoint> {
-    let view = rt.view();
-    let mut endpoints: Vec<Endpoint> = view
-        .nodes
-        .values()
-        .flat_map(|node| node.endpoints.values().cloned())
-        .collect();
-    for local in rt.endpoints.lock().await.endpoints() {
-        if !endpoints.iter().any(|ep| ep.id == local.id) {
-            endpoints.push(local);
-        }
-    }
-    endpoints.sort_by(|a, b| (&a.network, &a.node, a.ip).cmp(&(&b.network, &b.node, b.ip)));
-    endpoints
 }
 
 async fn attach_endpoint(
@@ -315,7 +250,7 @@ async fn endpoints(
     Query(filter): Query<NetworkFilter>,
 ) -> Result<Json<Vec<Endpoint>>, ApiError> {
     let rt = runtime(&state).await?;
-    let mut endpoints = all_endpoints(&rt).await;
+    let mut endpoints = rt.all_endpoints().await;
     // Nodes' ingress addresses are plumbing, not containers.
     endpoints.retain(|ep| !crate::ingress::is_pseudo_endpoint(ep));
     if let Some(network) = filter.network {
@@ -330,11 +265,6 @@ async fn detach_endpoint(
 ) -> Result<Json<Endpoint>, ApiError> {
     let rt = runtime(&state).await?;
     Ok(Json(attach::detach(&rt, &id).await?))
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-pub struct HealthRequest {
-    pub health: Health,
 }
 
 async fn set_health(

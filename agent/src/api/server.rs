@@ -7,17 +7,16 @@ use std::{
     sync::Arc,
 };
 
-use axum::{
-    extract::State,
-    http::StatusCode,
-    response::{IntoResponse, Response},
-    routing::get,
-    Json, Router,
-};
+use axum::{extract::State, routing::get, Json, Router};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
-use super::types::{ErrorBody, InterfaceCounters, Status};
+use netagent_api::{
+    routes,
+    types::{InterfaceCounters, Status},
+};
+
+use super::error::ApiError;
 use crate::agent::AgentState;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,83 +27,6 @@ pub enum ServeError {
     RunDir { path: PathBuf, source: io::Error },
     #[error("cannot listen on {path}: {source}: check that netagent runs as root and can write its --run-dir, or give it another --run-dir")]
     Bind { path: PathBuf, source: io::Error },
-}
-
-/// An error response: a status and a one-line message.
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    pub fn internal(message: impl std::fmt::Display) -> Self {
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: message.to_string(),
-        }
-    }
-
-    pub fn not_found(message: impl std::fmt::Display) -> Self {
-        Self::with_status(StatusCode::NOT_FOUND, message)
-    }
-
-    pub fn with_status(status: StatusCode, message: impl std::fmt::Display) -> Self {
-        Self {
-            status,
-            message: message.to_string(),
-        }
-    }
-}
-
-impl From<crate::control::ControlError> for ApiError {
-    fn from(error: crate::control::ControlError) -> Self {
-        use crate::control::ControlError;
-        let status = match &error {
-            ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
-            ControlError::Conflict(_) => StatusCode::CONFLICT,
-            ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        Self::with_status(status, error)
-    }
-}
-
-impl From<crate::attach::AttachError> for ApiError {
-    fn from(error: crate::attach::AttachError) -> Self {
-        use crate::attach::AttachError;
-        match error {
-            AttachError::Control(control) => control.into(),
-            AttachError::NoEndpoint(_)
-            | AttachError::UnknownNetwork(_)
-            | AttachError::UnknownService(_) => Self::with_status(StatusCode::NOT_FOUND, error),
-            AttachError::Overlay(_) | AttachError::Store(_) | AttachError::Lb(_) => {
-                Self::internal(error)
-            }
-            _ => Self::with_status(StatusCode::BAD_REQUEST, error),
-        }
-    }
-}
-
-impl From<crate::cluster::ClusterError> for ApiError {
-    fn from(error: crate::cluster::ClusterError) -> Self {
-        match error {
-            crate::cluster::ClusterError::Control(control) => control.into(),
-            other => Self::internal(other),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(ErrorBody {
-                error: self.message,
-            }),
-        )
-            .into_response()
-    }
 }
 
 /// Binds the API socket, root only. A socket file left by a dead agent is
@@ -139,8 +61,8 @@ const NO_SUCH_ENDPOINT: &str = "no such API endpoint: are netctl and netagent th
 /// The API's routes.
 pub fn router(state: Arc<AgentState>) -> Router {
     Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/counters", get(counters))
+        .route(routes::STATUS, get(status))
+        .route(routes::COUNTERS, get(counters))
         .merge(super::routes::router())
         .merge(super::service_routes::router())
         .merge(super::trace_routes::router())

@@ -11,29 +11,28 @@ use axum::{
     Json, Router,
 };
 
-use super::{
-    routes::{all_endpoints, runtime},
-    server::ApiError,
+use netagent_api::{
+    routes,
+    types::{CreateService, ServiceDatapath, ServiceInspect, UpdateService},
 };
+
+use super::error::{runtime, ApiError};
 use crate::{
     agent::AgentState,
     cluster::ClusterRuntime,
-    control::{service, ControlPlane, CreateService, UpdateService},
+    control::{service, ControlPlane},
     model::{Endpoint, Service},
 };
 
 pub fn router() -> Router<Arc<AgentState>> {
     Router::new()
-        .route("/v1/services", post(create_service).get(services))
+        .route(routes::SERVICES, post(create_service).get(services))
+        .route(routes::SERVICE, get(inspect_service).delete(remove_service))
         .route(
-            "/v1/services/{name}",
-            get(inspect_service).delete(remove_service),
-        )
-        .route(
-            "/v1/services/{name}/update",
+            routes::SERVICE_UPDATE,
             post(update_service).patch(update_service),
         )
-        .route("/v1/services/{name}/tasks", get(service_tasks))
+        .route(routes::SERVICE_TASKS, get(service_tasks))
 }
 
 /// The service called `name` (or with that id).
@@ -64,19 +63,18 @@ async fn services(State(state): State<Arc<AgentState>>) -> Result<Json<Vec<Servi
 async fn inspect_service(
     State(state): State<Arc<AgentState>>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ServiceInspect>, ApiError> {
     let rt = runtime(&state).await?;
     let service = find(&rt, &name).await?;
-    let mut value = serde_json::to_value(&service).map_err(ApiError::internal)?;
-    if let (Some(lb), Some(object)) = (&rt.lb, value.as_object_mut()) {
+    // A node without a load balancer has no datapath to show.
+    let datapath = rt.lb.as_ref().map(|lb| {
         let vips: Vec<_> = service.vips.iter().map(|v| v.addr).collect();
-        let datapath = match lb.inspect(&vips) {
-            Ok(state) => serde_json::to_value(state).map_err(ApiError::internal)?,
-            Err(error) => serde_json::Value::String(error.to_string()),
-        };
-        object.insert("datapath".into(), datapath);
-    }
-    Ok(Json(value))
+        match lb.inspect(&vips) {
+            Ok(state) => ServiceDatapath::Vips(state),
+            Err(error) => ServiceDatapath::Unreadable(error.to_string()),
+        }
+    });
+    Ok(Json(ServiceInspect { service, datapath }))
 }
 
 async fn remove_service(
@@ -107,7 +105,7 @@ async fn service_tasks(
 ) -> Result<Json<Vec<Endpoint>>, ApiError> {
     let rt = runtime(&state).await?;
     let service = find(&rt, &name).await?;
-    Ok(Json(tasks_of(&service.name, all_endpoints(&rt).await)))
+    Ok(Json(tasks_of(&service.name, rt.all_endpoints().await)))
 }
 
 /// The endpoints that are tasks of the service `name` (DNS names: any case).

@@ -1,5 +1,5 @@
 //! `GET /v1/trace`: the trace stream, one JSON document per line
-//! (`trace::record::TraceLine`) over a chunked response that lasts as long
+//! (`netagent_api::trace::TraceLine`) over a chunked response that lasts as long
 //! as the client reads it. Tracing stays on while at least one such
 //! response is open; a blank line every 250 ms finds out soon when a
 //! client has gone, so that the flag goes off.
@@ -14,14 +14,17 @@ use axum::{
     routing::get,
     Router,
 };
+use netagent_api::{
+    routes,
+    trace::{TraceLine, TraceLost, TraceStart},
+    trace_filter::TraceFilter,
+};
 
-use super::server::ApiError;
+use super::error::ApiError;
 use crate::{
     agent::AgentState,
     trace::{
         batch::{Batch, Receiver},
-        filter::TraceFilter,
-        record::{TraceLine, TraceLost, TraceStart},
         Subscribed, Subscription, Tracer,
     },
 };
@@ -33,7 +36,7 @@ const TICK: Duration = Duration::from_millis(250);
 const BATCHES_PER_WAKE: usize = 16;
 
 pub fn router() -> Router<Arc<AgentState>> {
-    Router::new().route("/v1/trace", get(trace))
+    Router::new().route(routes::TRACE, get(trace))
 }
 
 async fn trace(

@@ -131,6 +131,6 @@ fn main() -> anyhow::Result<()> {
         .thread_name("netagent")
         .build()
         .context("cannot start the async runtime (out of memory or threads?): try again")?;
-    runtime.block_on(netagent::agent::run(config))?;
+    runtime.block_on(netagent::daemon::run(config))?;
     Ok(())
 }

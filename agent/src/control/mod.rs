@@ -35,15 +35,17 @@ mod tests;
 pub use manager::CONTROL_PORT;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
 };
 
 use ipnet::Ipv4Net;
+// The requests are the local API's documents, passed on to the managers.
+use netagent_api::types::{CreateNetwork, CreateService, PortRef, UpdateNode, UpdateService};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Availability, EndpointMode, Network, PublishedPort, Role, Service};
+use crate::model::{Availability, Network, Role, Service};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -109,30 +111,6 @@ pub struct NodeRecord {
     pub labels: BTreeMap<String, String>,
 }
 
-/// `netctl node update`: what to change (nothing given, nothing changes).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpdateNode {
-    #[serde(default)]
-    pub availability: Option<Availability>,
-    /// Labels to set (an existing key gets the new value).
-    #[serde(default)]
-    pub add_labels: BTreeMap<String, String>,
-    /// Label keys to remove; each must be on the node.
-    #[serde(default)]
-    pub remove_labels: BTreeSet<String>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct CreateNetwork {
-    pub name: String,
-    pub subnet: Option<Ipv4Net>,
-    pub gateway: Option<Ipv4Addr>,
-    pub vni: Option<u32>,
-    #[serde(default)]
-    pub internal: bool,
-    pub mtu: Option<u32>,
-}
-
 /// The operations every node needs from the managers. Implemented by the
 /// local manager (on managers) and by the mTLS client (everywhere).
 #[allow(async_fn_in_trait)]
@@ -195,39 +173,6 @@ pub trait ControlPlane {
         name: &str,
         request: UpdateService,
     ) -> Result<Service, ControlError>;
-}
-
-/// `netctl service create`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct CreateService {
-    pub name: String,
-    /// Network names; at least one.
-    pub networks: Vec<String>,
-    #[serde(default)]
-    pub endpoint_mode: EndpointMode,
-    #[serde(default)]
-    pub ports: Vec<PublishedPort>,
-}
-
-/// `netctl service update`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct UpdateService {
-    #[serde(default)]
-    pub add_networks: Vec<String>,
-    #[serde(default)]
-    pub remove_networks: Vec<String>,
-    #[serde(default)]
-    pub add_ports: Vec<PublishedPort>,
-    #[serde(default)]
-    pub remove_ports: Vec<PortRef>,
-}
-
-/// A published port named by its number and protocol (`--publish-rm 8080/udp`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortRef {
-    pub published: u16,
-    #[serde(default)]
-    pub protocol: crate::model::Protocol,
 }
 
 /// The manager role, running in this agent.

@@ -4,15 +4,11 @@
 //!
 //! - a node is named by its name, its id, or a prefix of its id that only
 //!   it has; a name two nodes share must be given as an id;
-//! - a label key is 1 to 128 of `[A-Za-z0-9._/-]`, starting with a letter
-//!   or digit (Docker's reverse-DNS style, `com.example.rack`); a value is
-//!   up to 256 printable characters; a node holds up to 64 labels.
+//! - labels follow `netagent_api::label`.
+
+use netagent_api::label::{self, MAX_LABELS};
 
 use super::{ControlError, NodeRecord, UpdateNode};
-
-pub const MAX_LABEL_KEY: usize = 128;
-pub const MAX_LABEL_VALUE: usize = 256;
-pub const MAX_LABELS: usize = 64;
 
 /// The one node `id_or_name` designates among `nodes`.
 pub fn find(nodes: Vec<NodeRecord>, id_or_name: &str) -> Result<NodeRecord, ControlError> {
@@ -39,43 +35,12 @@ pub fn find(nodes: Vec<NodeRecord>, id_or_name: &str) -> Result<NodeRecord, Cont
     }
 }
 
-/// Whether `key=value` may be a node label.
-pub fn check_label(key: &str, value: &str) -> Result<(), ControlError> {
-    let key_ok = (1..=MAX_LABEL_KEY).contains(&key.len())
-        && key
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'));
-    if !key_ok {
-        return Err(ControlError::Invalid(format!(
-            "label key {key:?} is not valid: use 1 to {MAX_LABEL_KEY} letters, digits, '.', '_', '/' or '-', starting with a letter or digit"
-        )));
-    }
-    if value.chars().count() > MAX_LABEL_VALUE || value.chars().any(char::is_control) {
-        return Err(ControlError::Invalid(format!(
-            "label {key}: its value is not valid: use up to {MAX_LABEL_VALUE} printable characters"
-        )));
-    }
-    Ok(())
-}
-
-/// `KEY=VALUE`, or `KEY` alone for an empty value (as Docker takes it).
-pub fn parse_label(text: &str) -> Result<(String, String), ControlError> {
-    let (key, value) = text.split_once('=').unwrap_or((text, ""));
-    check_label(key, value)
-        .map_err(|error| ControlError::Invalid(format!("--label-add {text:?}: {error}")))?;
-    Ok((key.to_owned(), value.to_owned()))
-}
-
 /// `node` with `request` applied; refuses a bad label, too many, the removal
 /// of a label the node does not have (as Docker does), or a key both added
 /// and removed.
 pub fn apply(mut node: NodeRecord, request: &UpdateNode) -> Result<NodeRecord, ControlError> {
     for (key, value) in &request.add_labels {
-        check_label(key, value)?;
+        label::check(key, value).map_err(|error| ControlError::Invalid(error.to_string()))?;
     }
     if let Some(key) = request
         .remove_labels
@@ -144,21 +109,6 @@ mod tests {
             Err(ControlError::NotFound(_))
         ));
         assert!(matches!(find(nodes(), ""), Err(ControlError::NotFound(_))));
-    }
-
-    #[test]
-    fn labels_are_checked_and_parsed_like_docker() {
-        assert_eq!(
-            parse_label("com.example.rack=r1").unwrap(),
-            ("com.example.rack".into(), "r1".into())
-        );
-        assert_eq!(parse_label("ssd").unwrap(), ("ssd".into(), "".into()));
-        assert_eq!(parse_label("k=a=b").unwrap(), ("k".into(), "a=b".into()));
-        for bad in ["=v", "", "-k=v", "a b=c", "k=\u{7}", &"k".repeat(129)] {
-            let error = parse_label(bad).unwrap_err().to_string();
-            assert!(!error.contains('\n'), "{error}");
-            assert!(error.contains("--label-add"), "{error}");
-        }
     }
 
     #[test]

@@ -75,29 +75,13 @@ pub enum DatapathError {
     },
 }
 
-/// Which way through an interface a tc program sees packets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Ingress,
-    Egress,
-}
+/// The API shows which way a program is attached (`netctl status`).
+pub use netagent_api::types::Direction;
 
-impl std::fmt::Display for Direction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
-        })
-    }
-}
-
-impl From<Direction> for TcAttachType {
-    fn from(direction: Direction) -> Self {
-        match direction {
-            Direction::Ingress => TcAttachType::Ingress,
-            Direction::Egress => TcAttachType::Egress,
-        }
+fn tc_attach_type(direction: Direction) -> TcAttachType {
+    match direction {
+        Direction::Ingress => TcAttachType::Ingress,
+        Direction::Egress => TcAttachType::Egress,
     }
 }
 
@@ -219,9 +203,14 @@ impl Datapath {
             debug!(%ifname, %error, "clsact qdisc not added (usually: it exists)");
         }
         let handle = TcHandle::new(0, slot.handle);
-        let existing =
-            SchedClassifierLink::attached(ifname, direction.into(), slot.priority, handle, None)
-                .map_err(|error| attach_error(aya::programs::ProgramError::IOError(error)))?;
+        let existing = SchedClassifierLink::attached(
+            ifname,
+            tc_attach_type(direction),
+            slot.priority,
+            handle,
+            None,
+        )
+        .map_err(|error| attach_error(aya::programs::ProgramError::IOError(error)))?;
         let link_id = match prog.attach_to_link(existing) {
             Ok(link_id) => {
                 debug!(%ifname, %direction, program, "replaced the program in place");
@@ -230,7 +219,7 @@ impl Datapath {
             Err(_) => prog
                 .attach_with_options(
                     ifname,
-                    direction.into(),
+                    tc_attach_type(direction),
                     TcAttachOptions::Netlink(NlOptions {
                         priority: slot.priority,
                         handle,

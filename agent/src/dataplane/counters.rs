@@ -2,8 +2,8 @@
 //! the proof that the eBPF pipeline works end to end.
 
 use aya::maps::PerCpuHashMap;
+use netagent_api::types::InterfaceCounters;
 use netagent_common::{IfCounters, COUNT_EGRESS_PROG, COUNT_INGRESS_PROG, IF_COUNTERS_MAP};
-use serde::{Deserialize, Serialize};
 
 use super::{
     bpf::{Direction, TcSlot},
@@ -16,17 +16,6 @@ const COUNTER_SLOT: TcSlot = TcSlot {
     priority: 1,
     handle: 1,
 };
-
-/// The counts of one interface, summed over the CPUs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InterfaceCounters {
-    pub ifname: String,
-    pub ifindex: u32,
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-}
 
 /// Starts counting on `ifname`, both directions.
 pub fn watch(datapath: &mut Datapath, ifname: &str) -> Result<(), DatapathError> {

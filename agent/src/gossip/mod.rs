@@ -97,6 +97,24 @@ pub struct GossipView {
     pub nodes: BTreeMap<String, PeerState>,
 }
 
+impl GossipView {
+    /// Every endpoint the live nodes announce, plus those of `local` (this
+    /// node's own) that gossip does not show yet.
+    pub fn endpoints_with(&self, local: &[Endpoint]) -> Vec<Endpoint> {
+        let mut endpoints: Vec<Endpoint> = self
+            .nodes
+            .values()
+            .flat_map(|node| node.endpoints.values().cloned())
+            .collect();
+        for endpoint in local {
+            if !endpoints.iter().any(|e| e.id == endpoint.id) {
+                endpoints.push(endpoint.clone());
+            }
+        }
+        endpoints
+    }
+}
+
 pub struct Gossip {
     view: watch::Receiver<Arc<GossipView>>,
     handle: ChitchatHandle,

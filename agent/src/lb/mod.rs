@@ -36,13 +36,13 @@ use std::{
 use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{Array, HashMap, MapError, PerCpuArray, PerCpuValues};
+use netagent_api::types::{BackendState, VipState};
 use netagent_common::{
     IngressRemote, IngressRev, LbBackend, LbMaglevTable, LbService, LbServiceKey,
     INGRESS_REMOTE_MAP, INGRESS_REV_CT_MAP, LB_BACKENDS_MAP, LB_BACKEND_ACTIVE,
     LB_BACKEND_DRAINING, LB_BACKEND_FLOWS_MAP, LB_EGRESS_PROG, LB_INGRESS_PROG, LB_MAGLEV_MAP,
     LB_SERVICES_MAP, LB_SERVICE_NO_BACKENDS,
 };
-use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -133,29 +133,6 @@ fn map_error(name: &'static str) -> impl Fn(MapError) -> LbError {
         name,
         source: Box::new(source),
     }
-}
-
-/// A backend as the datapath sees it (`netctl service inspect`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackendState {
-    pub id: u32,
-    pub ip: Ipv4Addr,
-    /// `active` or `draining`.
-    pub state: String,
-    /// New flows this node's clients opened to it (since it became a
-    /// backend here, or since the maps were created).
-    pub connections: u64,
-}
-
-/// A VIP as the datapath sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VipState {
-    pub vip: Ipv4Addr,
-    pub table_slot: u32,
-    pub table_size: u32,
-    /// Backends in the Maglev table, with their share of its slots.
-    pub table: Vec<(Ipv4Addr, u32)>,
-    pub backends: Vec<BackendState>,
 }
 
 /// How much of the cluster the caller has seen.

@@ -10,6 +10,10 @@
 use std::{net::Ipv4Addr, sync::Arc};
 
 use bytes::Bytes;
+use netagent_api::{
+    trace::Tuple,
+    trace_filter::{Filterable, TraceFilter},
+};
 use netagent_common::TraceEvent;
 use tokio::sync::broadcast::{
     self,
@@ -18,10 +22,8 @@ use tokio::sync::broadcast::{
 
 use super::{
     decode,
-    filter::{Filterable, TraceFilter},
     json::{self, Name},
     names::{AddressBook, Interface, Resolved},
-    record::Tuple,
 };
 
 /// What filters and `--since` read of one record.
@@ -334,10 +336,9 @@ mod tests {
     };
 
     use super::*;
-    use crate::trace::{
-        fixtures::{self, event, tuple},
-        record::{TraceLine, TraceRecord},
-    };
+    use netagent_api::trace::{TraceLine, TraceRecord};
+
+    use crate::trace::fixtures::{self, event, tuple};
 
     /// Names with everything JSON must escape in them.
     fn book() -> AddressBook {

@@ -11,7 +11,7 @@ use netagent_common::{
     TRACE_REASON_UNSUPPORTED,
 };
 
-use super::record::Tuple;
+use netagent_api::trace::Tuple;
 
 /// The event in `bytes`, or `None` if they are too short to hold one (an
 /// object from another build).
@@ -30,18 +30,6 @@ pub fn headers(event: &TraceEvent) -> &[u8] {
     let len = (event.captured_len as usize).min(TRACE_CAPTURE_BYTES);
     &event.headers[..len]
 }
-
-/// Every verdict `netctl trace --verdict` accepts.
-pub const VERDICTS: [&str; 8] = [
-    "translate",
-    "translate-established",
-    "reverse",
-    "drop",
-    "arp-reply",
-    "pass",
-    "forward",
-    "forward-established",
-];
 
 /// The word for a verdict code, if it is one this build knows.
 pub fn verdict_word(kind: u8) -> Option<&'static str> {
@@ -171,7 +159,7 @@ mod tests {
         assert_eq!(reason(0), None);
         assert_eq!(protocol(&sample()), "tcp");
         for kind in 1..=8 {
-            assert!(VERDICTS.contains(&verdict(kind).as_str()));
+            assert!(netagent_api::trace::VERDICTS.contains(&verdict(kind).as_str()));
         }
     }
 }

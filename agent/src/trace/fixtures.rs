@@ -3,14 +3,13 @@
 
 use std::net::Ipv4Addr;
 
+use netagent_api::trace::TraceRecord;
 use netagent_common::{TraceEvent, TraceTuple, TRACE_CAPTURE_BYTES};
 
 use super::{
     decode::{self, protocol_word, reason_word, verdict_word},
-    filter::Filterable,
     json::Name,
     names::{AddressBook, Interface},
-    record::{TraceRecord, Tuple},
 };
 use crate::model::{Endpoint, PublishedPort, Service, ServiceVip};
 
@@ -125,29 +124,6 @@ pub fn protocol(event: &TraceEvent) -> String {
     match protocol_word(event) {
         Ok(word) => word.to_owned(),
         Err(other) => other.to_string(),
-    }
-}
-
-/// What the agent's batches filter on, for records read back.
-impl Filterable for TraceRecord {
-    fn network(&self) -> Option<&str> {
-        self.network.as_deref()
-    }
-
-    fn service(&self) -> Option<&str> {
-        self.service.as_deref()
-    }
-
-    fn verdict(&self) -> &str {
-        &self.verdict
-    }
-
-    fn tuples(&self) -> (Tuple, Tuple) {
-        (self.before, self.after)
-    }
-
-    fn snat(&self) -> Option<Ipv4Addr> {
-        self.snat
     }
 }
 

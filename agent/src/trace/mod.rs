@@ -11,17 +11,14 @@
 //! and node names, writes each record's stream line once (`batch`), keeps
 //! the last `REPLAY_CAPACITY` records for `--since`, and broadcasts them a
 //! batch at a time to the connected tracers, each of which filters its own
-//! copy (`filter`).
+//! copy (`netagent_api::trace_filter`).
 
 pub mod batch;
 pub mod decode;
-pub mod filter;
 #[cfg(test)]
 mod fixtures;
 pub mod json;
 pub mod names;
-pub mod pcap;
-pub mod record;
 
 use std::{
     collections::VecDeque,
@@ -35,12 +32,13 @@ use netagent_common::{
     TraceEvent, TRACE_EVENTS_MAP, TRACE_MODE_ALL_PACKETS, TRACE_MODE_CHANGES, TRACE_MODE_OFF,
     TRACE_ON_MAP, TRACE_RING_BYTES, TRACE_STATS_MAP, TRACE_STAT_EMITTED, TRACE_STAT_LOST,
 };
-use serde::{Deserialize, Serialize};
 use tokio::{
     io::unix::AsyncFd,
     sync::{broadcast, Notify},
 };
 use tracing::{debug, warn};
+
+use netagent_api::types::TraceStats;
 
 use crate::dataplane::{Datapath, DatapathError};
 use batch::{Batch, Encoder, Receiver};
@@ -85,21 +83,6 @@ fn map_error(name: &'static str) -> impl Fn(MapError) -> TraceError {
         name,
         source: Box::new(source),
     }
-}
-
-/// `netctl status`: how tracing goes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TraceStats {
-    /// Tracers connected now (the datapath reports only while > 0).
-    pub tracers: usize,
-    /// Of those, the ones asking for every packet (else the datapath
-    /// reports only what is new about each flow).
-    #[serde(default)]
-    pub all_packets: usize,
-    /// Events the datapath wrote since its maps were created.
-    pub emitted: u64,
-    /// Events lost because the ring was full.
-    pub lost: u64,
 }
 
 /// Where the names of addresses come from (the agent's model).

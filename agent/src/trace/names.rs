@@ -5,12 +5,12 @@
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
+use netagent_api::trace::Tuple;
 use netagent_common::{TraceEvent, TRACE_FLAG_PUBLISHED, TRACE_FLAG_REMOTE_TASK};
 
 use super::{
     decode,
     json::{self, Name},
-    record::Tuple,
 };
 use crate::model::{Endpoint, Service};
 
@@ -171,7 +171,7 @@ impl AddressBook {
                 continue;
             }
             let label = if ep.name.is_empty() {
-                crate::cli::short_id(&ep.id)
+                crate::model::short_id(&ep.id)
             } else {
                 ep.name.clone()
             };

@@ -26,7 +26,15 @@ pub fn run(name: &str, args: &[String]) -> Result<()> {
     let _setup = setup::run()?;
     workspace::require_root("cargo xtask bench")?;
     // Benchmarks measure the release build.
-    workspace::cargo(&["build", "--release", "-p", "netagent", "--bins"])?;
+    workspace::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "netagent",
+        "-p",
+        "netctl",
+        "--bins",
+    ])?;
     std::env::set_var("NETAGENT_BIN_DIR", workspace::target_dir().join("release"));
     match name {
         "overlay" => overlay::run(args),

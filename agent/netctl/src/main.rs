@@ -1,7 +1,24 @@
-//! `netctl`: the command line of netagent.
+//! `netctl`: the command line of netagent, over its local API.
+//!
+//! Each subcommand fetches documents from the agent and prints them, as a
+//! table for people or as JSON (`--format json`) for scripts. It links only
+//! `netagent-api`, never the agent itself.
+
+mod cli;
+mod cluster;
+mod endpoint;
+mod error;
+mod node;
+mod output;
+mod overlay;
+mod pcap;
+mod service;
+mod status;
+mod table;
+mod trace;
 
 use clap::Parser;
-use netagent::cli::{self, Netctl};
+use cli::Netctl;
 
 fn main() -> std::process::ExitCode {
     let args = Netctl::parse();

@@ -4,8 +4,17 @@ use std::{io::Write, net::Ipv4Addr};
 
 use clap::Subcommand;
 
-use super::{print_json, print_list, print_one, short_id, CliError, Format};
-use crate::{api::ApiClient, control::CreateNetwork, model::Network};
+use netagent_api::{
+    model::{short_id, Network},
+    routes,
+    types::CreateNetwork,
+    ApiClient,
+};
+
+use crate::{
+    error::CliError,
+    output::{print_json, print_list, print_one, Format},
+};
 
 #[derive(Debug, Subcommand)]
 pub enum OverlayCommand {
@@ -59,11 +68,11 @@ pub async fn run(
                 internal,
                 mtu,
             };
-            let network: Network = client.post("/v1/networks", &request).await?;
+            let network: Network = client.post(routes::NETWORKS, &request).await?;
             print_one(out, format, &network, &network.id)
         }
         OverlayCommand::Ls => {
-            let networks: Vec<Network> = client.get("/v1/networks").await?;
+            let networks: Vec<Network> = client.get(routes::NETWORKS).await?;
             print_list(
                 out,
                 format,
@@ -82,15 +91,11 @@ pub async fn run(
             )
         }
         OverlayCommand::Inspect { name } => {
-            let network: Network = client
-                .get(&format!("/v1/networks/{}", super::path_segment(&name)))
-                .await?;
+            let network: Network = client.get(&routes::fill(routes::NETWORK, &name)).await?;
             print_json(out, &network)
         }
         OverlayCommand::Rm { name } => {
-            let network: Network = client
-                .delete(&format!("/v1/networks/{}", super::path_segment(&name)))
-                .await?;
+            let network: Network = client.delete(&routes::fill(routes::NETWORK, &name)).await?;
             print_one(out, format, &network, &network.name)
         }
     }

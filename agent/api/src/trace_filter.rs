@@ -5,7 +5,10 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::{decode::VERDICTS, record::Tuple};
+use crate::{
+    routes::path_segment,
+    trace::{TraceRecord, Tuple, VERDICTS},
+};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceFilter {
@@ -94,7 +97,7 @@ impl TraceFilter {
     pub fn query(&self) -> String {
         let mut parts = Vec::new();
         let mut add = |key: &str, value: String| {
-            parts.push(format!("{key}={}", crate::cli::path_segment(&value)));
+            parts.push(format!("{key}={}", path_segment(&value)));
         };
         if let Some(v) = &self.network {
             add("network", v.clone());
@@ -138,6 +141,29 @@ pub trait Filterable {
     fn snat(&self) -> Option<Ipv4Addr>;
 }
 
+/// A record read back from the stream.
+impl Filterable for TraceRecord {
+    fn network(&self) -> Option<&str> {
+        self.network.as_deref()
+    }
+
+    fn service(&self) -> Option<&str> {
+        self.service.as_deref()
+    }
+
+    fn verdict(&self) -> &str {
+        &self.verdict
+    }
+
+    fn tuples(&self) -> (Tuple, Tuple) {
+        (self.before, self.after)
+    }
+
+    fn snat(&self) -> Option<Ipv4Addr> {
+        self.snat
+    }
+}
+
 /// `500ms`, `30s`, `5m`, `1h` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, FilterError> {
     let bad = || FilterError::Duration(text.to_owned());
@@ -162,7 +188,6 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::trace::record::TraceRecord;
 
     fn record() -> TraceRecord {
         let tuple = |src: [u8; 4], sport, dst: [u8; 4], dport| Tuple {

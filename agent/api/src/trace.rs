@@ -1,11 +1,24 @@
 //! The documents of the trace stream (`GET /v1/trace`): one JSON object per
-//! line, a public contract like `api::types` (`netctl trace --format json`
+//! line, a public contract like `types` (`netctl trace --format json`
 //! prints them as they are). The agent writes its event lines with
-//! `batch::write_line`, byte for byte what serde makes of `TraceLine::Event`.
+//! its own `trace::batch::write_line`, byte for byte what serde makes of `TraceLine::Event`.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
+
+/// Every verdict `netctl trace --verdict` accepts (the agent's decoder
+/// names each datapath verdict code with one of these).
+pub const VERDICTS: [&str; 8] = [
+    "translate",
+    "translate-established",
+    "reverse",
+    "drop",
+    "arp-reply",
+    "pass",
+    "forward",
+    "forward-established",
+];
 
 /// One line of the stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

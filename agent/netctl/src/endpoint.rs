@@ -4,11 +4,16 @@ use std::{io::Write, net::Ipv4Addr, path::PathBuf};
 
 use clap::Subcommand;
 
-use super::{print_list, print_one, short_id, CliError, Format};
+use netagent_api::{
+    model::{short_id, Endpoint, Health},
+    routes,
+    types::{AttachRequest, HealthRequest},
+    ApiClient,
+};
+
 use crate::{
-    api::{routes::HealthRequest, ApiClient},
-    attach::AttachRequest,
-    model::{Endpoint, Health},
+    error::CliError,
+    output::{print_list, print_one, Format},
 };
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -82,13 +87,11 @@ pub async fn run(
                 ip,
                 ifname: Some(ifname),
             };
-            let endpoint: Endpoint = client.post("/v1/endpoints", &request).await?;
+            let endpoint: Endpoint = client.post(routes::ENDPOINTS, &request).await?;
             print_one(out, format, &endpoint, &endpoint.id)
         }
         EndpointCommand::Detach { id } => {
-            let endpoint: Endpoint = client
-                .delete(&format!("/v1/endpoints/{}", super::path_segment(&id)))
-                .await?;
+            let endpoint: Endpoint = client.delete(&routes::fill(routes::ENDPOINT, &id)).await?;
             print_one(out, format, &endpoint, &endpoint.id)
         }
         EndpointCommand::Health { id, health } => {
@@ -98,7 +101,7 @@ pub async fn run(
             };
             let endpoint: Endpoint = client
                 .post(
-                    &format!("/v1/endpoints/{}/health", super::path_segment(&id)),
+                    &routes::fill(routes::ENDPOINT_HEALTH, &id),
                     &HealthRequest { health },
                 )
                 .await?;
@@ -106,8 +109,8 @@ pub async fn run(
         }
         EndpointCommand::Ls { network } => {
             let path = match network {
-                Some(network) => format!("/v1/endpoints?network={}", super::path_segment(&network)),
-                None => "/v1/endpoints".to_owned(),
+                Some(network) => routes::with_query(routes::ENDPOINTS, "network", &network),
+                None => routes::ENDPOINTS.to_owned(),
             };
             let endpoints: Vec<Endpoint> = client.get(&path).await?;
             print_list(

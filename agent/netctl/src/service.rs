@@ -4,11 +4,16 @@ use std::io::Write;
 
 use clap::Subcommand;
 
-use super::{path_segment, print_json, print_list, print_one, short_id, CliError, Format};
+use netagent_api::{
+    model::{short_id, Endpoint, EndpointMode, Protocol, PublishMode, PublishedPort, Service},
+    routes,
+    types::{CreateService, PortRef, ServiceInspect, UpdateService},
+    ApiClient,
+};
+
 use crate::{
-    api::ApiClient,
-    control::{CreateService, PortRef, UpdateService},
-    model::{Endpoint, EndpointMode, Protocol, PublishMode, PublishedPort, Service},
+    error::CliError,
+    output::{print_json, print_list, print_one, Format},
 };
 
 #[derive(Debug, Subcommand)]
@@ -179,7 +184,6 @@ pub async fn run(
     format: Format,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let path = |name: &str, rest: &str| format!("/v1/services/{}{rest}", path_segment(name));
     match command {
         ServiceCommand::Create {
             name,
@@ -193,11 +197,11 @@ pub async fn run(
                 endpoint_mode: endpoint_mode.into(),
                 ports,
             };
-            let service: Service = client.post("/v1/services", &request).await?;
+            let service: Service = client.post(routes::SERVICES, &request).await?;
             print_one(out, format, &service, &service.id)
         }
         ServiceCommand::Ls => {
-            let services: Vec<Service> = client.get("/v1/services").await?;
+            let services: Vec<Service> = client.get(routes::SERVICES).await?;
             print_list(
                 out,
                 format,
@@ -216,13 +220,15 @@ pub async fn run(
             )
         }
         ServiceCommand::Inspect { name } => {
-            // Kept as JSON: the agent adds `datapath` (the VIPs' backends as
-            // the load balancer sees them) to the service.
-            let service: serde_json::Value = client.get(&path(&name, "")).await?;
-            print_json(out, &service)
+            let inspect: ServiceInspect = client.get(&routes::fill(routes::SERVICE, &name)).await?;
+            // Printed through a JSON value, whose keys are sorted: the
+            // document's bytes stay what scripts have always read.
+            print_json(out, &serde_json::to_value(&inspect)?)
         }
         ServiceCommand::Ps { name } => {
-            let tasks: Vec<Endpoint> = client.get(&path(&name, "/tasks")).await?;
+            let tasks: Vec<Endpoint> = client
+                .get(&routes::fill(routes::SERVICE_TASKS, &name))
+                .await?;
             print_list(
                 out,
                 format,
@@ -241,7 +247,7 @@ pub async fn run(
             )
         }
         ServiceCommand::Rm { name } => {
-            let service: Service = client.delete(&path(&name, "")).await?;
+            let service: Service = client.delete(&routes::fill(routes::SERVICE, &name)).await?;
             print_one(out, format, &service, &service.name)
         }
         ServiceCommand::Update {
@@ -257,7 +263,9 @@ pub async fn run(
                 add_ports,
                 remove_ports,
             };
-            let service: Service = client.post(&path(&name, "/update"), &request).await?;
+            let service: Service = client
+                .post(&routes::fill(routes::SERVICE_UPDATE, &name), &request)
+                .await?;
             print_one(out, format, &service, &service.name)
         }
     }

@@ -4,11 +4,17 @@ use std::io::Write;
 
 use clap::Subcommand;
 
-use super::{print_json, print_list, print_one, short_id, CliError, Format};
+use netagent_api::{
+    label,
+    model::{short_id, Availability, NodeInfo},
+    routes,
+    types::UpdateNode,
+    ApiClient,
+};
+
 use crate::{
-    api::ApiClient,
-    control::{node::parse_label, UpdateNode},
-    model::{Availability, NodeInfo},
+    error::CliError,
+    output::{print_json, print_list, print_one, Format},
 };
 
 #[derive(Debug, Subcommand)]
@@ -51,7 +57,7 @@ fn update_request(
         .map_err(|e| CliError::BadArgument(e.to_string()))?;
     let add_labels = labels
         .iter()
-        .map(|text| parse_label(text).map_err(|e| CliError::BadArgument(e.to_string())))
+        .map(|text| label::parse(text).map_err(|e| CliError::BadArgument(e.to_string())))
         .collect::<Result<_, _>>()?;
     if availability.is_none() && labels.is_empty() && remove_labels.is_empty() {
         return Err(CliError::BadArgument(
@@ -74,7 +80,7 @@ pub async fn run(
 ) -> Result<(), CliError> {
     match command {
         NodeCommand::Ls => {
-            let nodes: Vec<NodeInfo> = client.get("/v1/nodes").await?;
+            let nodes: Vec<NodeInfo> = client.get(routes::NODES).await?;
             print_list(
                 out,
                 format,
@@ -93,9 +99,7 @@ pub async fn run(
             )
         }
         NodeCommand::Inspect { node } => {
-            let node: NodeInfo = client
-                .get(&format!("/v1/nodes/{}", super::path_segment(&node)))
-                .await?;
+            let node: NodeInfo = client.get(&routes::fill(routes::NODE, &node)).await?;
             print_json(out, &node)
         }
         NodeCommand::Update {
@@ -105,12 +109,12 @@ pub async fn run(
             remove_labels,
         } => {
             let request = update_request(availability, &labels, &remove_labels)?;
-            let path = format!("/v1/nodes/{}/update", super::path_segment(&node));
+            let path = routes::fill(routes::NODE_UPDATE, &node);
             let node: NodeInfo = client.post(&path, &request).await?;
             print_one(out, format, &node, &node.name)
         }
         NodeCommand::Rm { node } => {
-            let path = format!("/v1/nodes/{}", super::path_segment(&node));
+            let path = routes::fill(routes::NODE, &node);
             let node: NodeInfo = client.delete(&path).await?;
             print_one(out, format, &node, &node.name)
         }

@@ -2,11 +2,16 @@
 
 use std::io::Write;
 
-use super::{print_json, table::Table, CliError, Format};
-use crate::api::{types::Status, ApiClient};
+use netagent_api::{routes, types::Status, ApiClient};
+
+use crate::{
+    error::CliError,
+    output::{print_json, Format},
+    table::Table,
+};
 
 pub async fn run(client: &ApiClient, format: Format, out: &mut dyn Write) -> Result<(), CliError> {
-    let status: Status = client.get("/v1/status").await?;
+    let status: Status = client.get(routes::STATUS).await?;
     match format {
         Format::Json => print_json(out, &status),
         Format::Table => write_table(&status, out),

@@ -15,15 +15,14 @@ use base64::Engine;
 use netagent_common::TRACE_CAPTURE_BYTES;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{CliError, Format};
-use crate::{
-    api::ApiClient,
-    trace::{
-        filter::{parse_duration, TraceFilter},
-        pcap::PcapWriter,
-        record::{TraceLine, TraceRecord, Tuple},
-    },
+use netagent_api::{
+    routes,
+    trace::{TraceLine, TraceRecord, Tuple},
+    trace_filter::{parse_duration, TraceFilter},
+    ApiClient,
 };
+
+use crate::{error::CliError, output::Format, pcap::PcapWriter};
 
 /// netctl's output buffer: a batch of lines is one write.
 const OUT_BUFFER: usize = 256 * 1024;
@@ -83,7 +82,7 @@ pub async fn run(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut lines = client
-        .get_lines(&format!("/v1/trace{}", filter.query()))
+        .get_lines(&format!("{}{}", routes::TRACE, filter.query()))
         .await?;
     let pcap_error = |source| CliError::Pcap {
         path: args.pcap.clone().unwrap_or_default(),

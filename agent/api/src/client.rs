@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::{net::UnixStream, task::JoinHandle};
 
-use super::types::ErrorBody;
+use crate::types::ErrorBody;
 
 /// The lines of a streamed response (`ApiClient::get_lines`).
 pub struct Lines {

@@ -6,17 +6,15 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
-use netagent::{
-    api::{
-        routes::{ClusterInfo, TokenResponse},
-        types::{Direction, InterfaceCounters, ProgramStatus, Status},
-    },
-    lb::{BackendState, VipState},
+use netagent_api::{
     model::{
         Availability, Endpoint, EndpointMode, Health, Mac, Network, NodeInfo, NodeStatus, Protocol,
         PublishMode, PublishedPort, Role, Service, ServiceVip,
     },
-    trace::TraceStats,
+    types::{
+        BackendState, ClusterInfo, Direction, InterfaceCounters, ProgramStatus, ServiceDatapath,
+        ServiceInspect, Status, TokenResponse, TraceStats, VipState,
+    },
 };
 use serde::Serialize;
 
@@ -184,16 +182,29 @@ fn service_inspect_is_unchanged() {
             connections: 7,
         }],
     }];
-    let mut value = serde_json::to_value(service()).unwrap();
-    value
-        .as_object_mut()
-        .unwrap()
-        .insert("datapath".into(), serde_json::to_value(datapath).unwrap());
-    assert_golden("service_inspect", &printed(&value));
-    let mut failed = serde_json::to_value(service()).unwrap();
-    failed.as_object_mut().unwrap().insert(
-        "datapath".into(),
-        serde_json::Value::String("the VIP maps cannot be read".into()),
+    assert_golden(
+        "service_inspect",
+        &printed_by_netctl(ServiceInspect {
+            service: service(),
+            datapath: Some(ServiceDatapath::Vips(datapath)),
+        }),
     );
-    assert_golden("service_inspect_error", &printed(&failed));
+    assert_golden(
+        "service_inspect_error",
+        &printed_by_netctl(ServiceInspect {
+            service: service(),
+            datapath: Some(ServiceDatapath::Unreadable(
+                "the VIP maps cannot be read".into(),
+            )),
+        }),
+    );
+}
+
+/// What `netctl service inspect` prints of what the agent sent: the
+/// document read back from the wire, printed through a JSON value.
+fn printed_by_netctl(sent: ServiceInspect) -> String {
+    let wire = serde_json::to_string(&sent).expect("serialize");
+    let read: ServiceInspect = serde_json::from_str(&wire).expect("read back");
+    assert_eq!(read, sent, "the document does not survive the wire");
+    printed(&serde_json::to_value(&read).expect("to a value"))
 }

@@ -4,13 +4,16 @@ use std::{io::Write, net::IpAddr};
 
 use clap::{Subcommand, ValueEnum};
 
-use super::{print_json, CliError, Format};
-use crate::{
-    api::{
-        routes::{ClusterInfo, InitRequest, JoinRequest, TokenResponse},
-        ApiClient,
-    },
+use netagent_api::{
     model::Role,
+    routes,
+    types::{ClusterInfo, InitRequest, JoinRequest, TokenResponse},
+    ApiClient,
+};
+
+use crate::{
+    error::CliError,
+    output::{print_json, Format},
 };
 
 #[derive(Debug, Subcommand)]
@@ -63,7 +66,7 @@ pub async fn run(
                 advertise_addr,
                 default_addr_pool,
             };
-            let info: ClusterInfo = client.post("/v1/cluster/init", &request).await?;
+            let info: ClusterInfo = client.post(routes::CLUSTER_INIT, &request).await?;
             match format {
                 Format::Json => print_json(out, &info),
                 Format::Table => {
@@ -79,7 +82,7 @@ pub async fn run(
         }
         ClusterCommand::Join { token, manager } => {
             let info: ClusterInfo = client
-                .post("/v1/cluster/join", &JoinRequest { token, manager })
+                .post(routes::CLUSTER_JOIN, &JoinRequest { token, manager })
                 .await?;
             match format {
                 Format::Json => print_json(out, &info),
@@ -102,7 +105,7 @@ pub async fn run(
                 TokenRole::Worker => Role::Worker,
                 TokenRole::Manager => Role::Manager,
             };
-            let path = format!("/v1/cluster/join-token?role={role}&rotate={rotate}");
+            let path = format!("{}?role={role}&rotate={rotate}", routes::JOIN_TOKEN);
             let response: TokenResponse = client.get(&path).await?;
             if quiet {
                 writeln!(out, "{}", response.token)?;
@@ -111,7 +114,7 @@ pub async fn run(
             match format {
                 Format::Json => print_json(out, &response),
                 Format::Table => {
-                    let info: ClusterInfo = client.get("/v1/cluster").await?;
+                    let info: ClusterInfo = client.get(routes::CLUSTER).await?;
                     let manager = info
                         .managers
                         .first()

@@ -22,8 +22,8 @@ use std::{collections::BTreeSet, net::Ipv4Addr, path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context, Result};
 use netagent::{
-    dataplane::Datapath,
-    lb::{maps::MapSizes, plan, LoadBalancer, Seen},
+    dataplane::{lb_maps::MapSizes, Datapath},
+    lb::{plan, LoadBalancer, Seen},
     model::{Endpoint, EndpointMode, Service, ServiceVip},
     trace::{names::AddressBook, Tracer},
 };

@@ -265,22 +265,6 @@ fn check_explicit_ip(
     Ok(())
 }
 
-/// Fills `blocks` with the blocks this node holds, asked from the managers
-/// the first time a network is seen since start.
-pub(crate) async fn learn_blocks(
-    rt: &ClusterRuntime,
-    blocks: &mut std::collections::BTreeMap<String, Vec<ipnet::Ipv4Net>>,
-    network: &Network,
-) -> Result<(), ControlError> {
-    if !blocks.contains_key(&network.id) {
-        for (network_id, block) in rt.control.node_blocks(&rt.identity().node_id).await? {
-            blocks.entry(network_id).or_default().push(block);
-        }
-        blocks.entry(network.id.clone()).or_default();
-    }
-    Ok(())
-}
-
 /// The next free address of this node's blocks, asking the managers for a
 /// new block when they are full.
 async fn next_address(
@@ -289,7 +273,7 @@ async fn next_address(
     used: &BTreeSet<Ipv4Addr>,
 ) -> Result<Ipv4Addr, AttachError> {
     let mut blocks = rt.blocks.lock().await;
-    learn_blocks(rt, &mut blocks, network).await?;
+    rt.learn_blocks(&mut blocks, network).await?;
     let held = blocks.entry(network.id.clone()).or_default();
     if let Some(ip) = ipam::next_free(network, held, used) {
         return Ok(ip);

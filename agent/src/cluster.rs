@@ -305,6 +305,23 @@ impl ClusterRuntime {
         self.gossip.subscribe().borrow().clone()
     }
 
+    /// Fills `blocks` (the locked `self.blocks`) with the address blocks
+    /// this node holds, asked from the managers the first time a network is
+    /// seen since start.
+    pub async fn learn_blocks(
+        &self,
+        blocks: &mut BTreeMap<String, Vec<Ipv4Net>>,
+        network: &Network,
+    ) -> Result<(), ControlError> {
+        if !blocks.contains_key(&network.id) {
+            for (network_id, block) in self.control.node_blocks(&self.identity.node_id).await? {
+                blocks.entry(network_id).or_default().push(block);
+            }
+            blocks.entry(network.id.clone()).or_default();
+        }
+        Ok(())
+    }
+
     /// Every endpoint of the live nodes, plus this node's own (published or
     /// not), sorted by network, node and address.
     pub async fn all_endpoints(&self) -> Vec<Endpoint> {

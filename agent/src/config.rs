@@ -8,7 +8,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::lb::maps::MapSizes;
+use crate::dataplane::lb_maps::MapSizes;
 
 /// Where things live when neither a flag nor the config file says otherwise.
 pub mod defaults {

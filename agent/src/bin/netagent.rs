@@ -80,7 +80,7 @@ fn resolve(flags: Flags) -> anyhow::Result<AgentConfig> {
             .collect::<Result<_, _>>()?
     };
     let lb_maps = file.lb.as_ref().map_or_else(
-        || Ok(netagent::lb::maps::MapSizes::default()),
+        || Ok(netagent::dataplane::lb_maps::MapSizes::default()),
         |lb| lb.sizes(),
     )?;
     let netns_prefix = flags

@@ -114,7 +114,7 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the object, reusing the maps pinned under `bpffs` by an earlier
     /// run of this agent (so their contents survive a restart).
-    pub fn load(bpffs: &Path, lb_maps: &crate::lb::maps::MapSizes) -> Result<Self, DatapathError> {
+    pub fn load(bpffs: &Path, lb_maps: &super::lb_maps::MapSizes) -> Result<Self, DatapathError> {
         super::bpffs::ensure_mounted(bpffs)?;
         let pin_dir = bpffs.join("maps");
         std::fs::create_dir_all(&pin_dir).map_err(|source| DatapathError::PinDir {

@@ -34,10 +34,10 @@ use aya::{
 };
 
 use super::{
+    error::{OverlayError, HINT_GENERIC},
     netlink::{self, Netlink},
     netns,
     nftables::{Change, Nft, FAMILY_IP},
-    overlay::{OverlayError, HINT_GENERIC},
 };
 
 /// The steering object compiled by `build.rs`.

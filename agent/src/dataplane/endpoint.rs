@@ -10,10 +10,11 @@ use std::{net::Ipv4Addr, os::fd::AsRawFd, path::Path};
 use rtnetlink::{LinkUnspec, LinkVeth};
 
 use super::{
+    error::{OverlayError, HINT_GENERIC},
     netlink::{self, Netlink, NetlinkError},
     netns,
-    overlay::{Attachment, OverlayConfig, OverlayError, HINT_GENERIC},
     sandbox::{self, Opened, BRIDGE},
+    spec::{Attachment, OverlayConfig},
 };
 use crate::model::Network;
 

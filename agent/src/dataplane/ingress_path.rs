@@ -28,11 +28,13 @@ use std::{net::Ipv4Addr, path::Path};
 use rtnetlink::LinkUnspec;
 
 use super::{
+    error::{OverlayError, HINT_GENERIC},
     masquerade::{self, POSTROUTING},
     netlink, netns,
     nftables::{Change, Rule},
-    overlay::{OverlayConfig, OverlayError, HINT_GENERIC},
-    sandbox, uplink,
+    sandbox,
+    spec::OverlayConfig,
+    uplink,
 };
 use crate::model::{Mac, Network};
 

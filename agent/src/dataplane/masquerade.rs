@@ -19,11 +19,12 @@
 use std::path::Path;
 
 use super::{
+    error::OverlayError,
     netns,
     nftables::{
         Chain, Change, CmpOp, Expr, Hook, MetaKey, Nft, NftError, Rule, Verdict, FAMILY_IP,
     },
-    overlay::{OverlayConfig, OverlayError},
+    spec::OverlayConfig,
     uplink,
 };
 use crate::model::Network;

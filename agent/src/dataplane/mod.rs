@@ -16,8 +16,10 @@ pub mod bpffs;
 pub mod counters;
 pub mod dns_redirect;
 pub mod endpoint;
+pub mod error;
 pub mod ingress_path;
 pub mod interfaces;
+pub mod lb_maps;
 pub mod masquerade;
 pub mod netlink;
 pub mod netns;
@@ -25,6 +27,7 @@ pub mod nftables;
 pub mod overlay;
 pub mod peers;
 pub mod sandbox;
+pub mod spec;
 pub mod uplink;
 
 pub use bpf::{Datapath, DatapathError};

@@ -6,8 +6,9 @@
 use std::collections::BTreeMap;
 
 use super::{
-    overlay::{OverlayConfig, OverlayError, HINT_GENERIC},
+    error::{OverlayError, HINT_GENERIC},
     sandbox::{self, VXLAN},
+    spec::OverlayConfig,
 };
 use crate::model::{Network, Peer};
 

@@ -14,9 +14,10 @@ use netlink_packet_route::link::{InfoKind, LinkMessage};
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVxlan};
 
 use super::{
+    error::{OverlayError, HINT_GENERIC},
     netlink::{self, Netlink},
     netns,
-    overlay::{OverlayConfig, OverlayError, HINT_GENERIC},
+    spec::OverlayConfig,
 };
 use crate::model::Network;
 

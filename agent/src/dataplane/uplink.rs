@@ -23,10 +23,10 @@ use netlink_packet_route::link::{InfoKind, LinkMessage};
 use rtnetlink::{LinkUnspec, LinkVeth};
 
 use super::{
+    error::{OverlayError, HINT_GENERIC},
     netlink::{self, Netlink, NetlinkError},
-    netns,
-    overlay::{OverlayConfig, OverlayError, HINT_GENERIC},
-    sandbox,
+    netns, sandbox,
+    spec::OverlayConfig,
 };
 use crate::model::Network;
 

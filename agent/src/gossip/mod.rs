@@ -12,7 +12,6 @@ mod transport;
 mod view;
 
 use std::{
-    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -33,7 +32,7 @@ use tracing::{debug, warn};
 
 use crate::model::Endpoint;
 
-pub use view::{endpoint_key, ENDPOINT_PREFIX, VTEP_KEY};
+pub use view::{endpoint_key, GossipView, PeerState, ENDPOINT_PREFIX, VTEP_KEY};
 
 /// Used when the configuration leaves the interval at zero.
 pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
@@ -80,39 +79,6 @@ pub struct GossipConfig {
     pub vtep: Ipv4Addr,
     /// Zero means [`DEFAULT_GOSSIP_INTERVAL`].
     pub gossip_interval: Duration,
-}
-
-/// What one live node publishes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PeerState {
-    pub name: String,
-    pub vtep: Option<Ipv4Addr>,
-    /// By endpoint id.
-    pub endpoints: BTreeMap<String, Endpoint>,
-}
-
-/// The live nodes (self included) and their facts, by node name.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GossipView {
-    pub nodes: BTreeMap<String, PeerState>,
-}
-
-impl GossipView {
-    /// Every endpoint the live nodes announce, plus those of `local` (this
-    /// node's own) that gossip does not show yet.
-    pub fn endpoints_with(&self, local: &[Endpoint]) -> Vec<Endpoint> {
-        let mut endpoints: Vec<Endpoint> = self
-            .nodes
-            .values()
-            .flat_map(|node| node.endpoints.values().cloned())
-            .collect();
-        for endpoint in local {
-            if !endpoints.iter().any(|e| e.id == endpoint.id) {
-                endpoints.push(endpoint.clone());
-            }
-        }
-        endpoints
-    }
 }
 
 pub struct Gossip {

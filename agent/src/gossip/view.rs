@@ -8,8 +8,40 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use tracing::debug;
 
-use super::{GossipView, PeerState};
 use crate::model::Endpoint;
+
+/// What one live node publishes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerState {
+    pub name: String,
+    pub vtep: Option<Ipv4Addr>,
+    /// By endpoint id.
+    pub endpoints: BTreeMap<String, Endpoint>,
+}
+
+/// The live nodes (self included) and their facts, by node name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GossipView {
+    pub nodes: BTreeMap<String, PeerState>,
+}
+
+impl GossipView {
+    /// Every endpoint the live nodes announce, plus those of `local` (this
+    /// node's own) that gossip does not show yet.
+    pub fn endpoints_with(&self, local: &[Endpoint]) -> Vec<Endpoint> {
+        let mut endpoints: Vec<Endpoint> = self
+            .nodes
+            .values()
+            .flat_map(|node| node.endpoints.values().cloned())
+            .collect();
+        for endpoint in local {
+            if !endpoints.iter().any(|e| e.id == endpoint.id) {
+                endpoints.push(endpoint.clone());
+            }
+        }
+        endpoints
+    }
+}
 
 pub const VTEP_KEY: &str = "vtep";
 pub const ENDPOINT_PREFIX: &str = "ep:";

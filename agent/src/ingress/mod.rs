@@ -46,12 +46,12 @@ use tracing::{debug, info, warn};
 use crate::{
     cluster::ClusterRuntime,
     control::ControlPlane,
+    dataplane::lb_maps::MapSizes,
     dataplane::{
         bpf::{removed, Direction, TcSlot},
         Datapath, DatapathError,
     },
     ipam,
-    lb::maps::MapSizes,
     model::{Endpoint, Network},
 };
 
@@ -519,7 +519,7 @@ impl Ingress {
     ) -> Result<Endpoint, String> {
         let addr = {
             let mut blocks = rt.blocks.lock().await;
-            crate::attach::learn_blocks(rt, &mut blocks, network)
+            rt.learn_blocks(&mut blocks, network)
                 .await
                 .map_err(|e| e.to_string())?;
             let held = blocks.entry(network.id.clone()).or_default();

@@ -9,7 +9,7 @@
 //! that backend's own share of the slots.
 
 /// The default table size: prime, and small enough that 10,250 service
-/// tables fit in about 42 MB of kernel memory (see `lb::maps`).
+/// tables fit in about 42 MB of kernel memory (see `dataplane::lb_maps`).
 pub const DEFAULT_TABLE_SIZE: u32 = 1021;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]

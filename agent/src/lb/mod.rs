@@ -23,7 +23,7 @@
 
 mod fingerprint;
 pub mod maglev;
-pub mod maps;
+
 pub mod plan;
 
 use std::{
@@ -48,6 +48,7 @@ use tracing::{debug, info, warn};
 use crate::{
     dataplane::{
         bpf::{removed, Direction, TcSlot},
+        lb_maps::MapSizes,
         netns::{self, NetnsError},
         Datapath, DatapathError,
     },
@@ -145,7 +146,7 @@ pub struct Seen<'a> {
 
 struct State {
     datapath: Datapath,
-    sizes: maps::MapSizes,
+    sizes: MapSizes,
     /// What LB_SERVICES holds, by VIP.
     services: BTreeMap<Ipv4Addr, LbService>,
     /// Active backends each table was computed from (unknown after a restart).
@@ -209,7 +210,7 @@ pub struct LoadBalancer {
 impl LoadBalancer {
     /// Opens the load balancer's maps under `bpffs` (creating them on the
     /// first run) and adopts what an earlier run programmed.
-    pub fn load(bpffs: &Path, sizes: maps::MapSizes) -> Result<Self, LbError> {
+    pub fn load(bpffs: &Path, sizes: MapSizes) -> Result<Self, LbError> {
         let mut datapath = Datapath::load(bpffs, &sizes)?;
         // Pinned maps keep the layout and sizes they were created with (aya
         // adopts a pin without comparing them): check before anything is

@@ -23,7 +23,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::ControlError;
+use super::error::ControlError;
 
 /// Automatic VNIs start here (below are left for hand-picked ones, as Docker does).
 pub const VNI_AUTO_START: u32 = 4096;

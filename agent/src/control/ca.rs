@@ -13,7 +13,7 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
-use super::ControlError;
+use super::error::ControlError;
 use crate::model::Role;
 
 /// The DNS name every manager certificate carries and clients verify.

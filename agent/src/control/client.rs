@@ -26,13 +26,17 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
+use netagent_api::types::{CreateNetwork, CreateService, UpdateNode, UpdateService};
+
 use super::{
     ca::{self, MANAGER_NAME},
+    error::ControlError,
+    identity::ClusterIdentity,
+    node::NodeRecord,
+    plane::ControlPlane,
     token,
     wire::{self, BlockRequest, JoinRequest, JoinResponse, ReserveRequest},
-    ClusterIdentity, ControlError, ControlPlane, CreateNetwork, ManagerClient, NodeRecord,
 };
-use super::{CreateService, UpdateNode, UpdateService};
 use crate::model::{Network, Role, Service};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,7 +60,7 @@ enum Failure {
     Answered(ControlError),
 }
 
-pub(super) struct Inner {
+struct Inner {
     config: Arc<ClientConfig>,
     managers: Vec<SocketAddr>,
 }
@@ -180,8 +184,13 @@ fn roots(ca_pem: &str) -> Result<RootCertStore, ControlError> {
     Ok(roots)
 }
 
+/// The mTLS client of the managers, for any node in the cluster.
+pub struct ManagerClient {
+    inner: Inner,
+}
+
 impl ManagerClient {
-    pub(super) fn new_impl(identity: &ClusterIdentity) -> Result<Self, ControlError> {
+    pub fn new(identity: &ClusterIdentity) -> Result<Self, ControlError> {
         let chain = ca::certs_from_pem(&identity.cert_pem)?;
         let key = ca::key_from_pem(&identity.key_pem)?;
         let config = ClientConfig::builder_with_provider(provider())
@@ -391,7 +400,12 @@ impl ServerCertVerifier for PinnedCa {
     }
 }
 
-pub(super) async fn join_impl(
+/// `cluster join`: contacts the manager at `manager` with `token`, verifies
+/// the manager against the CA fingerprint inside the token, and returns the
+/// node's new identity (certificate issued by the cluster CA, gossip key,
+/// manager list). A wrong or rotated-out token is refused with a one-line
+/// error. The caller saves the identity.
+pub async fn join(
     manager: SocketAddr,
     join_token: &str,
     node_name: &str,

@@ -5,11 +5,50 @@
 use std::{
     fs,
     io::{ErrorKind, Write},
+    net::{IpAddr, SocketAddr},
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
-use super::{ClusterIdentity, ControlError};
+use serde::{Deserialize, Serialize};
+
+use super::error::ControlError;
+use crate::model::Role;
+
+/// What a node keeps on disk (in its data dir) once it is in a cluster.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterIdentity {
+    pub cluster_id: String,
+    pub node_id: String,
+    pub node_name: String,
+    pub role: Role,
+    /// This node's advertise address.
+    pub addr: IpAddr,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// Gossip AEAD key.
+    pub cluster_key: [u8; 32],
+    /// Control-plane addresses of the managers (port 2377).
+    pub managers: Vec<SocketAddr>,
+}
+
+impl ClusterIdentity {
+    /// The identity saved in `data_dir`, if this node is in a cluster.
+    pub fn load(data_dir: &Path) -> Result<Option<Self>, ControlError> {
+        load(data_dir)
+    }
+
+    /// Saves atomically (write + rename), key material mode 0600.
+    pub fn save(&self, data_dir: &Path) -> Result<(), ControlError> {
+        save(self, data_dir)
+    }
+
+    /// Forgets the cluster (`cluster leave`): removes the saved identity.
+    pub fn remove(data_dir: &Path) -> Result<(), ControlError> {
+        remove(data_dir)
+    }
+}
 
 pub const FILE_NAME: &str = "cluster.json";
 

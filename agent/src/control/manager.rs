@@ -39,16 +39,21 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use netagent_api::types::{CreateNetwork, CreateService, UpdateNode, UpdateService};
+
 use super::{
     allocator,
     ca::{self, ClusterCa, RawPublicKey},
-    identity, node,
+    error::ControlError,
+    identity,
+    identity::ClusterIdentity,
+    node,
+    node::NodeRecord,
+    plane::ControlPlane,
     store::{Compare, Op, RedbStore, Store, Versioned},
     token::{self, Secrets},
     wire::{self, BlockRequest, JoinRequest, JoinResponse, ReserveRequest},
-    ClusterIdentity, ControlError, ControlPlane, CreateNetwork, Manager, NodeRecord,
 };
-use super::{CreateService, UpdateNode, UpdateService};
 use crate::model::{Network, Role, Service};
 
 /// The control-plane port.
@@ -844,9 +849,17 @@ enum Peer {
     Node(CertRecord),
 }
 
+/// The manager role, running in this agent.
+pub struct Manager {
+    core: Arc<Core>,
+}
+
 impl Manager {
-    /// See [`Manager::init`](super::Manager::init).
-    pub(super) async fn init_impl(
+    /// `cluster init`: a new cluster with this node as its first manager.
+    /// Creates the CA, the tokens and the gossip key, records this node, and
+    /// returns the node's identity (also saved in `data_dir`). Fails if
+    /// `data_dir` already holds a cluster.
+    pub async fn init(
         data_dir: &Path,
         node_name: &str,
         advertise_addr: IpAddr,
@@ -857,7 +870,8 @@ impl Manager {
         blocking(move || init_sync(&data_dir, &node_name, advertise_addr, default_pool)).await
     }
 
-    pub(super) async fn open_impl(
+    /// Opens the store of a manager that was initialised before (restart).
+    pub async fn open(
         data_dir: &Path,
         identity: &ClusterIdentity,
     ) -> Result<Manager, ControlError> {
@@ -893,7 +907,9 @@ impl Manager {
         blocking(move || work(&core)).await
     }
 
-    pub(super) async fn serve_impl(&self, listen: SocketAddr) -> Result<(), ControlError> {
+    /// Serves the control plane on `listen` (TCP, mutual TLS; joining nodes
+    /// authenticate with a token instead of a certificate) until dropped.
+    pub async fn serve(&self, listen: SocketAddr) -> Result<(), ControlError> {
         let listener = TcpListener::bind(listen).await.map_err(|e| {
             ControlError::Unavailable(format!(
                 "cannot listen on {listen} for the control plane: {e}: free the port or pick another address"

@@ -1,4 +1,4 @@
-//! Pure rules for node updates (`netctl node update`). No I/O: the manager
+//! A node's record, and the pure rules for node updates (`netctl node update`). No I/O: the manager
 //! reads the node records, calls these, and commits the new record under a
 //! transaction on its key.
 //!
@@ -6,9 +6,30 @@
 //!   it has; a name two nodes share must be given as an id;
 //! - labels follow `netagent_api::label`.
 
-use netagent_api::label::{self, MAX_LABELS};
+use std::{collections::BTreeMap, net::IpAddr};
 
-use super::{ControlError, NodeRecord, UpdateNode};
+use netagent_api::{
+    label::{self, MAX_LABELS},
+    types::UpdateNode,
+};
+use serde::{Deserialize, Serialize};
+
+use super::error::ControlError;
+use crate::model::{Availability, Role};
+
+/// A node as the control plane records it (status comes from gossip).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub addr: IpAddr,
+    /// Records written before availability existed read as active.
+    #[serde(default)]
+    pub availability: Availability,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
 
 /// The one node `id_or_name` designates among `nodes`.
 pub fn find(nodes: Vec<NodeRecord>, id_or_name: &str) -> Result<NodeRecord, ControlError> {

@@ -11,7 +11,9 @@
 //! - a service publishes on its first network, which must not be
 //!   `--internal` (no way in from outside the cluster).
 
-use super::{ControlError, CreateService, PortRef, UpdateService};
+use netagent_api::types::{CreateService, PortRef, UpdateService};
+
+use super::error::ControlError;
 use crate::model::{EndpointMode, Network, PublishMode, PublishedPort, Service};
 
 /// The longest DNS label.

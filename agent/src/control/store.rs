@@ -11,7 +11,7 @@ use std::{fs, os::unix::fs::PermissionsExt, path::Path};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::broadcast;
 
-use super::ControlError;
+use super::error::ControlError;
 
 pub const FILE_NAME: &str = "store.redb";
 

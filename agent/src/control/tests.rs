@@ -3,10 +3,12 @@
 //! driving it through `ManagerClient`.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
     sync::Arc,
     time::{Duration, Instant},
 };
+
+use netagent_api::types::{CreateNetwork, UpdateNode};
 
 use super::{
     service::tests::{create, port, update},

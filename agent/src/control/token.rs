@@ -6,7 +6,7 @@
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::ControlError;
+use super::error::ControlError;
 use crate::model::Role;
 
 pub const PREFIX: &str = "NATKN-1-";

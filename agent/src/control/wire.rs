@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::ControlError;
+use super::error::ControlError;
 use crate::model::Role;
 
 pub const JOIN: &str = "/v1/join";

@@ -42,15 +42,6 @@ const RCODE_NOERROR: u8 = 0;
 const RCODE_NXDOMAIN: u8 = 3;
 const TYPE_SOA: u16 = 6;
 
-/// The request bits the cache key holds (see [`Forward::flags`]).
-pub mod flags {
-    pub const RD: u8 = 0x01;
-    pub const AD: u8 = 0x02;
-    pub const CD: u8 = 0x04;
-    pub const EDNS: u8 = 0x08;
-    pub const DO: u8 = 0x10;
-}
-
 struct Entry {
     key: Box<[u8]>,
     response: Box<[u8]>,

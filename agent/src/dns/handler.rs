@@ -4,7 +4,8 @@
 //! the name), looks the name up once in the table and writes the response
 //! bytes directly (the question copied from the request, answers
 //! pointing at it by compression). Names the cluster does not know come back
-//! as [`Action::Forward`]; [`resolve`] completes them with the forwarder.
+//! as [`Action::Forward`]; the caller completes them from the cache or the
+//! forwarder (`DnsShared::forward`).
 //!
 //! Cluster answers carry a TTL of [`TTL`] seconds: a task that dies or turns
 //! unhealthy must leave client caches quickly (Docker's 600 s keeps dead
@@ -19,11 +20,7 @@ use hickory_proto::{
 };
 use rand::seq::SliceRandom;
 
-use super::{
-    cache::flags,
-    forward::Forwarder,
-    table::{in_scope, DnsTable, Known},
-};
+use super::table::{in_scope, DnsTable, Known};
 
 /// Seconds a cluster answer may be cached.
 pub const TTL: u32 = 2;
@@ -39,6 +36,15 @@ const OPT_LEN: usize = 11;
 pub(super) const TYPE_OPT: u16 = 41;
 /// Pointer to the question's name, right after the header.
 const NAME_AT_QUESTION: [u8; 2] = [0xc0, 0x0c];
+
+/// The request bits the cache key holds (see [`Forward::flags`]).
+pub mod flags {
+    pub const RD: u8 = 0x01;
+    pub const AD: u8 = 0x02;
+    pub const CD: u8 = 0x04;
+    pub const EDNS: u8 = 0x08;
+    pub const DO: u8 = 0x10;
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
@@ -200,30 +206,6 @@ pub fn answer(
             }
             finish(out, start, edns.is_some())
         }
-    }
-}
-
-/// Answers `request` from the table, or else through the forwarder; `None`
-/// when there is nothing to send back.
-pub async fn resolve(
-    request: &[u8],
-    table: &DnsTable,
-    scope: &[String],
-    transport: Transport,
-    forwarder: &Forwarder,
-) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(512);
-    match answer(
-        request,
-        table,
-        scope,
-        transport,
-        &mut out,
-        &mut Scratch::default(),
-    ) {
-        Action::Reply => Some(out),
-        Action::Drop => None,
-        Action::Forward(query) => Some(forwarder.forward(request, query).await),
     }
 }
 
@@ -438,9 +420,36 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::{
-        dns::table::tests::{endpoint, network, sample, sample_table, service},
+        dns::{
+            forward::Forwarder,
+            table::tests::{endpoint, network, sample, sample_table, service},
+        },
         model::EndpointMode,
     };
+
+    /// Answers `request` from the table, or else through the forwarder; `None`
+    /// when there is nothing to send back.
+    async fn resolve(
+        request: &[u8],
+        table: &DnsTable,
+        scope: &[String],
+        transport: Transport,
+        forwarder: &Forwarder,
+    ) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(512);
+        match answer(
+            request,
+            table,
+            scope,
+            transport,
+            &mut out,
+            &mut Scratch::default(),
+        ) {
+            Action::Reply => Some(out),
+            Action::Drop => None,
+            Action::Forward(query) => Some(forwarder.forward(request, query).await),
+        }
+    }
 
     pub fn query_message(name: &str, rtype: RecordType) -> Message {
         let mut message = Message::query();

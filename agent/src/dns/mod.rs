@@ -8,7 +8,9 @@
 //! * [`udp`]: two threads answering the UDP queries of every container of
 //!   the node, by batches ([`batch`]); cache misses go to tokio tasks;
 //! * [`server`]: what one container's resolver shares, and its TCP loop
-//!   (tokio).
+//!   (tokio);
+//! * `answers`: the table, the forwarder and the cache, which both loops
+//!   answer from.
 //!
 //! Lookups take no lock: each UDP batch (each TCP query) loads the current
 //! table (`ArcSwap`) and the container's network scope.
@@ -16,12 +18,13 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::ArcSwap;
 use tokio::{sync::Semaphore, task::AbortHandle};
 
+mod answers;
 mod batch;
 pub mod cache;
 pub mod forward;
@@ -35,9 +38,7 @@ pub use table::DnsTable;
 #[cfg(test)]
 mod tests;
 
-use cache::ForwardCache;
-use forward::Forwarder;
-use handler::Forward;
+use answers::Answers;
 use udp::{Registration, UdpLoop};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,12 +53,10 @@ pub enum DnsError {
     Threads(std::io::Error),
 }
 
-/// What every container resolver of the node shares.
+/// What every container resolver of the node shares: the answers, and the
+/// UDP resolver threads, started with the first container resolver.
 pub struct DnsShared {
-    table: ArcSwap<DnsTable>,
-    forwarder: Forwarder,
-    cache: ForwardCache,
-    /// The UDP resolver threads, started with the first container resolver.
+    answers: Arc<Answers>,
     udp: Mutex<Option<UdpLoop>>,
 }
 
@@ -66,38 +65,14 @@ impl DnsShared {
     /// every forwarded query shares one `budget` (at most 5 s) across them.
     pub fn new(upstreams: Vec<SocketAddr>, budget: Duration) -> Arc<Self> {
         Arc::new(Self {
-            table: ArcSwap::from_pointee(DnsTable::default()),
-            forwarder: Forwarder::new(upstreams, budget),
-            cache: ForwardCache::default(),
+            answers: Arc::new(Answers::new(upstreams, budget)),
             udp: Mutex::new(None),
         })
     }
 
     /// Swaps in a new table; queries in flight finish with the old one.
     pub fn update(&self, table: DnsTable) {
-        self.table.store(Arc::new(table));
-    }
-
-    /// The current table (a lock-free load).
-    pub fn table(&self) -> Guard<Arc<DnsTable>> {
-        self.table.load()
-    }
-
-    pub fn forwarder(&self) -> &Forwarder {
-        &self.forwarder
-    }
-
-    /// Appends the cached answer to a query the local pass would forward;
-    /// `false` on a miss.
-    pub fn cached(&self, request: &[u8], query: Forward, out: &mut Vec<u8>) -> bool {
-        self.cache.get(request, query, Instant::now(), out)
-    }
-
-    /// The upstream answer (or SERVFAIL), kept in the cache when it may be.
-    pub async fn forward(&self, request: &[u8], query: Forward) -> Vec<u8> {
-        let answer = self.forwarder.forward(request, query).await;
-        self.cache.insert(request, query, &answer, Instant::now());
-        answer
+        self.answers.update(table);
     }
 
     /// Hands `socket` to the UDP resolver threads (started on first use).
@@ -138,7 +113,7 @@ impl ContainerResolver {
         tcp.set_nonblocking(true)?;
         let tcp = tokio::net::TcpListener::from_std(tcp)?;
         let ctx = Arc::new(server::Context {
-            shared: shared.clone(),
+            answers: shared.answers.clone(),
             scope: networks,
             forwards: Arc::new(Semaphore::new(server::MAX_FORWARDS)),
         });

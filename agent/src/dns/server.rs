@@ -21,8 +21,8 @@ use tokio::{
 };
 
 use super::{
+    answers::Answers,
     handler::{self, Action, Scratch, Transport},
-    DnsShared,
 };
 
 pub const MAX_FORWARDS: usize = 256;
@@ -35,7 +35,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What the loops of one container share.
 pub struct Context {
-    pub shared: Arc<DnsShared>,
+    pub answers: Arc<Answers>,
     /// Ids of the networks the container is attached to.
     pub scope: Arc<ArcSwap<Vec<String>>>,
     pub forwards: Arc<Semaphore>,
@@ -50,7 +50,7 @@ impl Context {
         out: &mut Vec<u8>,
         scratch: &mut Scratch,
     ) -> Action {
-        let (table, scope) = (self.shared.table(), self.scope.load());
+        let (table, scope) = (self.answers.table(), self.scope.load());
         handler::answer(request, &table, &scope, transport, out, scratch)
     }
 }
@@ -101,9 +101,9 @@ async fn connection(mut stream: TcpStream, ctx: Arc<Context>) {
         match ctx.answer(&request, Transport::Tcp, &mut out, &mut scratch) {
             Action::Reply => {}
             Action::Drop => continue,
-            Action::Forward(query) if ctx.shared.cached(&request, query, &mut out) => {}
+            Action::Forward(query) if ctx.answers.cached(&request, query, &mut out) => {}
             Action::Forward(query) => {
-                let answer = ctx.shared.forward(&request, query).await;
+                let answer = ctx.answers.forward(&request, query).await;
                 out.extend_from_slice(&answer);
             }
         }

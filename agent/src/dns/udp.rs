@@ -347,12 +347,12 @@ impl Member {
         let ctx = &self.ctx;
         // One load for the whole batch: a table swapped meanwhile shows on
         // the next one.
-        let (table, scope) = (ctx.shared.table(), ctx.scope.load());
+        let (table, scope) = (ctx.answers.table(), ctx.scope.load());
         for index in 0..received {
             let (request, peer, out) = batch.slot(index);
             match handler::answer(request, &table, &scope, Transport::Udp, out, scratch) {
                 Action::Reply | Action::Drop => {}
-                Action::Forward(query) if ctx.shared.cached(request, query, out) => {}
+                Action::Forward(query) if ctx.answers.cached(request, query, out) => {}
                 Action::Forward(query) => match ctx.forwards.clone().try_acquire_owned() {
                     Ok(permit) => self.forward(request.to_vec(), query, peer, permit),
                     Err(_) => {
@@ -376,7 +376,7 @@ impl Member {
     ) {
         let member = self.clone();
         self.runtime.spawn(async move {
-            let answer = member.ctx.shared.forward(&request, query).await;
+            let answer = member.ctx.answers.forward(&request, query).await;
             match peer.socket_addr() {
                 Some(addr) => {
                     if let Err(error) = member.socket.send_to(&answer, addr) {

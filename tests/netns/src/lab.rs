@@ -216,7 +216,7 @@ impl Lab {
     /// and the upstream DNS server. A failure half way tears down what was
     /// made before returning the error.
     pub fn up(spec: LabSpec) -> Result<Lab, LabError> {
-        if !crate::is_root() {
+        if !crate::process::is_root() {
             return Err(LabError::NotRoot);
         }
         // Whatever a killed run left behind goes first.

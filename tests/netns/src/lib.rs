@@ -30,14 +30,9 @@ mod thread;
 pub use cmd::{run, run_output, CmdError};
 pub use lab::{Agent, Container, Lab, LabError, LabSpec, Node};
 pub use names::{LAB_STATE_ROOT, UNDERLAY_PREFIX_LEN};
-pub use process::wait_until;
+pub use process::{is_root, wait_until};
 pub use sweep::{leftovers, sweep, Leftovers, SweepReport};
 pub use thread::{threads_named, StoppedThread};
-
-/// Whether this process may build labs (they need root).
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 /// Skips the calling test when not root, unless `NETLAB_REQUIRED=1` (set by
 /// `cargo xtask test` and CI), in which case a missing privilege fails it.

@@ -15,6 +15,11 @@ use nix::{
     unistd::Pid,
 };
 
+/// Whether this process may build labs (they need root).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
 /// A process identity that survives pid reuse: (pid, start time in ticks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcessId {

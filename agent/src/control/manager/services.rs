@@ -8,14 +8,16 @@
 
 use tracing::info;
 
+use netagent_api::types::{CreateService, UpdateService};
+
 use super::{
     allocator, bump, compare, delete, in_network, keys, put, token, Core, VipRecord, ID_LEN,
 };
 use crate::{
     control::{
+        error::ControlError,
         service::{self, NetworkChange},
         store::{Compare, Op},
-        ControlError, CreateService, UpdateService,
     },
     model::{EndpointMode, Network, Service, ServiceVip},
 };

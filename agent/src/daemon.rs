@@ -11,11 +11,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::{
-    agent::AgentState,
     api,
-    cluster::ClusterRuntime,
     config::AgentConfig,
     dataplane::{counters, interfaces, Datapath, DatapathError},
+    node::cluster::ClusterRuntime,
+    node::state::AgentState,
     trace::{names::AddressBook, NameSource, Tracer},
     VERSION,
 };
@@ -36,7 +36,7 @@ pub enum AgentError {
     #[error(transparent)]
     Serve(#[from] api::server::ServeError),
     #[error("cannot rejoin the cluster: {0}")]
-    Cluster(#[from] crate::cluster::ClusterError),
+    Cluster(#[from] crate::node::cluster::ClusterError),
     #[error("cannot install the signal handlers: {0}: report this bug with the agent's log")]
     Signals(std::io::Error),
     #[error("the local API failed: {0}: restart netagent and see its log")]

@@ -1,9 +1,9 @@
-//! `cargo xtask test`: formatting, lints, unit tests and the namespace tests,
-//! then a check that nothing was left behind.
+//! `cargo xtask test`: formatting, lints, the module graph (no cycle), unit
+//! tests and the namespace tests, then a check that nothing was left behind.
 
 use anyhow::{bail, Result};
 
-use crate::{setup, workspace};
+use crate::{modules, setup, workspace};
 
 pub fn run(args: &[String]) -> Result<()> {
     let _setup = setup::run()?;
@@ -24,6 +24,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
     workspace::cargo(&["fmt", "--all", "--check"])?;
     workspace::cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    modules::run(false)?;
     workspace::build_binaries()?;
 
     // The namespace tests must not skip themselves for lack of root here.

@@ -11,10 +11,10 @@ use axum::{
 use netagent_api::types::ErrorBody;
 
 use crate::{
-    agent::{AgentState, MembershipError},
-    attach::AttachError,
-    cluster::{ClusterError, ClusterRuntime},
     control::ControlError,
+    node::attach::AttachError,
+    node::cluster::{ClusterError, ClusterRuntime},
+    node::state::{AgentState, MembershipError},
 };
 
 /// An error response: a status and a one-line message.

@@ -20,11 +20,11 @@ use netagent_api::{
 
 use super::error::{runtime, ApiError};
 use crate::{
-    agent::AgentState,
-    attach,
-    cluster::ClusterRuntime,
     control::{ControlPlane, NodeRecord},
     model::{Endpoint, Network, NodeInfo, NodeStatus},
+    node::attach,
+    node::cluster::ClusterRuntime,
+    node::state::AgentState,
 };
 
 pub fn router() -> Router<Arc<AgentState>> {

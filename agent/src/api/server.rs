@@ -17,7 +17,7 @@ use netagent_api::{
 };
 
 use super::error::ApiError;
-use crate::agent::AgentState;
+use crate::node::state::AgentState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

@@ -18,10 +18,10 @@ use netagent_api::{
 
 use super::error::{runtime, ApiError};
 use crate::{
-    agent::AgentState,
-    cluster::ClusterRuntime,
     control::{service, ControlPlane},
     model::{Endpoint, Service},
+    node::cluster::ClusterRuntime,
+    node::state::AgentState,
 };
 
 pub fn router() -> Router<Arc<AgentState>> {
@@ -122,7 +122,7 @@ fn tasks_of(name: &str, endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
 
 /// A change made through this node shows in its own DNS at once; other
 /// nodes pick it up on their next refresh.
-async fn services_changed(rt: &crate::cluster::ClusterRuntime) {
+async fn services_changed(rt: &crate::node::cluster::ClusterRuntime) {
     if let Err(error) = rt.refresh_services().await {
         tracing::debug!(%error, "cannot refresh the services after a change");
     }

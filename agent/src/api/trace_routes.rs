@@ -22,7 +22,7 @@ use netagent_api::{
 
 use super::error::ApiError;
 use crate::{
-    agent::AgentState,
+    node::state::AgentState,
     trace::{
         batch::{Batch, Receiver},
         Subscribed, Subscription, Tracer,

@@ -4,11 +4,14 @@
 //! Keys: `vtep` → the node's VTEP address; `ep:<endpoint id>` → the endpoint
 //! as JSON. Withdrawing deletes the key (a chitchat tombstone).
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use tracing::debug;
 
-use crate::model::Endpoint;
+use crate::model::{Endpoint, Network, Peer};
 
 /// What one live node publishes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,6 +43,27 @@ impl GossipView {
             }
         }
         endpoints
+    }
+
+    /// The peers a sandbox of `network` should hold on node `self_name`:
+    /// every endpoint other live nodes have there, at their VTEP (also
+    /// where `ingress::remote` sends published-port flows).
+    pub fn peers_of(&self, self_name: &str, network: &Network) -> BTreeSet<Peer> {
+        self.nodes
+            .values()
+            .filter(|node| node.name != self_name)
+            .filter_map(|node| node.vtep.map(|vtep| (node, vtep)))
+            .flat_map(|(node, vtep)| {
+                node.endpoints
+                    .values()
+                    .filter(|ep| ep.network_id == network.id)
+                    .map(move |ep| Peer {
+                        ip: ep.ip,
+                        mac: ep.mac,
+                        vtep,
+                    })
+            })
+            .collect()
     }
 }
 

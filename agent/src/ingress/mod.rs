@@ -11,7 +11,7 @@
 //! 2. the return path of every network with an ingress-mode port: this
 //!    node's ingress address there (`ipam::ingress_address`), published in
 //!    gossip as a node-owned pseudo-endpoint so that other nodes route it
-//!    back here (`dataplane::ingress_path`), `ingress_uplink` on the
+//!    back here (`dataplane::ingress_path`; kept by `node::return_paths`), `ingress_uplink` on the
 //!    network's `nagw<vni>` and its INGRESS_UPLINKS entry (which lets
 //!    `ingress_in` send flows to remote tasks from that address);
 //! 3. `sync_maps`: INGRESS_LOCAL (this node's endpoint addresses), then
@@ -44,14 +44,11 @@ use netagent_common::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    cluster::ClusterRuntime,
-    control::ControlPlane,
     dataplane::lb_maps::MapSizes,
     dataplane::{
         bpf::{removed, Direction, TcSlot},
         Datapath, DatapathError,
     },
-    ipam,
     model::{Endpoint, Network},
 };
 
@@ -152,7 +149,8 @@ pub struct Ingress {
     node_addr: Ipv4Addr,
     underlay: String,
     state: Mutex<State>,
-    /// The pseudo-endpoints this run published, by network id.
+    /// The pseudo-endpoints this run published, by network id (kept by
+    /// `node::return_paths`).
     published: tokio::sync::Mutex<BTreeMap<String, Endpoint>>,
 }
 
@@ -255,6 +253,11 @@ impl Ingress {
     /// published (for `netctl trace`'s names).
     pub async fn pseudo_endpoints(&self) -> Vec<Endpoint> {
         self.published.lock().await.values().cloned().collect()
+    }
+
+    /// The pseudo-endpoints this run published, by network id, locked.
+    pub async fn published(&self) -> tokio::sync::MutexGuard<'_, BTreeMap<String, Endpoint>> {
+        self.published.lock().await
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -396,66 +399,11 @@ impl Ingress {
         Ok(())
     }
 
-    /// Gives every network of `wanted` (ids) this node's return path
-    /// (ingress address, pseudo-endpoint in gossip, SNAT) and takes it away
-    /// from networks that no longer need it. Failures are logged; the next
-    /// pass retries.
-    pub async fn sync_return_paths(
-        &self,
-        rt: &ClusterRuntime,
-        networks: &[Network],
-        wanted: &BTreeSet<String>,
-        local: &[Endpoint],
-    ) {
-        let mut published = self.published.lock().await;
-        for network in networks.iter().filter(|n| wanted.contains(&n.id)) {
-            if network.internal {
-                debug!(network = %network.name, "internal network: no published-port path");
-                continue;
-            }
-            match self.ensure_return_path(rt, network, local).await {
-                Ok(endpoint) => {
-                    if published.get(&network.id) != Some(&endpoint) {
-                        rt.gossip.publish(&endpoint).await;
-                        published.insert(network.id.clone(), endpoint);
-                    }
-                }
-                Err(error) => {
-                    debug!(network = %network.name, %error, "published-port return path not ready yet")
-                }
-            }
-        }
-        let gone: Vec<String> = published
-            .keys()
-            .filter(|id| !wanted.contains(*id))
-            .cloned()
-            .collect();
-        for id in gone {
-            if let Some(endpoint) = published.remove(&id) {
-                rt.gossip.withdraw(&endpoint.id).await;
-                if let Some(network) = networks.iter().find(|n| n.id == id) {
-                    if let Err(error) = rt.overlay.remove_ingress_path(network).await {
-                        warn!(network = %network.name, %error, "cannot remove the published-port return path");
-                    }
-                }
-            }
-        }
-        // Also what an earlier run left for networks no longer wanted.
-        let keep: BTreeSet<Ipv4Net> = networks
-            .iter()
-            .filter(|n| wanted.contains(&n.id))
-            .map(|n| n.subnet)
-            .collect();
-        if let Err(error) = self.forget_uplinks(&keep) {
-            warn!(%error, "cannot remove a published-port uplink");
-        }
-    }
-
     /// Puts `ingress_uplink` on `network`'s `nagw<vni>` (once per run and
     /// interface), then points the network's INGRESS_UPLINKS entry at it
     /// with the ingress address `addr`: the program is there before any
     /// flow can use the entry.
-    fn ensure_uplink(&self, network: &Network, addr: Ipv4Addr) -> Result<(), IngressError> {
+    pub fn ensure_uplink(&self, network: &Network, addr: Ipv4Addr) -> Result<(), IngressError> {
         let mut state = self.lock();
         let state = &mut *state;
         let name = crate::dataplane::uplink::node_link_name(network.vni);
@@ -488,7 +436,7 @@ impl Ingress {
     }
 
     /// Removes the INGRESS_UPLINKS entries of subnets not in `keep`.
-    fn forget_uplinks(&self, keep: &BTreeSet<Ipv4Net>) -> Result<(), IngressError> {
+    pub fn forget_uplinks(&self, keep: &BTreeSet<Ipv4Net>) -> Result<(), IngressError> {
         let mut state = self.lock();
         let state = &mut *state;
         let gone: Vec<Ipv4Net> = state
@@ -509,55 +457,6 @@ impl Ingress {
             info!(subnet = %net, "published-port uplink removed");
         }
         Ok(())
-    }
-
-    async fn ensure_return_path(
-        &self,
-        rt: &ClusterRuntime,
-        network: &Network,
-        local: &[Endpoint],
-    ) -> Result<Endpoint, String> {
-        let addr = {
-            let mut blocks = rt.blocks.lock().await;
-            rt.learn_blocks(&mut blocks, network)
-                .await
-                .map_err(|e| e.to_string())?;
-            let held = blocks.entry(network.id.clone()).or_default();
-            if held.is_empty() {
-                let block = rt
-                    .control
-                    .allocate_block(&network.id, &rt.identity().node_id)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                held.push(block);
-            }
-            ipam::ingress_address(network, held)
-                .ok_or_else(|| {
-                    format!(
-                        "no ingress address in this node's address blocks of network {}: report this bug with the agent's log (`journalctl -u netagent`)",
-                        network.name
-                    )
-                })?
-        };
-        if let Some(other) = local.iter().find(|e| e.ip == addr) {
-            return Err(format!(
-                "the ingress address {addr} is taken by endpoint {}: detach it to enable published ports to remote tasks",
-                other.id
-            ));
-        }
-        rt.overlay
-            .ensure_ingress_path(network, addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.ensure_uplink(network, addr)
-            .map_err(|e| e.to_string())?;
-        Ok(Endpoint::new(
-            pseudo_endpoint_id(&rt.identity().node_name, network.vni),
-            &network.name,
-            &network.id,
-            &rt.identity().node_name,
-            addr,
-        ))
     }
 }
 

@@ -1,7 +1,7 @@
 //! INGRESS_REMOTE: where each task on another node is, for `ingress_in`
 //! to send published-port flows to it over VXLAN itself (see
 //! `ebpf/programs/src/vxlan.rs`). The same facts as the sandboxes' FDB and
-//! neighbour entries (`reconcile::wanted_peers`), for the networks that
+//! neighbour entries (`GossipView::peers_of`), for the networks that
 //! carry an ingress-mode port. Pure, so that it is tested without a kernel.
 
 use std::{
@@ -12,7 +12,7 @@ use std::{
 use netagent_common::IngressRemote;
 
 use super::is_pseudo_endpoint;
-use crate::{gossip::GossipView, model::Network, reconcile};
+use crate::{gossip::GossipView, model::Network};
 
 /// The INGRESS_REMOTE entries this node wants, by task address: one per
 /// endpoint another node owns on a network of `wanted` (ids) that is not
@@ -40,7 +40,8 @@ pub fn plan(
             .filter(|ep| ep.network_id == network.id && is_pseudo_endpoint(ep))
             .map(|ep| ep.ip)
             .collect();
-        for peer in reconcile::wanted_peers(self_name, network, view)
+        for peer in view
+            .peers_of(self_name, network)
             .into_iter()
             .filter(|peer| !pseudo.contains(&peer.ip))
         {
@@ -65,7 +66,7 @@ mod tests {
     use super::*;
     use crate::{
         model::Mac,
-        reconcile::fixtures::{endpoint, network, view},
+        node::reconcile::fixtures::{endpoint, network, view},
     };
 
     #[test]

@@ -23,13 +23,13 @@ use crate::{
     config::AgentConfig,
     control::{ClusterIdentity, ControlError, ControlPlane, Manager, ManagerClient, NodeRecord},
     dataplane::overlay::{Overlay, OverlayConfig, OverlayError},
-    endpoint_store::{EndpointStore, StoreError},
     gossip::{Gossip, GossipConfig, GossipError, GossipView},
     ingress::Ingress,
     lb::{LoadBalancer, Seen},
     model::{Endpoint, Network, Role, Service},
-    reconcile,
-    resolvers::Resolvers,
+    node::endpoint_store::{EndpointStore, StoreError},
+    node::reconcile,
+    node::resolvers::Resolvers,
 };
 
 /// How often the reconcile loop runs when nothing wakes it earlier, and how
@@ -266,7 +266,7 @@ impl ClusterRuntime {
     /// ones; on failure keeps the last copy. Whether that set changed.
     async fn refresh_drained(&self) -> Result<bool, ControlError> {
         let nodes: Vec<NodeRecord> = self.control.nodes().await?;
-        let fresh = crate::drain::drained_nodes(&nodes);
+        let fresh = crate::node::availability::drained_nodes(&nodes);
         let mut drained = self.drained.write().await;
         let changed = *drained != fresh;
         *drained = fresh;
@@ -386,7 +386,7 @@ impl ClusterRuntime {
         );
         // The load balancer and the published ports see drained nodes'
         // tasks as draining.
-        crate::drain::drain_tasks(&mut all, &drained);
+        crate::node::availability::drain_tasks(&mut all, &drained);
         // Never from an empty copy the managers have not confirmed.
         let services_loaded = self.services_loaded.load(Ordering::Relaxed);
         let services = self.services().await;
@@ -457,8 +457,7 @@ impl ClusterRuntime {
         }
         if let Some(ingress) = &self.ingress {
             if services_loaded {
-                ingress
-                    .sync_return_paths(self, &networks, &published.networks, &local)
+                self.sync_return_paths(ingress, &networks, &published.networks, &local)
                     .await;
                 let remote = crate::ingress::remote::plan(
                     &self.identity.node_name,

@@ -9,15 +9,15 @@ use rand::Rng;
 use tracing::{info, warn};
 
 use crate::{
-    cluster::ClusterRuntime,
     control::{ControlError, ControlPlane},
     dataplane::{
         endpoint, netns,
         overlay::{Attachment, OverlayError},
     },
-    endpoint_store::{EndpointStore, LocalEndpoint, StoreError},
-    ipam,
     model::{Endpoint, Health, Network},
+    node::cluster::ClusterRuntime,
+    node::endpoint_store::{EndpointStore, LocalEndpoint, StoreError},
+    node::ipam,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -185,7 +185,7 @@ pub async fn attach(rt: &ClusterRuntime, request: AttachRequest) -> Result<Endpo
 }
 
 fn store_ids(
-    store: &crate::endpoint_store::EndpointStore,
+    store: &crate::node::endpoint_store::EndpointStore,
     network: &Network,
 ) -> Vec<(Ipv4Addr, String)> {
     store

@@ -19,9 +19,9 @@ use tracing::{info, warn};
 use crate::{
     dataplane::dns_redirect,
     dns::{ContainerResolver, DnsShared, DnsTable},
-    endpoint_store::LocalEndpoint,
     gossip::GossipView,
     model::{Endpoint, Network, Service},
+    node::endpoint_store::LocalEndpoint,
 };
 
 /// All upstream attempts of one forwarded query share this budget.

@@ -10,10 +10,10 @@ use std::{
 use netagent_api::types::{InterfaceCounters, ProgramStatus, Status};
 
 use crate::{
-    cluster::{ClusterError, ClusterRuntime},
     config::AgentConfig,
     dataplane::{counters, Datapath, DatapathError},
     model::Role,
+    node::cluster::{ClusterError, ClusterRuntime},
     trace::{names::AddressBook, Tracer},
     VERSION,
 };

@@ -90,7 +90,7 @@ pub fn plan_with(
     let mut remove_peers = Vec::new();
     let mut add_peers = Vec::new();
     for network in &wanted_networks {
-        let wanted = wanted_peers(self_name, network, view);
+        let wanted = view.peers_of(self_name, network);
         let empty = BTreeSet::new();
         let present = match observed.sandboxes.get(&network.vni) {
             Some(peers) => peers,
@@ -122,26 +122,6 @@ pub fn plan_with(
         .chain(remove_peers)
         .chain(add_peers)
         .chain(remove_sandboxes)
-        .collect()
-}
-
-/// The peers a sandbox of `network` should hold (also where
-/// `ingress::remote` sends published-port flows).
-pub fn wanted_peers(self_name: &str, network: &Network, view: &GossipView) -> BTreeSet<Peer> {
-    view.nodes
-        .values()
-        .filter(|node| node.name != self_name)
-        .filter_map(|node| node.vtep.map(|vtep| (node, vtep)))
-        .flat_map(|(node, vtep)| {
-            node.endpoints
-                .values()
-                .filter(|ep| ep.network_id == network.id)
-                .map(move |ep| Peer {
-                    ip: ep.ip,
-                    mac: ep.mac,
-                    vtep,
-                })
-        })
         .collect()
 }
 

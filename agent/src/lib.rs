@@ -16,6 +16,7 @@ pub mod ingress;
 pub mod lb;
 pub mod model;
 pub mod node;
+pub mod sync;
 pub mod trace;
 
 /// The version every component reports (`netctl status`, the API).

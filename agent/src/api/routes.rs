@@ -103,7 +103,7 @@ async fn join_token(
     Query(query): Query<TokenQuery>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let rt = runtime(&state).await?;
-    let token = rt.control.join_token(query.role, query.rotate).await?;
+    let token = rt.control().join_token(query.role, query.rotate).await?;
     Ok(Json(TokenResponse { token }))
 }
 
@@ -127,7 +127,7 @@ fn node_info(view: &crate::gossip::GossipView, record: NodeRecord) -> NodeInfo {
 async fn nodes(State(state): State<Arc<AgentState>>) -> Result<Json<Vec<NodeInfo>>, ApiError> {
     let rt = runtime(&state).await?;
     let view = rt.view();
-    let records = rt.control.nodes().await?;
+    let records = rt.control().nodes().await?;
     Ok(Json(
         records
             .into_iter()
@@ -141,7 +141,7 @@ async fn node(
     Path(name): Path<String>,
 ) -> Result<Json<NodeInfo>, ApiError> {
     let rt = runtime(&state).await?;
-    let record = crate::control::node::find(rt.control.nodes().await?, &name)?;
+    let record = crate::control::node::find(rt.control().nodes().await?, &name)?;
     Ok(Json(node_info(&rt.view(), record)))
 }
 
@@ -154,7 +154,7 @@ async fn update_node(
     Json(request): Json<UpdateNode>,
 ) -> Result<Json<NodeInfo>, ApiError> {
     let rt = runtime(&state).await?;
-    let record = rt.control.update_node(&name, request).await?;
+    let record = rt.control().update_node(&name, request).await?;
     rt.refresh_soon().await;
     Ok(Json(node_info(&rt.view(), record)))
 }
@@ -170,7 +170,7 @@ async fn remove_node(
     Path(name): Path<String>,
 ) -> Result<Json<NodeInfo>, ApiError> {
     let rt = runtime(&state).await?;
-    let record = crate::control::node::find(rt.control.nodes().await?, &name)?;
+    let record = crate::control::node::find(rt.control().nodes().await?, &name)?;
     let view = rt.view();
     if record.id != rt.identity().node_id && view.nodes.contains_key(&record.name) {
         return Err(ApiError::with_status(
@@ -181,7 +181,7 @@ async fn remove_node(
             ),
         ));
     }
-    let removed = rt.control.remove_node(&record.id).await?;
+    let removed = rt.control().remove_node(&record.id).await?;
     rt.refresh_soon().await;
     Ok(Json(node_info(&view, removed)))
 }
@@ -191,7 +191,7 @@ async fn create_network(
     Json(request): Json<CreateNetwork>,
 ) -> Result<(StatusCode, Json<Network>), ApiError> {
     let rt = runtime(&state).await?;
-    let network = rt.control.create_network(request).await?;
+    let network = rt.control().create_network(request).await?;
     rt.refresh_networks().await?;
     Ok((StatusCode::CREATED, Json(network)))
 }
@@ -231,7 +231,7 @@ async fn remove_network(
             format!("network {name:?} still has {attached} endpoint(s) attached: detach them first (`netctl endpoint ls --network {name}`)"),
         ));
     }
-    let network = rt.control.remove_network(&name).await?;
+    let network = rt.control().remove_network(&name).await?;
     rt.refresh_networks().await?;
     Ok(Json(network))
 }

@@ -37,7 +37,7 @@ pub fn router() -> Router<Arc<AgentState>> {
 
 /// The service called `name` (or with that id).
 async fn find(rt: &ClusterRuntime, name: &str) -> Result<Service, ApiError> {
-    rt.control
+    rt.control()
         .services()
         .await?
         .into_iter()
@@ -50,14 +50,14 @@ async fn create_service(
     Json(request): Json<CreateService>,
 ) -> Result<(StatusCode, Json<Service>), ApiError> {
     let rt = runtime(&state).await?;
-    let service = rt.control.create_service(request).await?;
+    let service = rt.control().create_service(request).await?;
     services_changed(&rt).await;
     Ok((StatusCode::CREATED, Json(service)))
 }
 
 async fn services(State(state): State<Arc<AgentState>>) -> Result<Json<Vec<Service>>, ApiError> {
     let rt = runtime(&state).await?;
-    Ok(Json(rt.control.services().await?))
+    Ok(Json(rt.control().services().await?))
 }
 
 async fn inspect_service(
@@ -67,7 +67,7 @@ async fn inspect_service(
     let rt = runtime(&state).await?;
     let service = find(&rt, &name).await?;
     // A node without a load balancer has no datapath to show.
-    let datapath = rt.lb.as_ref().map(|lb| {
+    let datapath = rt.lb().map(|lb| {
         let vips: Vec<_> = service.vips.iter().map(|v| v.addr).collect();
         match lb.inspect(&vips) {
             Ok(state) => ServiceDatapath::Vips(state),
@@ -82,7 +82,7 @@ async fn remove_service(
     Path(name): Path<String>,
 ) -> Result<Json<Service>, ApiError> {
     let rt = runtime(&state).await?;
-    let service = rt.control.remove_service(&name).await?;
+    let service = rt.control().remove_service(&name).await?;
     services_changed(&rt).await;
     Ok(Json(service))
 }
@@ -93,7 +93,7 @@ async fn update_service(
     Json(request): Json<UpdateService>,
 ) -> Result<Json<Service>, ApiError> {
     let rt = runtime(&state).await?;
-    let service = rt.control.update_service(&name, request).await?;
+    let service = rt.control().update_service(&name, request).await?;
     services_changed(&rt).await;
     Ok(Json(service))
 }

@@ -75,6 +75,23 @@ pub enum DatapathError {
     },
 }
 
+/// A pinned map a feature could not open, read or write. The feature's own
+/// error wraps it and says what to do about its maps.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}: {source}")]
+pub struct MapFailure {
+    pub name: &'static str,
+    source: Box<MapError>,
+}
+
+/// Wraps a failed access to the pinned map `name` (for `map_err`).
+pub fn map_failure(name: &'static str) -> impl Fn(MapError) -> MapFailure {
+    move |source| MapFailure {
+        name,
+        source: Box::new(source),
+    }
+}
+
 /// The API shows which way a program is attached (`netctl status`).
 pub use netagent_api::types::Direction;
 

@@ -174,9 +174,7 @@ impl ForwardCache {
 
     fn lock(&self, index: usize) -> MutexGuard<'_, Shard> {
         // A panic while holding a shard leaves a consistent map behind.
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.shards[index])
     }
 }
 

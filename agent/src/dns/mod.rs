@@ -17,7 +17,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -82,7 +82,7 @@ impl DnsShared {
         ctx: Arc<server::Context>,
         runtime: tokio::runtime::Handle,
     ) -> Result<Registration, DnsError> {
-        let mut running = self.udp.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut running = crate::sync::lock(&self.udp);
         let udp = match &mut *running {
             Some(udp) => udp,
             None => running.insert(UdpLoop::start().map_err(DnsError::Threads)?),

@@ -39,7 +39,7 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard,
     },
     thread::JoinHandle,
     time::Duration,
@@ -86,7 +86,7 @@ struct Poller {
 
 impl Poller {
     fn members(&self) -> MutexGuard<'_, HashMap<u64, Arc<Member>>> {
-        self.members.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.members)
     }
 
     /// Adds `fd` to every thread's set, or to none.

@@ -46,7 +46,7 @@ use tracing::{debug, info, warn};
 use crate::{
     dataplane::lb_maps::MapSizes,
     dataplane::{
-        bpf::{removed, Direction, TcSlot},
+        bpf::{map_failure, removed, Direction, MapFailure, TcSlot},
         Datapath, DatapathError,
     },
     model::{Endpoint, Network},
@@ -62,23 +62,13 @@ const INGRESS_SLOT: TcSlot = TcSlot {
 pub enum IngressError {
     #[error(transparent)]
     Datapath(Box<DatapathError>),
-    #[error("published-port map {name}: {source}: report it with the agent's log (`journalctl -u netagent`)")]
-    Map {
-        name: &'static str,
-        source: Box<MapError>,
-    },
+    #[error("published-port map {0}: report it with the agent's log (`journalctl -u netagent`)")]
+    Map(#[from] MapFailure),
 }
 
 impl From<DatapathError> for IngressError {
     fn from(error: DatapathError) -> Self {
         IngressError::Datapath(Box::new(error))
-    }
-}
-
-fn map_error(name: &'static str) -> impl Fn(MapError) -> IngressError {
-    move |source| IngressError::Map {
-        name,
-        source: Box::new(source),
     }
 }
 
@@ -178,11 +168,11 @@ fn read_remote_tasks(
 ) -> Result<BTreeMap<u32, IngressRemote>, IngressError> {
     let mut map: HashMap<_, u32, IngressRemote> =
         HashMap::try_from(datapath.map_mut(INGRESS_REMOTE_MAP)?)
-            .map_err(map_error(INGRESS_REMOTE_MAP))?;
+            .map_err(map_failure(INGRESS_REMOTE_MAP))?;
     let keys: Vec<u32> = map
         .keys()
         .collect::<Result<_, _>>()
-        .map_err(map_error(INGRESS_REMOTE_MAP))?;
+        .map_err(map_failure(INGRESS_REMOTE_MAP))?;
     let mut remote = BTreeMap::new();
     for addr in keys {
         match map.get(&addr, 0) {
@@ -192,7 +182,7 @@ fn read_remote_tasks(
             Err(MapError::KeyNotFound) => {}
             Err(error) => {
                 warn!(task = %ip(addr), %error, "unreadable INGRESS_REMOTE entry deleted");
-                removed(map.remove(&addr)).map_err(map_error(INGRESS_REMOTE_MAP))?;
+                removed(map.remove(&addr)).map_err(map_failure(INGRESS_REMOTE_MAP))?;
             }
         }
     }
@@ -211,14 +201,14 @@ impl Ingress {
         let mut datapath = Datapath::load(bpffs, sizes)?;
         let ports: HashMap<_, IngressPortKey, IngressPort> =
             HashMap::try_from(datapath.map_mut(INGRESS_PORTS_MAP)?)
-                .map_err(map_error(INGRESS_PORTS_MAP))?;
+                .map_err(map_failure(INGRESS_PORTS_MAP))?;
         let ports = ports.iter().filter_map(Result::ok).collect();
         let local: HashMap<_, u32, u32> = HashMap::try_from(datapath.map_mut(INGRESS_LOCAL_MAP)?)
-            .map_err(map_error(INGRESS_LOCAL_MAP))?;
+            .map_err(map_failure(INGRESS_LOCAL_MAP))?;
         let local = local.keys().filter_map(Result::ok).collect();
         let uplinks: LpmTrie<_, u32, IngressUplink> =
             LpmTrie::try_from(datapath.map_mut(INGRESS_UPLINKS_MAP)?)
-                .map_err(map_error(INGRESS_UPLINKS_MAP))?;
+                .map_err(map_failure(INGRESS_UPLINKS_MAP))?;
         let uplinks = uplinks
             .iter()
             .filter_map(Result::ok)
@@ -262,9 +252,7 @@ impl Ingress {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic mid-update leaves maps the datapath can still use.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Puts the programs on the underlay interface unless this run did.
@@ -295,12 +283,13 @@ impl Ingress {
         let wanted_local: BTreeSet<u32> = local.iter().map(|e| be(e.ip)).collect();
         let mut map: HashMap<_, u32, u32> =
             HashMap::try_from(state.datapath.map_mut(INGRESS_LOCAL_MAP)?)
-                .map_err(map_error(INGRESS_LOCAL_MAP))?;
+                .map_err(map_failure(INGRESS_LOCAL_MAP))?;
         for ip in wanted_local.difference(&state.local) {
-            map.insert(ip, 1, 0).map_err(map_error(INGRESS_LOCAL_MAP))?;
+            map.insert(ip, 1, 0)
+                .map_err(map_failure(INGRESS_LOCAL_MAP))?;
         }
         for ip in state.local.difference(&wanted_local) {
-            removed(map.remove(ip)).map_err(map_error(INGRESS_LOCAL_MAP))?;
+            removed(map.remove(ip)).map_err(map_failure(INGRESS_LOCAL_MAP))?;
         }
         state.local = wanted_local;
 
@@ -325,13 +314,13 @@ impl Ingress {
             .collect();
         let mut map: HashMap<_, IngressPortKey, IngressPort> =
             HashMap::try_from(state.datapath.map_mut(INGRESS_PORTS_MAP)?)
-                .map_err(map_error(INGRESS_PORTS_MAP))?;
+                .map_err(map_failure(INGRESS_PORTS_MAP))?;
         sync_by_difference(
             &mut map,
             &mut state.ports,
             &wanted,
             |map, key| {
-                removed(map.remove(key)).map_err(map_error(INGRESS_PORTS_MAP))?;
+                removed(map.remove(key)).map_err(map_failure(INGRESS_PORTS_MAP))?;
                 info!(
                     port = u16::from_be(key.port),
                     proto = key.proto,
@@ -341,7 +330,7 @@ impl Ingress {
             },
             |map, key, value| {
                 map.insert(key, value, 0)
-                    .map_err(map_error(INGRESS_PORTS_MAP))?;
+                    .map_err(map_failure(INGRESS_PORTS_MAP))?;
                 info!(
                     port = u16::from_be(key.port),
                     proto = key.proto,
@@ -369,14 +358,14 @@ impl Ingress {
             wanted.iter().map(|(ip, entry)| (be(*ip), *entry)).collect();
         let mut map: HashMap<_, u32, IngressRemote> =
             HashMap::try_from(state.datapath.map_mut(INGRESS_REMOTE_MAP)?)
-                .map_err(map_error(INGRESS_REMOTE_MAP))?;
+                .map_err(map_failure(INGRESS_REMOTE_MAP))?;
         let mut failed = 0usize;
         let mut last_error = None;
         sync_by_difference(
             &mut map,
             &mut state.remote,
             &wanted,
-            |map, addr| removed(map.remove(addr)).map_err(map_error(INGRESS_REMOTE_MAP)),
+            |map, addr| removed(map.remove(addr)).map_err(map_failure(INGRESS_REMOTE_MAP)),
             |map, addr, entry| {
                 let Err(error) = map.insert(addr, entry, 0) else {
                     return Ok(true);
@@ -385,7 +374,7 @@ impl Ingress {
                 failed += 1;
                 last_error = Some(error);
                 // An older entry for it (another VTEP or MAC) must go.
-                removed(map.remove(addr)).map_err(map_error(INGRESS_REMOTE_MAP))?;
+                removed(map.remove(addr)).map_err(map_failure(INGRESS_REMOTE_MAP))?;
                 Ok(false)
             },
         )?;
@@ -427,9 +416,9 @@ impl Ingress {
         }
         let mut map: LpmTrie<_, u32, IngressUplink> =
             LpmTrie::try_from(state.datapath.map_mut(INGRESS_UPLINKS_MAP)?)
-                .map_err(map_error(INGRESS_UPLINKS_MAP))?;
+                .map_err(map_failure(INGRESS_UPLINKS_MAP))?;
         map.insert(&subnet_key(&network.subnet), wanted, 0)
-            .map_err(map_error(INGRESS_UPLINKS_MAP))?;
+            .map_err(map_failure(INGRESS_UPLINKS_MAP))?;
         state.uplinks.insert(network.subnet, wanted);
         info!(network = %network.name, %addr, uplink = %name, "published-port uplink programmed");
         Ok(())
@@ -450,9 +439,9 @@ impl Ingress {
         }
         let mut map: LpmTrie<_, u32, IngressUplink> =
             LpmTrie::try_from(state.datapath.map_mut(INGRESS_UPLINKS_MAP)?)
-                .map_err(map_error(INGRESS_UPLINKS_MAP))?;
+                .map_err(map_failure(INGRESS_UPLINKS_MAP))?;
         for net in gone {
-            removed(map.remove(&subnet_key(&net))).map_err(map_error(INGRESS_UPLINKS_MAP))?;
+            removed(map.remove(&subnet_key(&net))).map_err(map_failure(INGRESS_UPLINKS_MAP))?;
             state.uplinks.remove(&net);
             info!(subnet = %net, "published-port uplink removed");
         }

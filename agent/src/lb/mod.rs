@@ -47,7 +47,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     dataplane::{
-        bpf::{removed, Direction, TcSlot},
+        bpf::{map_failure, removed, Direction, MapFailure, TcSlot},
         lb_maps::MapSizes,
         netns::{self, NetnsError},
         Datapath, DatapathError,
@@ -65,11 +65,8 @@ const LB_SLOT: TcSlot = TcSlot {
 pub enum LbError {
     #[error(transparent)]
     Datapath(Box<DatapathError>),
-    #[error("load balancer map {name}: {source} (if the map is full, raise the [lb] sizes in the config file; else report it with the agent's log, `journalctl -u netagent`)")]
-    Map {
-        name: &'static str,
-        source: Box<MapError>,
-    },
+    #[error("load balancer map {0} (if the map is full, raise the [lb] sizes in the config file; else report it with the agent's log, `journalctl -u netagent`)")]
+    Map(#[from] MapFailure),
     #[error(transparent)]
     Maglev(#[from] maglev::MaglevError),
     #[error("no free backend id: raise lb.backends in the config file")]
@@ -117,7 +114,7 @@ fn check_value_size<T>(
         Map::Array(data) | Map::HashMap(data) | Map::LruHashMap(data) => data,
         _ => return Ok(None),
     };
-    let info = data.info().map_err(map_error(name))?;
+    let info = data.info().map_err(map_failure(name))?;
     let expected = std::mem::size_of::<T>() as u32;
     if info.value_size() != expected {
         return Err(LbError::PinnedLayout {
@@ -127,13 +124,6 @@ fn check_value_size<T>(
         });
     }
     Ok(Some(info))
-}
-
-fn map_error(name: &'static str) -> impl Fn(MapError) -> LbError {
-    move |source| LbError::Map {
-        name,
-        source: Box::new(source),
-    }
 }
 
 /// How much of the cluster the caller has seen.
@@ -228,7 +218,7 @@ impl LoadBalancer {
         }
         let services: HashMap<_, LbServiceKey, LbService> =
             HashMap::try_from(datapath.map_mut(LB_SERVICES_MAP)?)
-                .map_err(map_error(LB_SERVICES_MAP))?;
+                .map_err(map_failure(LB_SERVICES_MAP))?;
         let services: BTreeMap<Ipv4Addr, LbService> = services
             .iter()
             .filter_map(Result::ok)
@@ -236,7 +226,7 @@ impl LoadBalancer {
             .collect();
         let backends: HashMap<_, u32, LbBackend> =
             HashMap::try_from(datapath.map_mut(LB_BACKENDS_MAP)?)
-                .map_err(map_error(LB_BACKENDS_MAP))?;
+                .map_err(map_failure(LB_BACKENDS_MAP))?;
         let backends: StdHashMap<Ipv4Addr, (u32, u32)> = backends
             .iter()
             .filter_map(Result::ok)
@@ -280,9 +270,7 @@ impl LoadBalancer {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic mid-update leaves maps the datapath can still use.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Programs every VIP of `services` with its tasks among `endpoints`.
@@ -360,9 +348,7 @@ impl LoadBalancer {
     }
 
     fn attached_ids(&self) -> MutexGuard<'_, BTreeSet<String>> {
-        self.attached
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.attached)
     }
 
     /// The VIPs as the datapath sees them, read back from the maps.
@@ -580,7 +566,7 @@ impl State {
     /// Removes VIP `vip`'s entry, then frees its table.
     fn remove_vip(&mut self, vip: Ipv4Addr) -> Result<(), LbError> {
         let mut services = self.services_map()?;
-        removed(services.remove(&key(vip))).map_err(map_error(LB_SERVICES_MAP))?;
+        removed(services.remove(&key(vip))).map_err(map_failure(LB_SERVICES_MAP))?;
         if let Some(service) = self.services.remove(&vip) {
             self.free_slot(&service);
             info!(%vip, "VIP removed from the load balancer");
@@ -596,7 +582,7 @@ impl State {
             return Ok(());
         };
         let mut backends = self.backends_map()?;
-        removed(backends.remove(&id)).map_err(map_error(LB_BACKENDS_MAP))?;
+        removed(backends.remove(&id)).map_err(map_failure(LB_BACKENDS_MAP))?;
         self.backends.remove(&ip);
         self.nodes.remove(&ip);
         self.free_ids.push_back(id);
@@ -658,7 +644,7 @@ impl State {
             if has_table(&value) && old.is_none_or(|o| o.table_slot != value.table_slot) {
                 self.free_slots.push_front(value.table_slot);
             }
-            return Err(map_error(LB_SERVICES_MAP)(error));
+            return Err(map_failure(LB_SERVICES_MAP)(error).into());
         }
         self.services.insert(vip, value);
         if let Some(old) = old.filter(|o| !has_table(&value) || o.table_slot != value.table_slot) {
@@ -687,8 +673,10 @@ impl State {
     fn write_table(&mut self, slot: u32, table: &LbMaglevTable) -> Result<(), LbError> {
         let mut array: Array<_, LbMaglevTable> =
             Array::try_from(self.datapath.map_mut(LB_MAGLEV_MAP)?)
-                .map_err(map_error(LB_MAGLEV_MAP))?;
-        array.set(slot, table, 0).map_err(map_error(LB_MAGLEV_MAP))
+                .map_err(map_failure(LB_MAGLEV_MAP))?;
+        array
+            .set(slot, table, 0)
+            .map_err(|error| map_failure(LB_MAGLEV_MAP)(error).into())
     }
 
     /// Gives `service`'s table slot back, to be reused last.
@@ -720,7 +708,7 @@ impl State {
         };
         backends
             .insert(id, value, 0)
-            .map_err(map_error(LB_BACKENDS_MAP))?;
+            .map_err(map_failure(LB_BACKENDS_MAP))?;
         self.backends.insert(ip, (id, flags));
         debug!(%ip, id, flags, "backend written");
         Ok(())
@@ -730,54 +718,54 @@ impl State {
     fn reset_flows(&mut self, id: u32) -> Result<(), LbError> {
         let mut flows: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.datapath.map_mut(LB_BACKEND_FLOWS_MAP)?)
-                .map_err(map_error(LB_BACKEND_FLOWS_MAP))?;
+                .map_err(map_failure(LB_BACKEND_FLOWS_MAP))?;
         let cpus = aya::util::nr_cpus()
-            .map_err(|(_, error)| map_error(LB_BACKEND_FLOWS_MAP)(MapError::IoError(error)))?;
+            .map_err(|(_, error)| map_failure(LB_BACKEND_FLOWS_MAP)(MapError::IoError(error)))?;
         let zeros = PerCpuValues::try_from(vec![0u64; cpus])
-            .map_err(|error| map_error(LB_BACKEND_FLOWS_MAP)(MapError::IoError(error)))?;
+            .map_err(|error| map_failure(LB_BACKEND_FLOWS_MAP)(MapError::IoError(error)))?;
         flows
             .set(id, zeros, 0)
-            .map_err(map_error(LB_BACKEND_FLOWS_MAP))
+            .map_err(|error| map_failure(LB_BACKEND_FLOWS_MAP)(error).into())
     }
 
     fn services_map(
         &mut self,
     ) -> Result<HashMap<&mut aya::maps::MapData, LbServiceKey, LbService>, LbError> {
         HashMap::try_from(self.datapath.map_mut(LB_SERVICES_MAP)?)
-            .map_err(map_error(LB_SERVICES_MAP))
+            .map_err(|error| map_failure(LB_SERVICES_MAP)(error).into())
     }
 
     fn backends_map(
         &mut self,
     ) -> Result<HashMap<&mut aya::maps::MapData, u32, LbBackend>, LbError> {
         HashMap::try_from(self.datapath.map_mut(LB_BACKENDS_MAP)?)
-            .map_err(map_error(LB_BACKENDS_MAP))
+            .map_err(|error| map_failure(LB_BACKENDS_MAP)(error).into())
     }
 
     fn inspect(&self, vips: &[Ipv4Addr]) -> Result<Vec<VipState>, LbError> {
         let services: HashMap<_, LbServiceKey, LbService> =
             HashMap::try_from(self.datapath.map(LB_SERVICES_MAP)?)
-                .map_err(map_error(LB_SERVICES_MAP))?;
+                .map_err(map_failure(LB_SERVICES_MAP))?;
         let backends: HashMap<_, u32, LbBackend> =
             HashMap::try_from(self.datapath.map(LB_BACKENDS_MAP)?)
-                .map_err(map_error(LB_BACKENDS_MAP))?;
-        let tables: Array<_, LbMaglevTable> =
-            Array::try_from(self.datapath.map(LB_MAGLEV_MAP)?).map_err(map_error(LB_MAGLEV_MAP))?;
+                .map_err(map_failure(LB_BACKENDS_MAP))?;
+        let tables: Array<_, LbMaglevTable> = Array::try_from(self.datapath.map(LB_MAGLEV_MAP)?)
+            .map_err(map_failure(LB_MAGLEV_MAP))?;
         let flows: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.datapath.map(LB_BACKEND_FLOWS_MAP)?)
-                .map_err(map_error(LB_BACKEND_FLOWS_MAP))?;
+                .map_err(map_failure(LB_BACKEND_FLOWS_MAP))?;
         let mut out = Vec::new();
         for &vip in vips {
             let service = match services.get(&key(vip), 0) {
                 Ok(service) => service,
                 Err(MapError::KeyNotFound) => continue,
-                Err(error) => return Err(map_error(LB_SERVICES_MAP)(error)),
+                Err(error) => return Err(map_failure(LB_SERVICES_MAP)(error).into()),
             };
             let mut shares: BTreeMap<u32, u32> = BTreeMap::new();
             if has_table(&service) {
                 let table = tables
                     .get(&service.table_slot, 0)
-                    .map_err(map_error(LB_MAGLEV_MAP))?;
+                    .map_err(map_failure(LB_MAGLEV_MAP))?;
                 for &id in table.backends.iter().take(service.table_size as usize) {
                     *shares.entry(id).or_default() += 1;
                 }

@@ -56,9 +56,9 @@ pub enum ClusterError {
 pub struct ClusterRuntime {
     identity: ClusterIdentity,
     manager_task: Option<JoinHandle<()>>,
-    pub control: ManagerClient,
-    pub gossip: Gossip,
-    pub overlay: Overlay,
+    pub(super) control: ManagerClient,
+    pub(super) gossip: Gossip,
+    pub(super) overlay: Overlay,
     networks: RwLock<Vec<Network>>,
     services: RwLock<Vec<Service>>,
     /// The services have been read from the managers at least once.
@@ -66,17 +66,17 @@ pub struct ClusterRuntime {
     /// The drained nodes (names), as last read from the managers.
     drained: RwLock<BTreeSet<String>>,
     /// The embedded DNS of this node's containers.
-    pub resolvers: Resolvers,
+    pub(super) resolvers: Resolvers,
     /// Address blocks this node holds, by network id.
-    pub blocks: Mutex<BTreeMap<String, Vec<Ipv4Net>>>,
+    pub(super) blocks: Mutex<BTreeMap<String, Vec<Ipv4Net>>>,
     /// Local endpoints; the lock also serialises attach and detach.
-    pub endpoints: Mutex<EndpointStore>,
+    pub(super) endpoints: Mutex<EndpointStore>,
     /// The VIP load balancer; `None` when its maps cannot be opened (no
     /// bpffs): services then resolve but their VIPs carry no traffic.
-    pub lb: Option<LoadBalancer>,
+    pub(super) lb: Option<LoadBalancer>,
     /// Published ports; `None` without the load balancer (they use its
     /// tables).
-    pub ingress: Option<Ingress>,
+    pub(super) ingress: Option<Ingress>,
     kick: Arc<Notify>,
     /// When the copies from the managers were last read (or tried).
     last_refresh: Mutex<Option<Instant>>,
@@ -299,6 +299,25 @@ impl ClusterRuntime {
             .await?
             .into_iter()
             .find(|n| n.name == name))
+    }
+
+    /// The managers (through the mTLS client).
+    pub fn control(&self) -> &ManagerClient {
+        &self.control
+    }
+
+    pub fn gossip(&self) -> &Gossip {
+        &self.gossip
+    }
+
+    /// The VIP load balancer, when its maps could be opened.
+    pub fn lb(&self) -> Option<&LoadBalancer> {
+        self.lb.as_ref()
+    }
+
+    /// Published ports, when the load balancer runs.
+    pub fn ingress(&self) -> Option<&Ingress> {
+        self.ingress.as_ref()
     }
 
     pub fn view(&self) -> Arc<GossipView> {

@@ -81,10 +81,7 @@ impl Resolvers {
             networks: networks.to_vec(),
             drained: drained.clone(),
         };
-        let mut built_from = self
-            .built_from
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut built_from = crate::sync::lock(&self.built_from);
         if built_from.as_ref() == Some(&inputs) {
             return;
         }

@@ -72,9 +72,7 @@ impl AgentState {
     fn datapath(&self) -> std::sync::MutexGuard<'_, Datapath> {
         // A panic while holding the lock leaves the datapath as the kernel
         // has it; the agent's view of it is still usable.
-        self.datapath
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.datapath)
     }
 
     pub fn tracer(&self) -> Option<Arc<Tracer>> {
@@ -89,7 +87,7 @@ impl AgentState {
             return AddressBook::default();
         };
         let mut endpoints = rt.all_endpoints().await;
-        if let Some(ingress) = &rt.ingress {
+        if let Some(ingress) = rt.ingress() {
             for own in ingress.pseudo_endpoints().await {
                 if !endpoints.iter().any(|ep| ep.id == own.id) {
                     endpoints.push(own);
@@ -103,7 +101,7 @@ impl AgentState {
             .filter_map(|node| node.vtep.map(|vtep| (node.name.clone(), vtep)))
             .collect();
         let book = AddressBook::build(&endpoints, &rt.services().await, &nodes);
-        match &rt.ingress {
+        match rt.ingress() {
             Some(ingress) => book.with_underlay(ingress.underlay()),
             None => book,
         }
@@ -167,7 +165,7 @@ impl AgentState {
             interfaces: counters::read(&datapath)?,
             cluster_id: cluster.as_ref().map(|rt| rt.identity().cluster_id.clone()),
             role: cluster.as_ref().map(|rt| rt.identity().role),
-            gossip_rejected_packets: cluster.as_ref().map(|rt| rt.gossip.rejected_packets()),
+            gossip_rejected_packets: cluster.as_ref().map(|rt| rt.gossip().rejected_packets()),
             trace: self.tracer.as_ref().map(|t| t.stats()),
         })
     }

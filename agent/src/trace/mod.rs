@@ -22,7 +22,7 @@ pub mod names;
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -38,9 +38,14 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
+use crate::sync::lock;
+
 use netagent_api::types::TraceStats;
 
-use crate::dataplane::{Datapath, DatapathError};
+use crate::dataplane::{
+    bpf::{map_failure, MapFailure},
+    Datapath, DatapathError,
+};
 use batch::{Batch, Encoder, Receiver};
 use names::AddressBook;
 
@@ -63,11 +68,8 @@ pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
 pub enum TraceError {
     #[error(transparent)]
     Datapath(#[from] Box<DatapathError>),
-    #[error("trace map {name}: {source}: if <bpffs>/maps/{name} is left from another build, remove it and restart netagent")]
-    Map {
-        name: &'static str,
-        source: Box<MapError>,
-    },
+    #[error("trace map {0}: if <bpffs>/maps/{name} is left from another build, remove it and restart netagent", name = .0.name)]
+    Map(#[from] MapFailure),
     #[error(
         "the pinned trace ring buffer holds {pinned} bytes, this build uses {}: \
          remove <bpffs>/maps/TRACE_EVENTS and restart the agent",
@@ -76,13 +78,6 @@ pub enum TraceError {
     RingSize { pinned: u32 },
     #[error("cannot watch the trace ring buffer: {0}: restart netagent; if it happens again, report it with the agent's log (`journalctl -u netagent`)")]
     Poll(std::io::Error),
-}
-
-fn map_error(name: &'static str) -> impl Fn(MapError) -> TraceError {
-    move |source| TraceError::Map {
-        name,
-        source: Box::new(source),
-    }
 }
 
 /// Where the names of addresses come from (the agent's model).
@@ -152,12 +147,6 @@ impl Holders {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Tracer {
     /// Takes the trace maps out of `datapath` and switches tracing off
     /// (a crashed agent may have left it on).
@@ -169,19 +158,19 @@ impl Tracer {
         if let aya::maps::Map::RingBuf(data) = &ring {
             let pinned = data
                 .info()
-                .map_err(map_error(TRACE_EVENTS_MAP))?
+                .map_err(map_failure(TRACE_EVENTS_MAP))?
                 .max_entries();
             if pinned != TRACE_RING_BYTES {
                 return Err(TraceError::RingSize { pinned });
             }
         }
-        let ring = RingBuf::try_from(ring).map_err(map_error(TRACE_EVENTS_MAP))?;
+        let ring = RingBuf::try_from(ring).map_err(map_failure(TRACE_EVENTS_MAP))?;
         let mut flag: Array<MapData, u32> =
-            Array::try_from(take(TRACE_ON_MAP)?).map_err(map_error(TRACE_ON_MAP))?;
+            Array::try_from(take(TRACE_ON_MAP)?).map_err(map_failure(TRACE_ON_MAP))?;
         let stats =
-            PerCpuArray::try_from(take(TRACE_STATS_MAP)?).map_err(map_error(TRACE_STATS_MAP))?;
+            PerCpuArray::try_from(take(TRACE_STATS_MAP)?).map_err(map_failure(TRACE_STATS_MAP))?;
         flag.set(0, TRACE_MODE_OFF, 0)
-            .map_err(map_error(TRACE_ON_MAP))?;
+            .map_err(map_failure(TRACE_ON_MAP))?;
         Ok(Arc::new(Self {
             node: node.to_owned(),
             flag: Mutex::new(Holders {
@@ -230,7 +219,7 @@ impl Tracer {
     ) -> Result<Subscribed, TraceError> {
         lock(&self.flag)
             .count(1, all_packets)
-            .map_err(map_error(TRACE_ON_MAP))?;
+            .map_err(map_failure(TRACE_ON_MAP))?;
         self.arrived.notify_one();
         let subscription = Subscription {
             tracer: self.clone(),

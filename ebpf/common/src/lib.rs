@@ -45,7 +45,8 @@ pub const COUNT_EGRESS_PROG: &str = "count_egress";
 pub const IF_COUNTERS_CAPACITY: u32 = 4096;
 
 // ---------------------------------------------------------------------------
-// VIP load balancing (`ebpf/programs/src/lb.rs`, `agent/src/lb`).
+// VIP load balancing (`ebpf/programs/src/lb.rs`, `maglev.rs`, `conntrack.rs`;
+// `agent/src/lb`).
 //
 // Addresses and ports are stored exactly as they sit in the packet (network
 // byte order), read into a u32/u16 with native-endian loads: the datapath
@@ -524,6 +525,33 @@ pub struct TraceEvent {
     /// passed it on.
     pub headers: [u8; TRACE_CAPTURE_BYTES],
 }
+
+// ---------------------------------------------------------------------------
+// Sizes of the shared types, checked at compile time.
+//
+// A pinned map's key and value sizes are fixed when the kernel creates it,
+// and it outlives the agent: a new agent adopts the old pin, and the agent
+// and the programs read each other's bytes with these layouts (the trace
+// events too). A field added, removed or resized must therefore be a
+// deliberate change (new map, migration or a refusal at load, as
+// `LB_MAGLEV` has), never a side effect: these fail the build first.
+const _: () = assert!(core::mem::size_of::<IfCounters>() == 32);
+const _: () = assert!(core::mem::size_of::<LbServiceKey>() == 4);
+const _: () = assert!(core::mem::size_of::<LbService>() == 20);
+const _: () = assert!(core::mem::size_of::<LbMaglevTable>() == 4084);
+const _: () = assert!(core::mem::size_of::<LbBackend>() == 8);
+const _: () = assert!(core::mem::size_of::<LbCtKey>() == 16);
+const _: () = assert!(core::mem::size_of::<LbCtValue>() == 8);
+const _: () = assert!(core::mem::size_of::<LbRevKey>() == 16);
+const _: () = assert!(core::mem::size_of::<LbRevValue>() == 8);
+const _: () = assert!(core::mem::size_of::<IngressPortKey>() == 8);
+const _: () = assert!(core::mem::size_of::<IngressPort>() == 8);
+const _: () = assert!(core::mem::size_of::<IngressRev>() == 12);
+const _: () = assert!(core::mem::size_of::<IngressUplink>() == 8);
+const _: () = assert!(core::mem::size_of::<IngressSnat>() == 12);
+const _: () = assert!(core::mem::size_of::<IngressRemote>() == 20);
+const _: () = assert!(core::mem::size_of::<TraceTuple>() == 12);
+const _: () = assert!(core::mem::size_of::<TraceEvent>() == 184);
 
 #[cfg(test)]
 mod tests {

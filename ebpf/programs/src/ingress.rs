@@ -4,8 +4,9 @@
 //! <node address>:<published port> found in INGRESS_PORTS is DNATed to a
 //! task (<overlay address>:<target port>) picked with the Maglev table and
 //! backend states of the LB_SERVICES entry the port names, and pinned in
-//! LB_CT, with the VIP load balancer's own code (`lb::flow_pin`,
-//! `lb::pin_new_flow`: new flows count per backend alike).
+//! LB_CT, with the same code as the VIP load balancer's
+//! (`conntrack::flow_pin`, `conntrack::pin_new_flow`: new flows count per
+//! backend alike).
 //!
 //! A task on this node: the kernel routes the packet to the network's
 //! uplink (`nagw<vni>`) and through the sandbox to the task, which sees the
@@ -39,7 +40,7 @@
 //! check while nobody traces.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::{bpf_redirect_neigh, bpf_redirect_peer},
     macros::{classifier, map},
     maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap},
@@ -52,10 +53,12 @@ use netagent_common::{
 };
 
 use crate::{
-    lb::{
-        self, Flow, FlowPin, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP, IP_DST_OFF, IP_SRC_OFF, LB_CT,
-        LB_SERVICES, TCP_FLAG_ACK, TCP_FLAG_SYN, TC_ACT_UNSPEC,
+    conntrack::{self, FlowPin, LB_CT},
+    eth::{self, ETH_HLEN},
+    ipv4::{
+        self, Flow, IPPROTO_TCP, IPPROTO_UDP, IP_DST_OFF, IP_SRC_OFF, TCP_FLAG_ACK, TCP_FLAG_SYN,
     },
+    maglev::LB_SERVICES,
     trace::{self, tuple},
     vxlan::{self, Encap},
 };
@@ -90,7 +93,7 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
     // Every packet the node receives comes here (the overlay's VXLAN too):
     // one direct read of the 5-tuple (`reply_key` reads any packet's) and
     // one lookup before any parsing.
-    let Some(seen) = lb::reply_key(ctx)? else {
+    let Some(seen) = conntrack::reply_key(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
     let port_key = IngressPortKey {
@@ -108,7 +111,7 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
         forget_stale(ctx, &seen);
         return Ok(TC_ACT_UNSPEC);
     };
-    let Some(flow) = lb::parse_flow(ctx)? else {
+    let Some(flow) = ipv4::parse_flow(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
     // As for VIPs (same conntrack, same pick).
@@ -116,7 +119,7 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
         key,
         pinned,
         new_connection,
-    } = lb::flow_pin(&flow);
+    } = conntrack::flow_pin(&flow);
     let (backend, new_flow_service) = match pinned {
         Some(ct) => (ct.backend, None),
         None => {
@@ -130,7 +133,7 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
             };
             // No active task: leave the packet to the node (it answers as
             // for any closed port).
-            let Some(backend) = lb::pin_new_flow(&service, &key) else {
+            let Some(backend) = conntrack::pin_new_flow(&service, &key) else {
                 let sent = tuple(flow.saddr, flow.daddr, flow.sport, flow.dport);
                 trace::published_closed(ctx, flow.proto, sent, service.id);
                 return Ok(TC_ACT_UNSPEC);
@@ -139,7 +142,7 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
         }
     };
     let remote = unsafe { INGRESS_LOCAL.get(&backend) }.is_none();
-    let rev = lb::rev_key(&flow, backend, port.target);
+    let rev = conntrack::rev_key(&flow, backend, port.target);
     // A pinned flow's reverse entry, read once: its SNAT port and what
     // `netctl trace` was told. None for a new flow, or when the LRU evicted
     // it (then it is written afresh, or the replies would not be restored).
@@ -178,10 +181,10 @@ fn from_outside(ctx: &TcContext) -> Result<i32, ()> {
             0,
         );
     }
-    lb::rewrite_addr(ctx, &flow, IP_DST_OFF, flow.daddr, backend)?;
+    ipv4::rewrite_addr(ctx, &flow, IP_DST_OFF, flow.daddr, backend)?;
     rewrite_port(ctx, &flow, flow.l4 + 2, flow.dport, port.target)?;
     if let Some(uplink) = &uplink {
-        lb::rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, uplink.addr)?;
+        ipv4::rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, uplink.addr)?;
         rewrite_port(ctx, &flow, flow.l4, flow.sport, snat_port)?;
     }
     let mode = trace::mode();
@@ -227,7 +230,7 @@ fn to_task_node(ctx: &TcContext, key: &LbCtKey, backend: u32, uplink: &IngressUp
     if let Some(remote) = unsafe { INGRESS_REMOTE.get(&backend) }.copied() {
         // The task's node sends the replies to the ingress address's MAC,
         // which is its own 02:42:<address> (see `dataplane::ingress_path`).
-        let ingress_mac = lb::mac_of(uplink.addr);
+        let ingress_mac = eth::mac_of(uplink.addr);
         // The published port's address: this node's on the underlay.
         let outer_src = key.vip;
         match vxlan::encapsulate(ctx, outer_src, &remote, ingress_mac, lb_flow_hash(key)) {
@@ -328,7 +331,7 @@ pub fn ingress_uplink(ctx: TcContext) -> i32 {
 /// restores the published source). Anything else goes on as before.
 #[inline(always)]
 fn from_uplink(ctx: &TcContext) -> Result<i32, ()> {
-    let Some(key) = lb::reply_key(ctx)? else {
+    let Some(key) = conntrack::reply_key(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
     // SAFETY: copied out at once.
@@ -367,10 +370,10 @@ fn from_task_node(ctx: &TcContext) -> Result<i32, ()> {
 /// names (`ingress_out`, on the way out, gives it the published source).
 #[inline(always)]
 fn to_client(ctx: &TcContext, snat: &IngressSnat) -> Result<i32, ()> {
-    let Some(flow) = lb::parse_flow(ctx)? else {
+    let Some(flow) = ipv4::parse_flow(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
-    lb::rewrite_addr(ctx, &flow, IP_DST_OFF, flow.daddr, snat.client)?;
+    ipv4::rewrite_addr(ctx, &flow, IP_DST_OFF, flow.daddr, snat.client)?;
     rewrite_port(ctx, &flow, flow.l4 + 2, flow.dport, snat.client_port)?;
     // SAFETY: a plain helper call; no parameters: the kernel looks the
     // next hop up from the (new) destination.
@@ -432,7 +435,7 @@ fn forget_stale(ctx: &TcContext, seen: &LbRevKey) {
 
 #[inline(always)]
 fn to_outside(ctx: &TcContext) -> Result<i32, ()> {
-    let Some(key) = lb::reply_key(ctx)? else {
+    let Some(key) = conntrack::reply_key(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
     let Some(entry) = INGRESS_REV_CT.get_ptr_mut(&key) else {
@@ -440,10 +443,10 @@ fn to_outside(ctx: &TcContext) -> Result<i32, ()> {
     };
     // SAFETY: a map value, valid for the program's run, copied out at once.
     let rev = unsafe { *entry };
-    let Some(flow) = lb::parse_flow(ctx)? else {
+    let Some(flow) = ipv4::parse_flow(ctx)? else {
         return Ok(TC_ACT_UNSPEC);
     };
-    lb::rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, rev.addr)?;
+    ipv4::rewrite_addr(ctx, &flow, IP_SRC_OFF, flow.saddr, rev.addr)?;
     rewrite_port(ctx, &flow, flow.l4, flow.sport, rev.port)?;
     let mode = trace::mode();
     // SAFETY: a field of the map value above.

@@ -7,11 +7,21 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod conntrack;
+#[cfg(target_arch = "bpf")]
 mod counters;
+#[cfg(target_arch = "bpf")]
+mod csum;
+#[cfg(target_arch = "bpf")]
+mod eth;
 #[cfg(target_arch = "bpf")]
 mod ingress;
 #[cfg(target_arch = "bpf")]
+mod ipv4;
+#[cfg(target_arch = "bpf")]
 mod lb;
+#[cfg(target_arch = "bpf")]
+mod maglev;
 #[cfg(target_arch = "bpf")]
 mod trace;
 #[cfg(target_arch = "bpf")]

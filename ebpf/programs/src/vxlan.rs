@@ -24,8 +24,10 @@ use aya_ebpf::{
 };
 use netagent_common::{IngressRemote, LbRevKey, VXLAN_OVERHEAD, VXLAN_PORT};
 
-use crate::lb::{
-    bytes_at, ipv4_header, plain_reply_key, ETH_HLEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP,
+use crate::{
+    conntrack::plain_reply_key,
+    eth::{bytes_at, ETH_HLEN, ETH_P_IP},
+    ipv4::{ipv4_header, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 const OUTER_IP: usize = 20;
@@ -164,9 +166,9 @@ fn largest_segment(ctx: &TcContext, ip_len: u32) -> Option<u32> {
 const INNER_IP: usize = ETH_HLEN + VXLAN_OVERHEAD;
 
 /// The inner packet of the VXLAN packet in `ctx` (UDP to port 4789, not a
-/// fragment: `lb::reply_key` read it so), as a reply key, when it is plain
-/// enough to be handled here: the outer IPv4 without options, a VNI, the
-/// inner IPv4 without options, TCP or UDP, not a fragment, not a GSO
+/// fragment: `conntrack::reply_key` read it so), as a reply key, when it is
+/// plain enough to be handled here: the outer IPv4 without options, a VNI,
+/// the inner IPv4 without options, TCP or UDP, not a fragment, not a GSO
 /// aggregate, all in the linear part. `None` otherwise (the node's vxlan
 /// device takes it, as before).
 #[inline(always)]

@@ -11,13 +11,18 @@ use tracing::info;
 use netagent_api::types::{CreateService, UpdateService};
 
 use super::{
-    allocator, bump, compare, delete, in_network, keys, put, token, Core, VipRecord, ID_LEN,
+    core::{in_network, Core, ID_LEN},
+    keys,
+    records::VipRecord,
+    txn::{bump, compare, delete, put},
 };
 use crate::{
     control::{
+        allocator,
         error::ControlError,
         service::{self, NetworkChange},
         store::{Compare, Op},
+        token,
     },
     model::{EndpointMode, Network, Service, ServiceVip},
 };

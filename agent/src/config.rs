@@ -44,10 +44,10 @@ pub mod defaults {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}: check the path given with --config (default /etc/netagent/netagent.toml)")]
+    #[error("cannot read config file {path}: {cause}: check the path given with --config (default /etc/netagent/netagent.toml)")]
     ReadFile {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("config file {path} is not valid: {message}")]
     ParseFile { path: PathBuf, message: String },
@@ -135,7 +135,7 @@ impl FileConfig {
             Err(source) => {
                 return Err(ConfigError::ReadFile {
                     path: path.to_owned(),
-                    source,
+                    cause: source,
                 })
             }
         };

@@ -22,10 +22,10 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("cannot create the data directory {path}: {source}: run netagent as root, or pass another --data-dir")]
+    #[error("cannot create the data directory {path}: {cause}: run netagent as root, or pass another --data-dir")]
     DataDir {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(transparent)]
     Datapath(#[from] DatapathError),
@@ -36,11 +36,17 @@ pub enum AgentError {
     #[error(transparent)]
     Serve(#[from] api::server::ServeError),
     #[error("cannot rejoin the cluster: {0}")]
-    Cluster(#[from] crate::node::cluster::ClusterError),
+    Cluster(crate::node::cluster::ClusterError),
     #[error("cannot install the signal handlers: {0}: report this bug with the agent's log")]
     Signals(std::io::Error),
     #[error("the local API failed: {0}: restart netagent and see its log")]
     Api(std::io::Error),
+}
+
+impl From<crate::node::cluster::ClusterError> for AgentError {
+    fn from(cause: crate::node::cluster::ClusterError) -> Self {
+        Self::Cluster(cause)
+    }
 }
 
 /// The trace reader's names: the agent's model, as long as the agent lives.
@@ -61,7 +67,7 @@ fn name_source(state: &Arc<AgentState>) -> NameSource {
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
         path: config.data_dir.clone(),
-        source,
+        cause: source,
     })?;
     let underlay = interfaces::interface_with_addr(config.advertise_addr)
         .ok_or(AgentError::AdvertiseAddrNotLocal(config.advertise_addr))?;

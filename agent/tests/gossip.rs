@@ -1,6 +1,9 @@
 //! Three (then four) gossip instances on 127.0.0.1: convergence, withdrawal,
 //! dead-node removal, restart with a new generation, and a foreign key.
 
+// A test may unwrap: a panic is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     net::{Ipv4Addr, SocketAddr},
     sync::Arc,

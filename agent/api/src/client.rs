@@ -96,8 +96,8 @@ pub enum ClientError {
     NotRunning(PathBuf),
     #[error("permission denied on {0}: the netagent API is for root only (run `sudo netctl ...`)")]
     PermissionDenied(PathBuf),
-    #[error("cannot reach netagent on {path}: {source}: check that netagent runs (`systemctl status netagent`), or pick another agent with --host")]
-    Connect { path: PathBuf, source: io::Error },
+    #[error("cannot reach netagent on {path}: {cause}: check that netagent runs (`systemctl status netagent`), or pick another agent with --host")]
+    Connect { path: PathBuf, cause: io::Error },
     #[error("talking to netagent on {path} failed: {message}: check that netagent still runs (`systemctl status netagent`) and see its log (`journalctl -u netagent`)")]
     Protocol { path: PathBuf, message: String },
     #[error("{0}")]
@@ -221,7 +221,7 @@ impl ApiClient {
                     }
                     _ => ClientError::Connect {
                         path: self.socket.clone(),
-                        source,
+                        cause: source,
                     },
                 })?;
         let protocol = |error: hyper::Error| ClientError::Protocol {

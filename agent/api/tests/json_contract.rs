@@ -4,6 +4,9 @@
 //! (`UPDATE_GOLDEN=1 cargo test --test json_contract` rewrites them, for a
 //! change to the contract made on purpose).
 
+// A test may unwrap: a panic is a failed test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use netagent_api::{

@@ -15,16 +15,28 @@ pub enum CliError {
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error("cannot write the output: {0} (was the pipe closed, or is the disk full?)")]
-    Output(#[from] std::io::Error),
+    Output(std::io::Error),
     #[error("cannot handle JSON ({0}): are netctl and netagent the same version? If they are, report this bug with the agent's log (`journalctl -u netagent`)")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error(transparent)]
     TraceFilter(#[from] netagent_api::trace_filter::FilterError),
-    #[error("cannot write the pcap file {path}: {source}: check that its directory exists and is writable and the disk is not full")]
+    #[error("cannot write the pcap file {path}: {cause}: check that its directory exists and is writable and the disk is not full")]
     Pcap {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("netagent ended the trace (stopped or restarting?): run netctl trace again")]
     TraceEnded,
+}
+
+impl From<serde_json::Error> for CliError {
+    fn from(cause: serde_json::Error) -> Self {
+        Self::Json(cause)
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(cause: std::io::Error) -> Self {
+        Self::Output(cause)
+    }
 }

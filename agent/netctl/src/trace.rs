@@ -86,14 +86,14 @@ pub async fn run(
         .await?;
     let pcap_error = |source| CliError::Pcap {
         path: args.pcap.clone().unwrap_or_default(),
-        source,
+        cause: source,
     };
     // Created once the agent has accepted: a refusal leaves no file behind.
     let mut pcap = match &args.pcap {
         Some(path) => {
             let file = File::create(path).map_err(|source| CliError::Pcap {
                 path: path.clone(),
-                source,
+                cause: source,
             })?;
             Some(
                 PcapWriter::new(BufWriter::new(file), TRACE_CAPTURE_BYTES as u32)

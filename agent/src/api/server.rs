@@ -23,10 +23,10 @@ use crate::node::state::AgentState;
 pub enum ServeError {
     #[error("another netagent is already serving {0}: stop it first, or give this one another --run-dir")]
     InUse(PathBuf),
-    #[error("cannot create the run directory {path}: {source}: run netagent as root, or give it another --run-dir")]
-    RunDir { path: PathBuf, source: io::Error },
-    #[error("cannot listen on {path}: {source}: check that netagent runs as root and can write its --run-dir, or give it another --run-dir")]
-    Bind { path: PathBuf, source: io::Error },
+    #[error("cannot create the run directory {path}: {cause}: run netagent as root, or give it another --run-dir")]
+    RunDir { path: PathBuf, cause: io::Error },
+    #[error("cannot listen on {path}: {cause}: check that netagent runs as root and can write its --run-dir, or give it another --run-dir")]
+    Bind { path: PathBuf, cause: io::Error },
 }
 
 /// Binds the API socket, root only. A socket file left by a dead agent is
@@ -35,7 +35,7 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| ServeError::RunDir {
             path: dir.to_owned(),
-            source,
+            cause: source,
         })?;
     }
     if path.exists() {
@@ -47,7 +47,7 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     }
     let bind_error = |source| ServeError::Bind {
         path: path.to_owned(),
-        source,
+        cause: source,
     };
     let listener = UnixListener::bind(path).map_err(bind_error)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_error)?;

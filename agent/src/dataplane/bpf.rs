@@ -39,13 +39,13 @@ pub enum DatapathError {
     NotBpffs { path: PathBuf },
     #[error(transparent)]
     Bpffs(#[from] super::bpffs::BpffsError),
-    #[error("cannot create the pin directory {path}: {source}: check that --bpffs is on a writable bpf filesystem and netagent runs as root")]
+    #[error("cannot create the pin directory {path}: {cause}: check that --bpffs is on a writable bpf filesystem and netagent runs as root")]
     PinDir {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("loading the eBPF object failed: {0}: check that netagent runs as root on Linux 6.6 or later, and see its log")]
-    Load(#[from] aya::EbpfError),
+    Load(aya::EbpfError),
     #[error(
         "eBPF program {0} is missing from the object: this netagent build is broken; reinstall it"
     )]
@@ -54,41 +54,47 @@ pub enum DatapathError {
         "eBPF map {0} is missing from the object: this netagent build is broken; reinstall it"
     )]
     MissingMap(&'static str),
-    #[error("eBPF program {name}: {source}: check that netagent runs as root on Linux 6.6 or later; see `bpftool prog`")]
+    #[error("eBPF program {name}: {cause}: check that netagent runs as root on Linux 6.6 or later; see `bpftool prog`")]
     Program {
         name: &'static str,
-        source: aya::programs::ProgramError,
+        cause: aya::programs::ProgramError,
     },
-    #[error("eBPF map {name}: {source}: check that netagent runs as root; see `bpftool map`")]
+    #[error("eBPF map {name}: {cause}: check that netagent runs as root; see `bpftool map`")]
     Map {
         name: &'static str,
-        source: aya::maps::MapError,
+        cause: aya::maps::MapError,
     },
     #[error("interface {0} does not exist: check `ip link show {0}` (a stopped container takes its interfaces with it)")]
     NoInterface(String),
-    #[error("cannot attach {program} to {ifname} ({direction}): {source}: see `tc filter show dev {ifname} {direction}` for what holds the slot")]
+    #[error("cannot attach {program} to {ifname} ({direction}): {cause}: see `tc filter show dev {ifname} {direction}` for what holds the slot")]
     Attach {
         program: &'static str,
         ifname: String,
         direction: Direction,
-        source: aya::programs::ProgramError,
+        cause: aya::programs::ProgramError,
     },
+}
+
+impl From<aya::EbpfError> for DatapathError {
+    fn from(cause: aya::EbpfError) -> Self {
+        Self::Load(cause)
+    }
 }
 
 /// A pinned map a feature could not open, read or write. The feature's own
 /// error wraps it and says what to do about its maps.
 #[derive(Debug, thiserror::Error)]
-#[error("{name}: {source}")]
+#[error("{name}: {cause}")]
 pub struct MapFailure {
     pub name: &'static str,
-    source: Box<MapError>,
+    cause: Box<MapError>,
 }
 
 /// Wraps a failed access to the pinned map `name` (for `map_err`).
 pub fn map_failure(name: &'static str) -> impl Fn(MapError) -> MapFailure {
     move |source| MapFailure {
         name,
-        source: Box::new(source),
+        cause: Box::new(source),
     }
 }
 
@@ -136,7 +142,7 @@ impl Datapath {
         let pin_dir = bpffs.join("maps");
         std::fs::create_dir_all(&pin_dir).map_err(|source| DatapathError::PinDir {
             path: pin_dir.clone(),
-            source,
+            cause: source,
         })?;
         if !super::bpffs::is_bpffs(bpffs) {
             // Leave nothing half-made: the directory we may just have created
@@ -200,19 +206,19 @@ impl Datapath {
             .try_into()
             .map_err(|source| DatapathError::Program {
                 name: program,
-                source,
+                cause: source,
             })?;
         if prog.fd().is_err() {
             prog.load().map_err(|source| DatapathError::Program {
                 name: program,
-                source,
+                cause: source,
             })?;
         }
         let attach_error = |source| DatapathError::Attach {
             program,
             ifname: ifname.to_owned(),
             direction,
-            source,
+            cause: source,
         };
         // The clsact qdisc may be there already (an earlier run, or another
         // tool): that is fine.
@@ -255,7 +261,7 @@ impl Datapath {
                 .map(|info| info.id())
                 .map_err(|source| DatapathError::Program {
                     name: program,
-                    source,
+                    cause: source,
                 })?;
         self.attachments.retain(|a| {
             !(a.ifindex == ifindex && a.direction == direction && a.program == program)

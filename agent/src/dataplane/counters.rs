@@ -28,7 +28,7 @@ pub fn watch(datapath: &mut Datapath, ifname: &str) -> Result<(), DatapathError>
 pub fn read(datapath: &Datapath) -> Result<Vec<InterfaceCounters>, DatapathError> {
     let map_error = |source| DatapathError::Map {
         name: IF_COUNTERS_MAP,
-        source,
+        cause: source,
     };
     let map: PerCpuHashMap<_, u32, IfCounters> =
         PerCpuHashMap::try_from(datapath.map(IF_COUNTERS_MAP)?).map_err(map_error)?;

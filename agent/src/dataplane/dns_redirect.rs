@@ -152,7 +152,7 @@ impl Steering {
             move |source: Box<dyn std::error::Error + Send + Sync>| OverlayError::Bpf {
                 what,
                 netns,
-                source,
+                cause: source,
                 hint: HINT_BPF,
             }
         };
@@ -249,7 +249,7 @@ fn bind_pair(label: &str) -> Result<(UdpSocket, TcpListener, u16), OverlayError>
         move |source: io::Error| OverlayError::Socket {
             what,
             netns: label,
-            source,
+            cause: source,
             hint: HINT_SOCKET,
         }
     };

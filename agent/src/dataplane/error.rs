@@ -11,22 +11,22 @@ use super::{netlink::NetlinkError, netns::NetnsError, nftables::NftError};
 pub enum OverlayError {
     #[error("{0}")]
     Config(String),
-    #[error("{what} in {netns} failed: {source}; {hint}")]
+    #[error("{what} in {netns} failed: {cause}; {hint}")]
     Netlink {
         what: String,
         netns: String,
-        source: NetlinkError,
+        cause: NetlinkError,
         hint: &'static str,
     },
-    #[error("{source}; {hint}")]
+    #[error("{cause}; {hint}")]
     Netns {
-        source: NetnsError,
+        cause: NetnsError,
         hint: &'static str,
     },
-    #[error("cannot open container namespace {}: {source}; check that the container is running and the path is right", path.display())]
+    #[error("cannot open container namespace {}: {cause}; check that the container is running and the path is right", path.display())]
     ContainerNetns {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("underlay interface {name} not found in the node namespace; check `ip addr` and restart netagent with the --advertise-addr of an existing interface")]
     UnderlayMissing { name: String },
@@ -47,31 +47,31 @@ pub enum OverlayError {
     },
     #[error("veth {link} exists already in sandbox {sandbox} (attached twice, or two endpoint ids share their first 8 characters); detach it first (`netctl endpoint detach ID`)")]
     EndpointExists { link: String, sandbox: String },
-    #[error("{what} in {netns} failed: {source}; {hint}")]
+    #[error("{what} in {netns} failed: {cause}; {hint}")]
     Nftables {
         what: String,
         netns: String,
-        source: NftError,
+        cause: NftError,
         hint: &'static str,
     },
-    #[error("cannot turn on {path} in {netns}: {source}; check that the agent runs as root and /proc/sys is writable")]
+    #[error("cannot turn on {path} in {netns}: {cause}; check that the agent runs as root and /proc/sys is writable")]
     Sysctl {
         path: &'static str,
         netns: String,
-        source: NetnsError,
+        cause: NetnsError,
     },
-    #[error("{what} in {netns} failed: {source}; {hint}")]
+    #[error("{what} in {netns} failed: {cause}; {hint}")]
     Bpf {
         what: String,
         netns: String,
-        source: Box<dyn std::error::Error + Send + Sync>,
+        cause: Box<dyn std::error::Error + Send + Sync>,
         hint: &'static str,
     },
-    #[error("{what} in {netns} failed: {source}; {hint}")]
+    #[error("{what} in {netns} failed: {cause}; {hint}")]
     Socket {
         what: String,
         netns: String,
-        source: std::io::Error,
+        cause: std::io::Error,
         hint: &'static str,
     },
     #[error("removing sandbox {sandbox} left errors: {}; remove what is listed by hand", errors.join("; "))]
@@ -92,7 +92,7 @@ impl OverlayError {
         move |source| OverlayError::Netlink {
             what,
             netns,
-            source,
+            cause: source,
             hint,
         }
     }
@@ -107,7 +107,7 @@ impl OverlayError {
         move |source| OverlayError::Nftables {
             what,
             netns,
-            source,
+            cause: source,
             hint,
         }
     }
@@ -116,9 +116,15 @@ impl OverlayError {
     /// opened says so.
     pub(crate) fn container_netns(error: NetnsError) -> OverlayError {
         match error {
-            NetnsError::Open { path, source } => OverlayError::ContainerNetns { path, source },
+            NetnsError::Open {
+                path,
+                cause: source,
+            } => OverlayError::ContainerNetns {
+                path,
+                cause: source,
+            },
             other => OverlayError::Netns {
-                source: other,
+                cause: other,
                 hint: HINT_GENERIC,
             },
         }

@@ -144,7 +144,7 @@ async fn notify_on_address_change(sandbox: &Path, label: &str) -> Result<(), Ove
     .map_err(|source| OverlayError::Sysctl {
         path: BR0_ARP_NOTIFY,
         netns: label.to_owned(),
-        source,
+        cause: source,
     })
 }
 

@@ -1,5 +1,8 @@
 //! Finding interfaces of the agent's own namespace by address or name.
 
+// The kernel boundary: if_indextoname on a buffer this module owns.
+#![allow(unsafe_code)]
+
 use std::net::IpAddr;
 
 /// The name of the interface that holds `addr`, if any.

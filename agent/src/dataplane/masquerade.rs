@@ -191,7 +191,7 @@ where
     })
     .await
     .map_err(|source| OverlayError::Netns {
-        source,
+        cause: source,
         hint: "check that the node namespace exists and the agent runs as root",
     })?
 }

@@ -6,6 +6,9 @@
 //! one per operation and drop it: a lingering socket would keep a deleted
 //! namespace alive.
 
+// The kernel boundary: a netlink socket opened inside a namespace, adopted from its raw descriptor.
+#![allow(unsafe_code)]
+
 use std::{
     io,
     net::{IpAddr, Ipv4Addr},

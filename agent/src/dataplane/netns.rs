@@ -8,6 +8,9 @@
 //! A socket stays bound to the namespace it was created in, so the async side
 //! then works through it from any thread.
 
+// The kernel boundary: descriptors of sockets opened on a thread inside a namespace.
+#![allow(unsafe_code)]
+
 use std::{
     fs::File,
     io,
@@ -25,18 +28,24 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("cannot open network namespace {}: {source}", path.display())]
-    Open { path: PathBuf, source: io::Error },
-    #[error("cannot enter network namespace {}: {source}", path.display())]
-    Enter { path: PathBuf, source: io::Error },
-    #[error("cannot create network namespace {}: {source}", path.display())]
-    Create { path: PathBuf, source: io::Error },
-    #[error("cannot delete network namespace {}: {source}", path.display())]
-    Delete { path: PathBuf, source: io::Error },
+    #[error("cannot open network namespace {}: {cause}", path.display())]
+    Open { path: PathBuf, cause: io::Error },
+    #[error("cannot enter network namespace {}: {cause}", path.display())]
+    Enter { path: PathBuf, cause: io::Error },
+    #[error("cannot create network namespace {}: {cause}", path.display())]
+    Create { path: PathBuf, cause: io::Error },
+    #[error("cannot delete network namespace {}: {cause}", path.display())]
+    Delete { path: PathBuf, cause: io::Error },
     #[error("a namespace helper thread failed ({0}): report this bug with the agent's log (`journalctl -u netagent`)")]
     Thread(String),
     #[error("{0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+impl From<io::Error> for NetnsError {
+    fn from(cause: io::Error) -> Self {
+        Self::Io(cause)
+    }
 }
 
 /// The path of named namespace `name`.
@@ -50,7 +59,7 @@ pub fn open(path: &Path) -> Result<OwnedFd, NetnsError> {
         .map(OwnedFd::from)
         .map_err(|source| NetnsError::Open {
             path: path.to_owned(),
-            source,
+            cause: source,
         })
 }
 
@@ -78,7 +87,7 @@ where
         if let Some((path, fd)) = target {
             setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|errno| NetnsError::Enter {
                 path,
-                source: errno.into(),
+                cause: errno.into(),
             })?;
         }
         work()
@@ -125,7 +134,7 @@ pub async fn create_named(name: &str) -> Result<PathBuf, NetnsError> {
     on_thread(move || {
         let fail = |source: io::Error| NetnsError::Create {
             path: target.clone(),
-            source,
+            cause: source,
         };
         std::fs::create_dir_all(NETNS_RUN_DIR).map_err(fail)?;
         make_run_dir_shared();
@@ -194,14 +203,17 @@ pub fn delete_named(name: &str) -> Result<(), NetnsError> {
         if errno != nix::errno::Errno::EINVAL && errno != nix::errno::Errno::ENOENT {
             return Err(NetnsError::Delete {
                 path,
-                source: errno.into(),
+                cause: errno.into(),
             });
         }
     }
     match std::fs::remove_file(&path) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(NetnsError::Delete { path, source }),
+        Err(source) => Err(NetnsError::Delete {
+            path,
+            cause: source,
+        }),
     }
 }
 

@@ -12,6 +12,9 @@
 //! resource id big-endian) + attributes (`nlattr` headers in host order;
 //! nf_tables integer values in network order).
 
+// The kernel boundary: the receive timeout set on the nf_tables socket (setsockopt).
+#![allow(unsafe_code)]
+
 use std::{io, net::Ipv4Addr, os::fd::AsRawFd, time::Duration};
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};

@@ -198,7 +198,7 @@ pub async fn ensure(config: &OverlayConfig, network: &Network) -> Result<(), Ove
         // the file and mounting. Nothing to adopt.
         tracing::warn!(sandbox = %name, "removing a stale namespace file");
         netns::delete_named(&name).map_err(|source| OverlayError::Netns {
-            source,
+            cause: source,
             hint: "remove the stale file under /run/netns (`ip netns del NAME`)",
         })?;
     }
@@ -207,7 +207,7 @@ pub async fn ensure(config: &OverlayConfig, network: &Network) -> Result<(), Ove
         netns::create_named(&name)
             .await
             .map_err(|source| OverlayError::Netns {
-                source,
+                cause: source,
                 hint: "check that the agent runs as root and /run/netns is writable",
             })?;
         tracing::info!(sandbox = %name, vni = network.vni, "created sandbox namespace");

@@ -283,7 +283,7 @@ async fn ensure_ip_forward(netns: Option<&Path>, label: &str) -> Result<(), Over
         Err(source) => Err(OverlayError::Sysctl {
             path: IP_FORWARD,
             netns: label.to_owned(),
-            source,
+            cause: source,
         }),
     }
 }

@@ -3,6 +3,9 @@
 //! buffers are allocated once, by the thread that owns them: no query
 //! allocates here.
 
+// The kernel boundary: recvmmsg/sendmmsg and their C message headers.
+#![allow(unsafe_code)]
+
 use std::{
     io, mem,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},

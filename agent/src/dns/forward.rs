@@ -32,9 +32,15 @@ enum ExchangeError {
     #[error("no answer in time")]
     Timeout,
     #[error("{0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("the answer does not match the query")]
     Mismatch,
+}
+
+impl From<io::Error> for ExchangeError {
+    fn from(cause: io::Error) -> Self {
+        Self::Io(cause)
+    }
 }
 
 #[derive(Debug)]

@@ -46,11 +46,23 @@ pub enum DnsError {
     #[error("{0}")]
     Other(String),
     #[error("the DNS resolver started outside the async runtime ({0}): report this bug with the agent's log (`journalctl -u netagent`)")]
-    Runtime(#[from] tokio::runtime::TryCurrentError),
+    Runtime(tokio::runtime::TryCurrentError),
     #[error("the DNS resolver cannot set up its socket: {0}: check that netagent runs as root and see its log (`journalctl -u netagent`)")]
-    Socket(#[from] std::io::Error),
+    Socket(std::io::Error),
     #[error("cannot start the DNS resolver threads: {0}: the node may be out of memory or at its thread limit (the unit's TasksMax, `ulimit -u`)")]
     Threads(std::io::Error),
+}
+
+impl From<std::io::Error> for DnsError {
+    fn from(cause: std::io::Error) -> Self {
+        Self::Socket(cause)
+    }
+}
+
+impl From<tokio::runtime::TryCurrentError> for DnsError {
+    fn from(cause: tokio::runtime::TryCurrentError) -> Self {
+        Self::Runtime(cause)
+    }
 }
 
 /// What every container resolver of the node shares: the answers, and the

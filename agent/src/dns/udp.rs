@@ -32,6 +32,9 @@
 //!
 //! [`MAX_FORWARDS`]: super::server::MAX_FORWARDS
 
+// The kernel boundary: epoll and eventfd, which std and tokio do not wrap.
+#![allow(unsafe_code)]
+
 use std::{
     collections::HashMap,
     io,

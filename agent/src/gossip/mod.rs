@@ -54,11 +54,10 @@ const TOMBSTONE_GRACE: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GossipError {
-    #[error("cannot encode endpoint {id} for gossip ({source}): report this bug with the agent's log (`journalctl -u netagent`)")]
+    #[error("cannot encode endpoint {id} for gossip ({cause}): report this bug with the agent's log (`journalctl -u netagent`)")]
     Encode {
         id: String,
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     #[error("gossip address {0} must be the node's own address, not a wildcard: restart netagent with --advertise-addr set to one of its addresses")]
     Wildcard(SocketAddr),
@@ -135,7 +134,7 @@ impl Gossip {
         for endpoint in &endpoints {
             let value = view::encode_endpoint(endpoint).map_err(|source| GossipError::Encode {
                 id: endpoint.id.clone(),
-                source,
+                cause: source,
             })?;
             key_values.push((endpoint_key(&endpoint.id), value));
         }

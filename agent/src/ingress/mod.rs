@@ -63,7 +63,13 @@ pub enum IngressError {
     #[error(transparent)]
     Datapath(Box<DatapathError>),
     #[error("published-port map {0}: report it with the agent's log (`journalctl -u netagent`)")]
-    Map(#[from] MapFailure),
+    Map(MapFailure),
+}
+
+impl From<MapFailure> for IngressError {
+    fn from(cause: MapFailure) -> Self {
+        Self::Map(cause)
+    }
 }
 
 impl From<DatapathError> for IngressError {

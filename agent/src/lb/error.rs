@@ -7,7 +7,7 @@ pub enum LbError {
     #[error(transparent)]
     Datapath(Box<DatapathError>),
     #[error("load balancer map {0} (if the map is full, raise the [lb] sizes in the config file; else report it with the agent's log, `journalctl -u netagent`)")]
-    Map(#[from] MapFailure),
+    Map(MapFailure),
     #[error(transparent)]
     Maglev(#[from] super::maglev::MaglevError),
     #[error("no free backend id: raise lb.backends in the config file")]
@@ -30,11 +30,17 @@ pub enum LbError {
         pinned: u32,
         expected: u32,
     },
-    #[error("cannot attach the load balancer in {}: {source}: check that the namespace exists (`ip netns list`) and netagent runs as root", netns.display())]
+    #[error("cannot attach the load balancer in {}: {cause}: check that the namespace exists (`ip netns list`) and netagent runs as root", netns.display())]
     Netns {
         netns: std::path::PathBuf,
-        source: Box<NetnsError>,
+        cause: Box<NetnsError>,
     },
+}
+
+impl From<MapFailure> for LbError {
+    fn from(cause: MapFailure) -> Self {
+        Self::Map(cause)
+    }
 }
 
 impl From<DatapathError> for LbError {

@@ -230,7 +230,7 @@ impl LoadBalancer {
         .await
         .map_err(|source| LbError::Netns {
             netns: sandbox.to_owned(),
-            source: Box::new(source),
+            cause: Box::new(source),
         })?;
         result.map_err(LbError::from)
     }

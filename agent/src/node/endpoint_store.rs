@@ -15,12 +15,16 @@ const FILE: &str = "endpoints.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot read {path}: {source}: check that netagent runs as root and can read its --data-dir")]
-    Read { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot read {path}: {cause}: check that netagent runs as root and can read its --data-dir"
+    )]
+    Read { path: PathBuf, cause: io::Error },
     #[error("{path} is damaged ({message}): move it away to start without local endpoints")]
     Parse { path: PathBuf, message: String },
-    #[error("cannot write {path}: {source}: check that the --data-dir is writable and its disk not full")]
-    Write { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot write {path}: {cause}: check that the --data-dir is writable and its disk not full"
+    )]
+    Write { path: PathBuf, cause: io::Error },
 }
 
 /// One endpoint of this node, with what only this node needs to know.
@@ -50,7 +54,12 @@ impl EndpointStore {
                 message: error.to_string(),
             })?,
             Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => return Err(StoreError::Read { path, source }),
+            Err(source) => {
+                return Err(StoreError::Read {
+                    path,
+                    cause: source,
+                })
+            }
         };
         Ok(Self { path, entries })
     }
@@ -98,7 +107,7 @@ impl EndpointStore {
     fn save(&self) -> Result<(), StoreError> {
         let write_error = |source| StoreError::Write {
             path: self.path.clone(),
-            source,
+            cause: source,
         };
         let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(&self.entries)

@@ -17,12 +17,22 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::{
-    dataplane::dns_redirect,
-    dns::{ContainerResolver, DnsShared, DnsTable},
+    dataplane::{dns_redirect, overlay::OverlayError},
+    dns::{ContainerResolver, DnsError, DnsShared, DnsTable},
     gossip::GossipView,
     model::{Endpoint, Network, Service},
     node::endpoint_store::LocalEndpoint,
 };
+
+/// Why a container's resolver did not start (logged; the next pass tries
+/// again).
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(transparent)]
+    Sockets(#[from] OverlayError),
+    #[error(transparent)]
+    Resolver(#[from] DnsError),
+}
 
 /// All upstream attempts of one forwarded query share this budget.
 pub const FORWARD_BUDGET: Duration = Duration::from_secs(4);
@@ -131,14 +141,11 @@ impl Resolvers {
         }
     }
 
-    async fn start(&self, netns: &Path, scope: Vec<String>) -> Result<Running, String> {
+    async fn start(&self, netns: &Path, scope: Vec<String>) -> Result<Running, StartError> {
         let dns_redirect::ResolverSockets { udp, tcp, steering } =
-            dns_redirect::open_resolver_sockets(netns)
-                .await
-                .map_err(|error| error.to_string())?;
+            dns_redirect::open_resolver_sockets(netns).await?;
         let scope = Arc::new(ArcSwap::from_pointee(scope));
-        let resolver = ContainerResolver::spawn(self.shared.clone(), udp, tcp, scope.clone())
-            .map_err(|error| error.to_string())?;
+        let resolver = ContainerResolver::spawn(self.shared.clone(), udp, tcp, scope.clone())?;
         info!(netns = %netns.display(), "container resolver at 127.0.0.11");
         Ok(Running {
             _steering: steering,

@@ -1,6 +1,9 @@
 //! From the bytes of a ring buffer entry to a `TraceEvent`, and the words
 //! its codes stand for.
 
+// The kernel boundary: ring buffer entries read as the #[repr(C)] events the programs write.
+#![allow(unsafe_code)]
+
 use std::net::Ipv4Addr;
 
 use netagent_common::{

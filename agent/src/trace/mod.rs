@@ -13,6 +13,9 @@
 //! batch at a time to the connected tracers, each of which filters its own
 //! copy (`netagent_api::trace_filter`).
 
+// The kernel boundary: the ring buffer's descriptor registered with tokio, and CLOCK_MONOTONIC.
+#![allow(unsafe_code)]
+
 pub mod batch;
 pub mod decode;
 #[cfg(test)]
@@ -69,7 +72,7 @@ pub enum TraceError {
     #[error(transparent)]
     Datapath(#[from] Box<DatapathError>),
     #[error("trace map {0}: if <bpffs>/maps/{name} is left from another build, remove it and restart netagent", name = .0.name)]
-    Map(#[from] MapFailure),
+    Map(MapFailure),
     #[error(
         "the pinned trace ring buffer holds {pinned} bytes, this build uses {}: \
          remove <bpffs>/maps/TRACE_EVENTS and restart the agent",
@@ -78,6 +81,12 @@ pub enum TraceError {
     RingSize { pinned: u32 },
     #[error("cannot watch the trace ring buffer: {0}: restart netagent; if it happens again, report it with the agent's log (`journalctl -u netagent`)")]
     Poll(std::io::Error),
+}
+
+impl From<MapFailure> for TraceError {
+    fn from(cause: MapFailure) -> Self {
+        Self::Map(cause)
+    }
 }
 
 /// Where the names of addresses come from (the agent's model).

@@ -1,8 +1,9 @@
 //! nf_tables over netlink, built by hand: no `nft` binary, no libnftnl, no
 //! fork. Just what the agent needs: tables, base chains, rules made of a
-//! few expressions (meta, payload, bitwise, cmp, counter, masq, dnat,
-//! immediate, verdict),
-//! rule listing and deletion by handle, all in batched transactions.
+//! few expressions (meta, payload, bitwise, cmp, counter, masq, immediate,
+//! verdict), rule listing and deletion by handle, all in batched
+//! transactions. (Why by hand: `docs/architecture.md`, "Built by hand, on
+//! purpose".)
 //!
 //! An `Nft` is a blocking `NETLINK_NETFILTER` socket. It must be opened on a
 //! thread that is inside the target namespace (`netns::run_in`), and is used
@@ -15,7 +16,7 @@
 // The kernel boundary: the receive timeout set on the nf_tables socket (setsockopt).
 #![allow(unsafe_code)]
 
-use std::{io, net::Ipv4Addr, os::fd::AsRawFd, time::Duration};
+use std::{io, os::fd::AsRawFd, time::Duration};
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
@@ -102,21 +103,11 @@ const NFTA_BITWISE_MASK: u16 = 4;
 const NFTA_BITWISE_XOR: u16 = 5;
 const NFTA_IMMEDIATE_DREG: u16 = 1;
 const NFTA_IMMEDIATE_DATA: u16 = 2;
-const NFTA_NAT_TYPE: u16 = 1;
-const NFTA_NAT_FAMILY: u16 = 2;
-const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
-const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
-const NFTA_NAT_FLAGS: u16 = 7;
-const NFT_NAT_DNAT: u32 = 1;
-/// NF_NAT_RANGE_PROTO_SPECIFIED: the port is translated too.
-const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
-/// NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER.
+/// NFT_PAYLOAD_NETWORK_HEADER.
 const PAYLOAD_NETWORK: u32 = 1;
-const PAYLOAD_TRANSPORT: u32 = 2;
-/// The verdict register and the first two 16-byte data registers.
+/// The verdict register and the first 16-byte data register.
 const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
-const NFT_REG_2: u32 = 2;
 /// libnftnl's rule comment, so that `nft list` shows ours.
 const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 
@@ -124,18 +115,14 @@ const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     Forward = 2,
-    Output = 3,
     PostRouting = 4,
 }
 
 /// `meta` keys used here.
 #[derive(Clone, Copy, Debug)]
 pub enum MetaKey {
-    Mark = 3,
     IifName = 6,
     OifName = 7,
-    /// The transport protocol (`meta l4proto`), one byte.
-    L4Proto = 16,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -180,12 +167,6 @@ impl Expr {
     /// The network header bytes `offset..offset+len` into register 1.
     pub fn network_header(offset: u32, len: u32) -> Self {
         Self::payload(PAYLOAD_NETWORK, offset, len)
-    }
-
-    /// The transport header bytes `offset..offset+len` into register 1
-    /// (`udp dport` is offset 2, length 2, after `meta l4proto udp`).
-    pub fn transport_header(offset: u32, len: u32) -> Self {
-        Self::payload(PAYLOAD_TRANSPORT, offset, len)
     }
 
     fn payload(base: u32, offset: u32, len: u32) -> Self {
@@ -240,23 +221,6 @@ impl Expr {
             name: "masq",
             data: Vec::new(),
         }
-    }
-
-    /// `dnat to ADDR:PORT` (IPv4): the address and port go through
-    /// registers 1 and 2, as `nft` does it. The rule must match the
-    /// transport protocol first (`meta l4proto`).
-    pub fn dnat(addr: Ipv4Addr, port: u16) -> [Self; 3] {
-        let mut data = Vec::new();
-        put_be32(&mut data, NFTA_NAT_TYPE, NFT_NAT_DNAT);
-        put_be32(&mut data, NFTA_NAT_FAMILY, u32::from(FAMILY_IP));
-        put_be32(&mut data, NFTA_NAT_REG_ADDR_MIN, NFT_REG_1);
-        put_be32(&mut data, NFTA_NAT_REG_PROTO_MIN, NFT_REG_2);
-        put_be32(&mut data, NFTA_NAT_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
-        [
-            Self::immediate(NFT_REG_1, |d| put(d, NFTA_DATA_VALUE, &addr.octets())),
-            Self::immediate(NFT_REG_2, |d| put(d, NFTA_DATA_VALUE, &port.to_be_bytes())),
-            Self { name: "nat", data },
-        ]
     }
 
     pub fn verdict(verdict: Verdict) -> Self {
@@ -800,31 +764,6 @@ mod tests {
             12, 0, 3, 0x80, 8, 0, 1, 0, b'n', b'a', b'g', b'w', // data
         ];
         assert_eq!(expr.data, want);
-    }
-
-    #[test]
-    fn a_dnat_is_what_nft_sends() {
-        // `dnat to 127.0.0.11:5353`: [ immediate reg 1 0x0b00007f ]
-        // [ immediate reg 2 0x0000e914 ] [ nat dnat ip addr_min reg 1
-        // proto_min reg 2 flags 0x2 ] (nft --debug=netlink).
-        let [addr, port, nat] = Expr::dnat(Ipv4Addr::new(127, 0, 0, 11), 5353);
-        #[rustfmt::skip]
-        let want_addr: Vec<u8> = vec![
-            8, 0, 1, 0, 0, 0, 0, 1, // dreg 1
-            12, 0, 2, 0x80, 8, 0, 1, 0, 127, 0, 0, 11, // data
-        ];
-        assert_eq!((addr.name, addr.data), ("immediate", want_addr));
-        assert_eq!(&port.data[..8], &[8, 0, 1, 0, 0, 0, 0, 2]);
-        assert_eq!(&port.data[12..18], &[6, 0, 1, 0, 0x14, 0xe9]);
-        #[rustfmt::skip]
-        let want_nat: Vec<u8> = vec![
-            8, 0, 1, 0, 0, 0, 0, 1, // dnat
-            8, 0, 2, 0, 0, 0, 0, 2, // ip
-            8, 0, 3, 0, 0, 0, 0, 1, // addr_min reg 1
-            8, 0, 5, 0, 0, 0, 0, 2, // proto_min reg 2
-            8, 0, 7, 0, 0, 0, 0, 2, // flags: proto specified
-        ];
-        assert_eq!((nat.name, nat.data), ("nat", want_nat));
     }
 
     #[test]

@@ -459,3 +459,79 @@ impl Ingress {
 pub fn log_sync_error(error: &IngressError) {
     warn!(%error, "cannot program the published ports; retrying on the next pass");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A map as a plain collection: what it holds and the writes it took.
+    #[derive(Default)]
+    struct FakeMap {
+        entries: BTreeMap<u32, u32>,
+        writes: Vec<String>,
+    }
+
+    fn remove(map: &mut FakeMap, key: &u32) -> Result<(), String> {
+        map.writes.push(format!("remove {key}"));
+        map.entries.remove(key);
+        Ok(())
+    }
+
+    fn insert(map: &mut FakeMap, key: &u32, value: &u32) -> Result<bool, String> {
+        map.writes.push(format!("insert {key}"));
+        map.entries.insert(*key, *value);
+        Ok(true)
+    }
+
+    fn filled(entries: &[(u32, u32)]) -> (FakeMap, BTreeMap<u32, u32>) {
+        let have: BTreeMap<u32, u32> = entries.iter().copied().collect();
+        let map = FakeMap {
+            entries: have.clone(),
+            writes: Vec::new(),
+        };
+        (map, have)
+    }
+
+    #[test]
+    fn only_what_differs_is_written_removals_first() {
+        let (mut map, mut have) = filled(&[(1, 10), (2, 20), (4, 40)]);
+        let wanted: BTreeMap<u32, u32> = [(2, 20), (3, 30), (4, 41)].into();
+        sync_by_difference(&mut map, &mut have, &wanted, remove, insert).unwrap();
+        assert_eq!(map.writes, ["remove 1", "insert 3", "insert 4"]);
+        assert_eq!(map.entries, wanted);
+        assert_eq!(have, wanted);
+        // A second pass writes nothing.
+        map.writes.clear();
+        sync_by_difference(&mut map, &mut have, &wanted, remove, insert).unwrap();
+        assert!(map.writes.is_empty());
+    }
+
+    #[test]
+    fn an_entry_left_out_is_not_remembered() {
+        let (mut map, mut have) = filled(&[(3, 30)]);
+        let wanted: BTreeMap<u32, u32> = [(3, 31)].into();
+        let leave_out = |map: &mut FakeMap, key: &u32, _: &u32| -> Result<bool, String> {
+            map.entries.remove(key);
+            Ok(false)
+        };
+        sync_by_difference(&mut map, &mut have, &wanted, remove, leave_out).unwrap();
+        assert!(have.is_empty(), "the older entry went with it");
+        assert!(map.entries.is_empty());
+    }
+
+    #[test]
+    fn the_first_failure_stops_and_what_succeeded_is_remembered() {
+        let (mut map, mut have) = filled(&[(1, 10)]);
+        let wanted: BTreeMap<u32, u32> = [(2, 20), (3, 30)].into();
+        let fail_on_3 = |map: &mut FakeMap, key: &u32, value: &u32| {
+            if *key == 3 {
+                return Err("full".to_owned());
+            }
+            insert(map, key, value)
+        };
+        let result = sync_by_difference(&mut map, &mut have, &wanted, remove, fail_on_3);
+        assert_eq!(result, Err("full".to_owned()));
+        assert_eq!(have, BTreeMap::from([(2, 20)]));
+        assert_eq!(map.entries, have, "have mirrors the map");
+    }
+}

@@ -13,22 +13,24 @@ use netagent_common::{
 
 use super::{
     error::LbError,
-    state::{has_table, key, State},
+    maps::{key, PinnedMaps},
+    state::{has_table, State},
 };
 use crate::dataplane::bpf::map_failure;
 
-impl State {
+impl State<PinnedMaps> {
     pub(super) fn inspect(&self, vips: &[Ipv4Addr]) -> Result<Vec<VipState>, LbError> {
         let services: HashMap<_, LbServiceKey, LbService> =
-            HashMap::try_from(self.datapath.map(LB_SERVICES_MAP)?)
+            HashMap::try_from(self.maps.datapath().map(LB_SERVICES_MAP)?)
                 .map_err(map_failure(LB_SERVICES_MAP))?;
         let backends: HashMap<_, u32, LbBackend> =
-            HashMap::try_from(self.datapath.map(LB_BACKENDS_MAP)?)
+            HashMap::try_from(self.maps.datapath().map(LB_BACKENDS_MAP)?)
                 .map_err(map_failure(LB_BACKENDS_MAP))?;
-        let tables: Array<_, LbMaglevTable> = Array::try_from(self.datapath.map(LB_MAGLEV_MAP)?)
-            .map_err(map_failure(LB_MAGLEV_MAP))?;
+        let tables: Array<_, LbMaglevTable> =
+            Array::try_from(self.maps.datapath().map(LB_MAGLEV_MAP)?)
+                .map_err(map_failure(LB_MAGLEV_MAP))?;
         let flows: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.datapath.map(LB_BACKEND_FLOWS_MAP)?)
+            PerCpuArray::try_from(self.maps.datapath().map(LB_BACKEND_FLOWS_MAP)?)
                 .map_err(map_failure(LB_BACKEND_FLOWS_MAP))?;
         let mut out = Vec::new();
         for &vip in vips {

@@ -25,6 +25,7 @@ mod error;
 mod fingerprint;
 mod inspect;
 pub mod maglev;
+mod maps;
 pub mod plan;
 mod state;
 
@@ -49,7 +50,8 @@ use netagent_common::{
 };
 use tracing::{info, warn};
 
-use state::{has_table, State};
+use maps::PinnedMaps;
+use state::State;
 
 use crate::{
     dataplane::{
@@ -141,32 +143,13 @@ impl LoadBalancer {
             backends = backends.len(),
             "load balancer maps opened"
         );
-        let used_slots: BTreeSet<u32> = services
-            .values()
-            .filter(|s| has_table(s))
-            .map(|s| s.table_slot)
-            .collect();
-        let used_ids: BTreeSet<u32> = backends.values().map(|&(id, _)| id).collect();
         Ok(Self {
-            state: Arc::new(Mutex::new(State {
-                datapath,
-                // Id 0 stays unused: a zeroed table entry means "no backend".
-                free_ids: (1..=sizes.backends)
-                    .filter(|id| !used_ids.contains(id))
-                    .collect(),
-                free_slots: (0..sizes.table_slots)
-                    .filter(|slot| !used_slots.contains(slot))
-                    .collect(),
-                next_service_id: services.values().map(|s| s.id).max().unwrap_or(0) + 1,
+            state: Arc::new(Mutex::new(State::adopt(
+                PinnedMaps::new(datapath),
                 sizes,
                 services,
-                tables: BTreeMap::new(),
-                members: BTreeMap::new(),
-                refs: StdHashMap::new(),
                 backends,
-                nodes: BTreeMap::new(),
-                exact: false,
-            })),
+            ))),
             planner: Mutex::new(plan::Planner::default()),
             attached: Mutex::new(BTreeSet::new()),
         })
@@ -220,12 +203,12 @@ impl LoadBalancer {
         let state = self.state.clone();
         let ifname = ifname.to_owned();
         let result = netns::run_in(Some(sandbox), move || {
-            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut state = crate::sync::lock(&state);
             let attach = |dp: &mut Datapath| -> Result<(), DatapathError> {
                 dp.attach_tc(LB_INGRESS_PROG, &ifname, Direction::Ingress, LB_SLOT)?;
                 dp.attach_tc(LB_EGRESS_PROG, &ifname, Direction::Egress, LB_SLOT)
             };
-            Ok(attach(&mut state.datapath))
+            Ok(attach(state.maps.datapath_mut()))
         })
         .await
         .map_err(|source| LbError::Netns {

@@ -10,20 +10,19 @@ use std::{
 
 use std::collections::HashMap as StdHashMap;
 
-use aya::maps::{Array, HashMap, MapError, PerCpuArray, PerCpuValues};
 use netagent_common::{
-    LbBackend, LbMaglevTable, LbService, LbServiceKey, LB_BACKENDS_MAP, LB_BACKEND_ACTIVE,
-    LB_BACKEND_DRAINING, LB_BACKEND_FLOWS_MAP, LB_MAGLEV_MAP, LB_SERVICES_MAP,
+    LbBackend, LbMaglevTable, LbService, LB_BACKEND_ACTIVE, LB_BACKEND_DRAINING,
     LB_SERVICE_NO_BACKENDS,
 };
 use tracing::{debug, info};
 
-use super::{error::LbError, maglev, plan};
-use crate::dataplane::{
-    bpf::{map_failure, removed},
-    lb_maps::MapSizes,
-    Datapath,
+use super::{
+    error::LbError,
+    maglev,
+    maps::{LbMaps, PinnedMaps},
+    plan,
 };
+use crate::dataplane::lb_maps::MapSizes;
 
 /// How much of the cluster the caller has seen.
 pub struct Seen<'a> {
@@ -33,8 +32,9 @@ pub struct Seen<'a> {
     pub live_nodes: &'a BTreeSet<String>,
 }
 
-pub(super) struct State {
-    pub(super) datapath: Datapath,
+pub(super) struct State<M = PinnedMaps> {
+    /// The maps themselves.
+    pub(super) maps: M,
     pub(super) sizes: MapSizes,
     /// What LB_SERVICES holds, by VIP.
     pub(super) services: BTreeMap<Ipv4Addr, LbService>,
@@ -86,7 +86,42 @@ impl BackendRefs {
     }
 }
 
-impl State {
+impl<M: LbMaps> State<M> {
+    /// The state of maps that already hold `services` and `backends` (an
+    /// earlier run's, or nothing): every other slot and id is free.
+    pub(super) fn adopt(
+        maps: M,
+        sizes: MapSizes,
+        services: BTreeMap<Ipv4Addr, LbService>,
+        backends: StdHashMap<Ipv4Addr, (u32, u32)>,
+    ) -> Self {
+        let used_slots: BTreeSet<u32> = services
+            .values()
+            .filter(|s| has_table(s))
+            .map(|s| s.table_slot)
+            .collect();
+        let used_ids: BTreeSet<u32> = backends.values().map(|&(id, _)| id).collect();
+        State {
+            maps,
+            // Id 0 stays unused: a zeroed table entry means "no backend".
+            free_ids: (1..=sizes.backends)
+                .filter(|id| !used_ids.contains(id))
+                .collect(),
+            free_slots: (0..sizes.table_slots)
+                .filter(|slot| !used_slots.contains(slot))
+                .collect(),
+            next_service_id: services.values().map(|s| s.id).max().unwrap_or(0) + 1,
+            sizes,
+            services,
+            tables: BTreeMap::new(),
+            members: BTreeMap::new(),
+            refs: StdHashMap::new(),
+            backends,
+            nodes: BTreeMap::new(),
+            exact: false,
+        }
+    }
+
     /// Whether backend `ip`, which the view does not mention, is gone.
     pub(super) fn gone(&self, ip: Ipv4Addr, seen: &Seen<'_>) -> bool {
         seen.settled
@@ -294,8 +329,7 @@ impl State {
 
     /// Removes VIP `vip`'s entry, then frees its table.
     pub(super) fn remove_vip(&mut self, vip: Ipv4Addr) -> Result<(), LbError> {
-        let mut services = self.services_map()?;
-        removed(services.remove(&key(vip))).map_err(map_failure(LB_SERVICES_MAP))?;
+        self.maps.remove_service(vip)?;
         if let Some(service) = self.services.remove(&vip) {
             self.free_slot(&service);
             info!(%vip, "VIP removed from the load balancer");
@@ -310,8 +344,7 @@ impl State {
         let Some(&(id, _)) = self.backends.get(&ip) else {
             return Ok(());
         };
-        let mut backends = self.backends_map()?;
-        removed(backends.remove(&id)).map_err(map_failure(LB_BACKENDS_MAP))?;
+        self.maps.remove_backend(id)?;
         self.backends.remove(&ip);
         self.nodes.remove(&ip);
         self.free_ids.push_back(id);
@@ -347,7 +380,7 @@ impl State {
             let table = self.table_of(active)?;
             let slot = match self.free_slots.pop_front() {
                 Some(slot) => {
-                    if let Err(error) = self.write_table(slot, &table) {
+                    if let Err(error) = self.maps.set_table(slot, &table) {
                         self.free_slots.push_front(slot);
                         return Err(error);
                     }
@@ -360,7 +393,7 @@ impl State {
                         .filter(has_table)
                         .map(|o| o.table_slot)
                         .ok_or(LbError::NoTable)?;
-                    self.write_table(slot, &table)?;
+                    self.maps.set_table(slot, &table)?;
                     slot
                 }
             };
@@ -372,12 +405,11 @@ impl State {
                 flags: 0,
             }
         };
-        let mut services = self.services_map()?;
-        if let Err(error) = services.insert(key(vip), value, 0) {
+        if let Err(error) = self.maps.set_service(vip, value) {
             if has_table(&value) && old.is_none_or(|o| o.table_slot != value.table_slot) {
                 self.free_slots.push_front(value.table_slot);
             }
-            return Err(map_failure(LB_SERVICES_MAP)(error).into());
+            return Err(error);
         }
         self.services.insert(vip, value);
         if let Some(old) = old.filter(|o| !has_table(&value) || o.table_slot != value.table_slot) {
@@ -403,15 +435,6 @@ impl State {
         Ok(table)
     }
 
-    pub(super) fn write_table(&mut self, slot: u32, table: &LbMaglevTable) -> Result<(), LbError> {
-        let mut array: Array<_, LbMaglevTable> =
-            Array::try_from(self.datapath.map_mut(LB_MAGLEV_MAP)?)
-                .map_err(map_failure(LB_MAGLEV_MAP))?;
-        array
-            .set(slot, table, 0)
-            .map_err(|error| map_failure(LB_MAGLEV_MAP)(error).into())
-    }
-
     /// Gives `service`'s table slot back, to be reused last.
     pub(super) fn free_slot(&mut self, service: &LbService) {
         if has_table(service) {
@@ -424,6 +447,7 @@ impl State {
     pub(super) fn add_backend(&mut self, ip: Ipv4Addr, flags: u32) -> Result<(), LbError> {
         let id = self.free_ids.pop_front().ok_or(LbError::NoBackendId)?;
         let written = self
+            .maps
             .reset_flows(id)
             .and_then(|()| self.put_backend(id, ip, flags));
         if let Err(error) = written {
@@ -434,45 +458,14 @@ impl State {
     }
 
     pub(super) fn put_backend(&mut self, id: u32, ip: Ipv4Addr, flags: u32) -> Result<(), LbError> {
-        let mut backends = self.backends_map()?;
         let value = LbBackend {
             ip: u32::from_ne_bytes(ip.octets()),
             flags,
         };
-        backends
-            .insert(id, value, 0)
-            .map_err(map_failure(LB_BACKENDS_MAP))?;
+        self.maps.set_backend(id, value)?;
         self.backends.insert(ip, (id, flags));
         debug!(%ip, id, flags, "backend written");
         Ok(())
-    }
-
-    /// Zeroes backend id `id`'s new-flow counter on every CPU.
-    pub(super) fn reset_flows(&mut self, id: u32) -> Result<(), LbError> {
-        let mut flows: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.datapath.map_mut(LB_BACKEND_FLOWS_MAP)?)
-                .map_err(map_failure(LB_BACKEND_FLOWS_MAP))?;
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(_, error)| map_failure(LB_BACKEND_FLOWS_MAP)(MapError::IoError(error)))?;
-        let zeros = PerCpuValues::try_from(vec![0u64; cpus])
-            .map_err(|error| map_failure(LB_BACKEND_FLOWS_MAP)(MapError::IoError(error)))?;
-        flows
-            .set(id, zeros, 0)
-            .map_err(|error| map_failure(LB_BACKEND_FLOWS_MAP)(error).into())
-    }
-
-    pub(super) fn services_map(
-        &mut self,
-    ) -> Result<HashMap<&mut aya::maps::MapData, LbServiceKey, LbService>, LbError> {
-        HashMap::try_from(self.datapath.map_mut(LB_SERVICES_MAP)?)
-            .map_err(|error| map_failure(LB_SERVICES_MAP)(error).into())
-    }
-
-    pub(super) fn backends_map(
-        &mut self,
-    ) -> Result<HashMap<&mut aya::maps::MapData, u32, LbBackend>, LbError> {
-        HashMap::try_from(self.datapath.map_mut(LB_BACKENDS_MAP)?)
-            .map_err(|error| map_failure(LB_BACKENDS_MAP)(error).into())
     }
 }
 
@@ -497,15 +490,193 @@ pub(super) fn has_table(service: &LbService) -> bool {
     service.flags & LB_SERVICE_NO_BACKENDS == 0
 }
 
-pub(super) fn key(vip: Ipv4Addr) -> LbServiceKey {
-    LbServiceKey {
-        vip: u32::from_ne_bytes(vip.octets()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use aya::maps::MapError;
+    use netagent_common::LB_SERVICES_MAP;
+
     use super::*;
+    use crate::dataplane::bpf::map_failure;
+
+    /// The maps as plain collections, with the order of the writes.
+    #[derive(Default)]
+    struct FakeMaps {
+        services: BTreeMap<Ipv4Addr, LbService>,
+        backends: BTreeMap<u32, LbBackend>,
+        tables: BTreeMap<u32, LbMaglevTable>,
+        writes: Vec<String>,
+        /// `set_service` fails, as for a full map.
+        refuse_services: bool,
+    }
+
+    impl LbMaps for FakeMaps {
+        fn set_service(&mut self, vip: Ipv4Addr, service: LbService) -> Result<(), LbError> {
+            if self.refuse_services {
+                return Err(map_failure(LB_SERVICES_MAP)(MapError::KeyNotFound).into());
+            }
+            self.writes.push(format!("service {vip}"));
+            self.services.insert(vip, service);
+            Ok(())
+        }
+        fn remove_service(&mut self, vip: Ipv4Addr) -> Result<(), LbError> {
+            self.writes.push(format!("remove service {vip}"));
+            self.services.remove(&vip);
+            Ok(())
+        }
+        fn set_backend(&mut self, id: u32, backend: LbBackend) -> Result<(), LbError> {
+            self.writes.push(format!("backend {id}"));
+            self.backends.insert(id, backend);
+            Ok(())
+        }
+        fn remove_backend(&mut self, id: u32) -> Result<(), LbError> {
+            self.writes.push(format!("remove backend {id}"));
+            self.backends.remove(&id);
+            Ok(())
+        }
+        fn set_table(&mut self, slot: u32, table: &LbMaglevTable) -> Result<(), LbError> {
+            self.writes.push(format!("table {slot}"));
+            self.tables.insert(slot, *table);
+            Ok(())
+        }
+        fn reset_flows(&mut self, id: u32) -> Result<(), LbError> {
+            self.writes.push(format!("flows {id}"));
+            Ok(())
+        }
+    }
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 250);
+
+    fn ip(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, n)
+    }
+
+    fn fresh() -> State<FakeMaps> {
+        let sizes = MapSizes {
+            services: 4,
+            table_slots: 6,
+            table_size: 13,
+            backends: 8,
+            conntrack: 64,
+        };
+        State::adopt(
+            FakeMaps::default(),
+            sizes,
+            BTreeMap::new(),
+            StdHashMap::new(),
+        )
+    }
+
+    /// The plan of one VIP with backends `(last octet, active)`.
+    fn plan(backends: &[(u8, bool)]) -> BTreeMap<Ipv4Addr, plan::Vip> {
+        let vip = plan::Vip {
+            service: "web".into(),
+            network_id: "net".into(),
+            addr: VIP,
+            backends: backends
+                .iter()
+                .map(|&(n, active)| plan::Backend {
+                    ip: ip(n),
+                    node: "n1".into(),
+                    active,
+                })
+                .collect(),
+        };
+        [(VIP, vip)].into()
+    }
+
+    fn sync(
+        state: &mut State<FakeMaps>,
+        desired: &BTreeMap<Ipv4Addr, plan::Vip>,
+    ) -> Result<(), LbError> {
+        let nodes = BTreeSet::from(["n1".to_owned()]);
+        let seen = Seen {
+            settled: true,
+            live_nodes: &nodes,
+        };
+        state.sync(desired, &plan::Changes::All, &seen)
+    }
+
+    /// The backend ids the VIP's table sends new flows to.
+    fn table_ids(state: &State<FakeMaps>) -> BTreeSet<u32> {
+        let service = state.maps.services[&VIP];
+        let table = state.maps.tables[&service.table_slot];
+        table.backends[..service.table_size as usize]
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    fn id_of(state: &State<FakeMaps>, n: u8) -> u32 {
+        state.backends[&ip(n)].0
+    }
+
+    #[test]
+    fn a_vip_is_written_backends_first_then_its_table_then_its_entry() {
+        let mut state = fresh();
+        sync(&mut state, &plan(&[(5, true), (6, true)])).unwrap();
+        let (a, b) = (id_of(&state, 5), id_of(&state, 6));
+        assert_eq!(table_ids(&state), BTreeSet::from([a, b]));
+        let service = state.maps.services[&VIP];
+        assert_eq!((service.backends, service.flags), (2, 0));
+        let writes = &state.maps.writes;
+        let at = |w: &str| writes.iter().position(|x| x == w).unwrap();
+        let table = at(&format!("table {}", service.table_slot));
+        // Each backend's flow counter is zeroed before it is written, and
+        // both are in place before the table that names them; the entry
+        // flips last.
+        for id in [a, b] {
+            assert!(at(&format!("flows {id}")) < at(&format!("backend {id}")));
+            assert!(at(&format!("backend {id}")) < table);
+        }
+        assert!(table < at(&format!("service {VIP}")), "{writes:?}");
+        for backend in state.maps.backends.values() {
+            assert_eq!(backend.flags, LB_BACKEND_ACTIVE);
+        }
+    }
+
+    #[test]
+    fn a_draining_backend_leaves_the_table_but_keeps_its_entry() {
+        let mut state = fresh();
+        sync(&mut state, &plan(&[(5, true), (6, true)])).unwrap();
+        let first_slot = state.maps.services[&VIP].table_slot;
+        sync(&mut state, &plan(&[(5, true), (6, false)])).unwrap();
+        let (a, b) = (id_of(&state, 5), id_of(&state, 6));
+        assert_eq!(table_ids(&state), BTreeSet::from([a]));
+        assert_eq!(state.maps.backends[&b].flags, LB_BACKEND_DRAINING);
+        // The new table went into a fresh slot; the old one is free again,
+        // reused last.
+        let service = state.maps.services[&VIP];
+        assert_ne!(service.table_slot, first_slot);
+        assert_eq!(state.free_slots.back(), Some(&first_slot));
+    }
+
+    #[test]
+    fn a_vip_without_backends_refuses_at_once_and_a_removed_one_frees_everything() {
+        let mut state = fresh();
+        sync(&mut state, &plan(&[(5, true)])).unwrap();
+        let slot = state.maps.services[&VIP].table_slot;
+        sync(&mut state, &plan(&[])).unwrap();
+        assert_eq!(state.maps.services[&VIP].flags, LB_SERVICE_NO_BACKENDS);
+        assert!(state.maps.backends.is_empty(), "an unused backend goes");
+        assert!(state.free_slots.contains(&slot));
+        sync(&mut state, &BTreeMap::new()).unwrap();
+        assert!(state.maps.services.is_empty());
+        assert_eq!(state.free_ids.len(), 8, "every backend id is free again");
+    }
+
+    #[test]
+    fn a_refused_entry_gives_its_fresh_table_slot_back() {
+        let mut state = fresh();
+        state.maps.refuse_services = true;
+        let free = state.free_slots.len();
+        assert!(sync(&mut state, &plan(&[(5, true)])).is_err());
+        assert_eq!(state.free_slots.len(), free);
+        assert!(state.maps.services.is_empty());
+        // The next pass, once the map takes it, programs the VIP.
+        state.maps.refuse_services = false;
+        sync(&mut state, &plan(&[(5, true)])).unwrap();
+        assert_eq!(table_ids(&state), BTreeSet::from([id_of(&state, 5)]));
+    }
 
     #[test]
     fn a_backend_is_active_while_any_vip_takes_new_flows_to_it() {

@@ -455,11 +455,6 @@ impl Ingress {
     }
 }
 
-/// Logs a failed sync; the next reconcile pass tries again.
-pub fn log_sync_error(error: &IngressError) {
-    warn!(%error, "cannot program the published ports; retrying on the next pass");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,7 +48,7 @@ use netagent_common::{
     INGRESS_REMOTE_MAP, INGRESS_REV_CT_MAP, LB_BACKENDS_MAP, LB_EGRESS_PROG, LB_INGRESS_PROG,
     LB_MAGLEV_MAP, LB_SERVICES_MAP,
 };
-use tracing::{info, warn};
+use tracing::info;
 
 use maps::PinnedMaps;
 use state::State;
@@ -242,9 +242,4 @@ impl LoadBalancer {
     pub fn inspect(&self, vips: &[Ipv4Addr]) -> Result<Vec<VipState>, LbError> {
         self.lock().inspect(vips)
     }
-}
-
-/// Logs a failed sync; the next reconcile pass tries again.
-pub fn log_sync_error(error: &LbError) {
-    warn!(%error, "cannot program the load balancer; retrying on the next pass");
 }

@@ -25,11 +25,13 @@ use crate::{
     dataplane::overlay::{Overlay, OverlayConfig, OverlayError},
     gossip::{Gossip, GossipConfig, GossipError, GossipView},
     ingress::Ingress,
-    lb::{LoadBalancer, Seen},
+    lb::LoadBalancer,
     model::{Endpoint, Network, Role, Service},
     node::endpoint_store::{EndpointStore, StoreError},
-    node::reconcile,
     node::resolvers::Resolvers,
+    node::steps::{
+        self, DnsTable, IngressPrograms, OverlayPeers, Pass, PublishedPorts, RemoteTasks, VipMaps,
+    },
 };
 
 /// How often the reconcile loop runs when nothing wakes it earlier, and how
@@ -365,38 +367,40 @@ impl ClusterRuntime {
         }
     }
 
-    /// One reconcile pass: observe, plan, execute.
-    async fn reconcile_once(&self) {
+    /// Reads the copies from the managers when a period has passed since
+    /// the last read (or try); returns whether the drained nodes changed.
+    async fn refresh_if_due(&self) -> bool {
         let stale = self
             .last_refresh
             .lock()
             .await
             .is_none_or(|at| at.elapsed() >= RECONCILE_PERIOD);
-        let mut drain_changed = false;
-        if stale {
-            // Tried, even if it fails: the next try is a period away.
-            *self.last_refresh.lock().await = Some(Instant::now());
-            if let Err(error) = self.refresh_networks().await {
-                warn!(%error, "cannot refresh the networks; using the last copy");
-            }
-            if let Err(error) = self.refresh_services().await {
-                debug!(%error, "cannot refresh the services; using the last copy");
-            }
-            match self.refresh_drained().await {
-                Ok(changed) => drain_changed = changed,
-                Err(error) => debug!(%error, "cannot refresh the nodes; using the last copy"),
+        if !stale {
+            return false;
+        }
+        // Tried, even if it fails: the next try is a period away.
+        *self.last_refresh.lock().await = Some(Instant::now());
+        if let Err(error) = self.refresh_networks().await {
+            warn!(%error, "cannot refresh the networks; using the last copy");
+        }
+        if let Err(error) = self.refresh_services().await {
+            debug!(%error, "cannot refresh the services; using the last copy");
+        }
+        match self.refresh_drained().await {
+            Ok(changed) => changed,
+            Err(error) => {
+                debug!(%error, "cannot refresh the nodes; using the last copy");
+                false
             }
         }
+    }
+
+    /// What this pass works from, read once.
+    async fn read_pass(&self) -> Pass {
         let drained = self.drained.read().await.clone();
-        let networks = self.networks().await;
         let local_entries = self.endpoints.lock().await.all().to_vec();
         let local: Vec<_> = local_entries.iter().map(|e| e.endpoint.clone()).collect();
         let view = self.view();
-        // DNS first: names must follow the view even when the kernel cannot
-        // be read.
-        self.resolvers
-            .update_table(&self.services().await, &view, &local, &networks, &drained);
-        self.resolvers.sync(&local_entries).await;
         let mut all = local.clone();
         all.extend(
             view.nodes
@@ -406,87 +410,67 @@ impl ClusterRuntime {
         // The load balancer and the published ports see drained nodes'
         // tasks as draining.
         crate::node::availability::drain_tasks(&mut all, &drained);
-        // Never from an empty copy the managers have not confirmed.
         let services_loaded = self.services_loaded.load(Ordering::Relaxed);
         let services = self.services().await;
+        // Never from an empty copy the managers have not confirmed.
         let published = if services_loaded {
             crate::ingress::plan::plan(&self.identity.node_name, &services, &all)
         } else {
             Default::default()
         };
+        Pass {
+            node_name: self.identity.node_name.clone(),
+            networks: self.networks().await,
+            live_nodes: view.nodes.keys().cloned().collect(),
+            local_entries,
+            local,
+            view,
+            services,
+            services_loaded,
+            drained,
+            all,
+            published,
+            settled: self.started.elapsed() >= VIEW_SETTLE_TIME,
+        }
+    }
+
+    /// One reconcile pass: its inputs read once, then each step in order
+    /// (`steps::run` logs a failed one; the next pass tries again).
+    async fn reconcile_once(&self) {
+        let drain_changed = self.refresh_if_due().await;
+        let pass = self.read_pass().await;
+        // DNS first: names must follow the view even when the kernel cannot
+        // be read.
+        steps::run(&DnsTable(&self.resolvers), &pass).await;
         if let Some(lb) = &self.lb {
-            if services_loaded {
-                let live_nodes = view.nodes.keys().cloned().collect();
-                let seen = Seen {
-                    settled: self.started.elapsed() >= VIEW_SETTLE_TIME,
-                    live_nodes: &live_nodes,
-                };
-                let tables = published.host_tables.clone();
-                match lb.sync_with(&services, &all, tables, &seen) {
-                    Ok(()) => {
-                        if drain_changed {
-                            info!(?drained, "load balancing follows the drained nodes");
-                        }
-                        if let Some(ingress) = &self.ingress {
-                            if let Err(error) = ingress.sync_maps(&published, &local) {
-                                crate::ingress::log_sync_error(&error);
-                            }
-                        }
-                    }
-                    Err(error) => crate::lb::log_sync_error(&error),
+            if pass.services_loaded && steps::run(&VipMaps(lb), &pass).await {
+                if drain_changed {
+                    info!(drained = ?pass.drained, "load balancing follows the drained nodes");
+                }
+                // The published ports' tables are among the VIP maps.
+                if let Some(ingress) = &self.ingress {
+                    steps::run(&PublishedPorts(ingress), &pass).await;
                 }
             }
-            self.attach_lb(lb, &local, &networks).await;
+            self.attach_lb(lb, &pass.local, &pass.networks).await;
         }
         if let Some(ingress) = &self.ingress {
-            if let Err(error) = ingress.ensure_attached() {
-                crate::ingress::log_sync_error(&error);
-            }
+            steps::run(&IngressPrograms(ingress), &pass).await;
         }
-        let observed = match reconcile::observe(&self.overlay, &networks).await {
-            Ok(observed) => observed,
-            Err(error) => {
-                warn!(%error, "cannot read the overlay state");
-                return;
-            }
-        };
-        let settled = self.started.elapsed() >= VIEW_SETTLE_TIME;
-        // Until the services have been read once, a sandbox kept for a
-        // published port cannot be told from a stale one: keep them all.
-        let keep = if services_loaded {
-            published.networks.clone()
-        } else {
-            networks
-                .iter()
-                .filter(|n| observed.sandboxes.contains_key(&n.vni))
-                .map(|n| n.id.clone())
-                .collect()
-        };
-        let actions = reconcile::plan_with(
-            &self.identity.node_name,
-            &networks,
-            &local,
-            &keep,
-            &view,
-            &observed,
-            settled,
-        );
-        if !actions.is_empty() {
-            reconcile::execute(&self.overlay, &actions).await;
+        // Without the overlay's state, nothing after it can be planned.
+        if !steps::run(&OverlayPeers(&self.overlay), &pass).await {
+            return;
         }
         if let Some(ingress) = &self.ingress {
-            if services_loaded {
-                self.sync_return_paths(ingress, &networks, &published.networks, &local)
-                    .await;
-                let remote = crate::ingress::remote::plan(
-                    &self.identity.node_name,
-                    &networks,
-                    &published.networks,
-                    &view,
-                );
-                if let Err(error) = ingress.sync_remote_tasks(&remote) {
-                    crate::ingress::log_sync_error(&error);
-                }
+            if pass.services_loaded {
+                self.sync_return_paths(
+                    ingress,
+                    &pass.networks,
+                    &pass.published.networks,
+                    &pass.local,
+                )
+                .await;
+                steps::run(&RemoteTasks(ingress), &pass).await;
             }
         }
     }

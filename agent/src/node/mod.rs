@@ -5,6 +5,8 @@
 //!   control-plane client, gossip, the overlay, the load balancer, the
 //!   published ports, DNS, and the reconcile loop over them;
 //! - `attach`: `endpoint attach` / `detach`, every step undone on failure;
+//! - `steps`: the reconcile loop's steps in one shape (`Reconciler`), the
+//!   inputs a pass reads once (`Pass`), and the one error policy (`run`);
 //! - `reconcile`: the overlay's plan (pure), observation and execution;
 //! - `resolvers`: one embedded DNS resolver per container namespace;
 //! - `return_paths`: published ports' way back from remote tasks;
@@ -25,3 +27,4 @@ pub mod reconcile;
 pub mod resolvers;
 pub mod return_paths;
 pub mod state;
+pub mod steps;

@@ -32,6 +32,8 @@ pub const PROGRAMS: &[(&str, Source)] = &[
     ("dnsmasq", Source::Package("dnsmasq-base")),
     ("dnsperf", Source::Package("dnsperf")),
     ("dpkg-query", Source::Package("dpkg")),
+    ("etcd", Source::Package("etcd-server")),
+    ("etcdctl", Source::Package("etcd-client")),
     ("drill", Source::Package("ldnsutils")),
     ("getent", Source::Package("libc-bin")),
     ("ip", Source::Package("iproute2")),
@@ -434,14 +436,14 @@ mod tests {
     #[test]
     fn an_unknown_program_is_reported_with_what_to_add() {
         let uses = [Use {
-            program: "etcdctl".into(),
+            program: "consul".into(),
             file: "tests/x.rs".into(),
             line: 3,
         }];
         let found = problems(&uses, &[]);
         assert_eq!(found.len(), 1);
         assert!(
-            found[0].starts_with("tests/x.rs:3 runs `etcdctl`"),
+            found[0].starts_with("tests/x.rs:3 runs `consul`"),
             "{found:?}"
         );
         assert!(found[0].contains("add it to PROGRAMS"), "{found:?}");

@@ -26,6 +26,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libprotobuf-dev", "etcd-client's well-known protobuf types"),
     ("dnsmasq-base", "the lab's upstream DNS server"),
     (
+        "etcd-server",
+        "the lab's etcd members, the store of several managers",
+    ),
+    (
         "bind9-dnsutils",
         "dig, in tests and the lab's readiness checks",
     ),

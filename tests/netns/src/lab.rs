@@ -11,6 +11,7 @@ use nix::sys::signal::Signal;
 
 use crate::{
     cmd::{self, CmdError},
+    etcd,
     names::{
         self, BPFFS_ROOT, ETC_NETNS, EXTERNAL_ADDR, LAB_STATE_ROOT, UNDERLAY_PREFIX_LEN,
         UPSTREAM_DNS_ADDR,
@@ -159,6 +160,8 @@ pub struct Lab {
     default_netns_prefix: bool,
     nodes: Vec<Node>,
     dnsmasq: Option<(Child, ProcessId)>,
+    /// etcd members, by node name (`start_etcd`).
+    etcd: Vec<(String, Child, ProcessId)>,
     /// Servers and clients started in lab namespaces (`spawn_in`).
     processes: Vec<(Child, ProcessId)>,
     namespaces: Vec<String>,
@@ -239,6 +242,7 @@ impl Lab {
             default_netns_prefix: spec.default_netns_prefix,
             nodes: Vec::new(),
             dnsmasq: None,
+            etcd: Vec::new(),
             processes: Vec::new(),
             namespaces: Vec::new(),
             torn_down: false,
@@ -438,6 +442,73 @@ impl Lab {
         let id = self.record_process(&child)?;
         self.processes.push((child, id));
         Ok(())
+    }
+
+    /// Starts one etcd member in each of `nodes`, forming one cluster, and
+    /// returns its client URLs (in the order of `nodes`) once every member
+    /// answers healthy.
+    pub fn start_etcd(&mut self, nodes: &[&str]) -> Result<Vec<String>, LabError> {
+        let members = nodes
+            .iter()
+            .map(|name| {
+                self.node(name).map(|node| etcd::Member {
+                    name: node.name.clone(),
+                    addr: node.addr,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for member in &members {
+            let netns = self.node(&member.name)?.netns.clone();
+            let data_dir = self.state_dir.join(format!("etcd-{}", member.name));
+            let log = self.state_dir.join(format!("etcd-{}.log", member.name));
+            let child = process::spawn_in_netns(
+                &netns_path(&netns),
+                Path::new("etcd"),
+                &etcd::args(member, &members, &data_dir, &self.prefix),
+                &log,
+                self.lifetime(),
+                Mounts::Host,
+            )
+            .map_err(|source| LabError::Spawn {
+                what: "etcd (install it with `cargo xtask setup`)".into(),
+                source,
+            })?;
+            let id = self.record_process(&child)?;
+            self.etcd.push((member.name.clone(), child, id));
+        }
+        for member in &members {
+            self.wait_etcd_healthy(member)?;
+        }
+        Ok(members.iter().map(|m| etcd::client_url(m.addr)).collect())
+    }
+
+    /// Stops node `name`'s etcd member, as a switched-off manager's.
+    pub fn stop_etcd(&mut self, name: &str) {
+        if let Some(at) = self.etcd.iter().position(|(node, _, _)| node == name) {
+            let (_, mut child, id) = self.etcd.remove(at);
+            id.terminate(STOP_GRACE);
+            let _ = child.try_wait();
+        }
+    }
+
+    fn wait_etcd_healthy(&self, member: &etcd::Member) -> Result<(), LabError> {
+        let netns = &self.node(&member.name)?.netns;
+        let url = format!("{}/health", etcd::client_url(member.addr));
+        process::wait_until(Duration::from_secs(20), || {
+            let output = Command::new("ip")
+                .args(["netns", "exec", netns, "curl", "-s", "-m", "1", &url])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&output.stdout)
+                .contains("\"health\":\"true\"")
+                .then_some(())
+        })
+        .map_err(|waited| LabError::StartTimeout {
+            what: format!("etcd on {}", member.name),
+            secs: waited.as_secs(),
+            log: std::fs::read_to_string(self.state_dir.join(format!("etcd-{}.log", member.name)))
+                .unwrap_or_default(),
+        })
     }
 
     /// Stops the lab's upstream DNS server (to test what happens when the
@@ -831,6 +902,11 @@ impl Lab {
                 agent.id.terminate(STOP_GRACE);
                 let _ = agent.child.try_wait();
             }
+        }
+        // The agents (managers) used the store: it goes after them.
+        for (_, mut child, id) in self.etcd.drain(..).rev() {
+            id.terminate(STOP_GRACE);
+            let _ = child.try_wait();
         }
         self.stop_upstream_dns();
         for netns in self.namespaces.drain(..).rev() {

@@ -21,6 +21,7 @@
 //! on panic); [`sweep`] removes what a killed run left behind.
 
 mod cmd;
+pub mod etcd;
 mod lab;
 mod names;
 mod process;

@@ -32,6 +32,7 @@ pub const PROGRAMS: &[(&str, Source)] = &[
     ("dnsmasq", Source::Package("dnsmasq-base")),
     ("dnsperf", Source::Package("dnsperf")),
     ("dpkg-query", Source::Package("dpkg")),
+    ("env", Source::Package("coreutils")),
     ("etcd", Source::Package("etcd-server")),
     ("etcdctl", Source::Package("etcd-client")),
     ("drill", Source::Package("ldnsutils")),

@@ -22,6 +22,7 @@ pub mod allocator;
 pub mod ca;
 mod client;
 pub mod error;
+pub mod etcd_store;
 pub mod identity;
 pub mod manager;
 pub mod node;

@@ -16,11 +16,16 @@ use super::error::ControlError;
 pub const FILE_NAME: &str = "store.redb";
 
 #[derive(Debug, thiserror::Error)]
-#[error("control-plane store {op} failed: {message}: check <data-dir>/store.redb (disk full? damaged: restore it from a backup; in use: stop the other netagent)")]
+#[error("control-plane store {op} failed: {message}: {hint}")]
 pub struct StoreError {
     pub op: &'static str,
     pub message: String,
+    /// What to check, for the backend that failed.
+    pub hint: &'static str,
 }
+
+/// What to check when the embedded store fails.
+const REDB_HINT: &str = "check <data-dir>/store.redb (disk full? damaged: restore it from a backup; in use: stop the other netagent)";
 
 impl From<StoreError> for ControlError {
     fn from(error: StoreError) -> Self {
@@ -32,6 +37,7 @@ fn failed(op: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreError {
     move |error| StoreError {
         op,
         message: error.to_string(),
+        hint: REDB_HINT,
     }
 }
 

@@ -71,3 +71,141 @@ fn three_members_take_writes_with_one_down_and_refuse_them_with_two_down() {
     assert_eq!(local.as_deref(), Ok(""));
     lab.teardown().expect("teardown");
 }
+
+/// Where the contract test reaches the lab's etcd (set by the test that
+/// starts it inside a node).
+const URLS_VAR: &str = "NETLAB_ETCD_URLS";
+
+/// The control plane's store on the lab's etcd behaves as the managers rely
+/// on. The client must open its connections inside a node's namespace, and
+/// no test thread may switch namespace: the checks run in a second process
+/// of this test binary, started inside n1.
+#[test]
+fn the_etcd_store_keeps_the_store_contract() {
+    require_root!();
+    let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab");
+    let urls = lab.start_etcd(&["n1", "n2", "n3"]).expect("etcd");
+    let netns = lab.node("n1").expect("n1").netns.clone();
+    let exe = std::env::current_exe().expect("test binary");
+    let setting = format!("{URLS_VAR}={}", urls.join(","));
+    let exe = exe.to_string_lossy();
+    let output = lab
+        .exec(
+            &netns,
+            &[
+                "env",
+                &setting,
+                &exe,
+                "--exact",
+                "etcd_store_contract_inside_a_node",
+                "--include-ignored",
+                "--test-threads=1",
+            ],
+        )
+        .expect("the contract runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    lab.teardown().expect("teardown");
+}
+
+#[test]
+#[ignore = "runs inside a lab node, started by the_etcd_store_keeps_the_store_contract"]
+fn etcd_store_contract_inside_a_node() {
+    use std::time::Duration;
+
+    use netagent::control::{
+        etcd_store::EtcdStore,
+        store::{Compare, Op, Store},
+    };
+
+    let urls: Vec<String> = std::env::var(URLS_VAR)
+        .expect("started by the outer test")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    // Two managers, each through its own member.
+    let one = EtcdStore::connect(&urls[..1], "netagent-test/").expect("connect");
+    let two = EtcdStore::connect(&urls[1..2], "netagent-test/").expect("connect");
+    let put = |key: &str, value: &str| Op::Put {
+        key: key.into(),
+        value: value.into(),
+    };
+    let absent = |key: &str| Compare {
+        key: key.into(),
+        mod_revision: 0,
+    };
+
+    assert_eq!(one.get("guard/networks").expect("get"), None);
+    let mut events = two.watch();
+
+    // A compare on an absent key holds once, as in the embedded store.
+    let first = one
+        .txn(&[absent("networks/a")], &[put("networks/a", "4096")])
+        .expect("txn")
+        .expect("committed");
+    let stale = two
+        .txn(&[absent("networks/a")], &[put("networks/a", "4097")])
+        .expect("txn");
+    assert_eq!(stale, None, "a stale compare must not commit");
+    let read = two.get("networks/a").expect("get").expect("present");
+    assert_eq!(
+        (read.value.as_slice(), read.mod_revision),
+        (&b"4096"[..], first)
+    );
+
+    // A compare on the revision read commits, through the other manager.
+    let held = Compare {
+        key: "networks/a".into(),
+        mod_revision: first,
+    };
+    let second = two
+        .txn(
+            &[held],
+            &[put("networks/a", "4098"), put("networks/b", "x")],
+        )
+        .expect("txn")
+        .expect("committed");
+    assert!(second > first);
+    assert_eq!(one.revision().expect("revision"), second);
+
+    // A prefix list: one revision, in key order, keys as the store names them.
+    one.put("nodesx", b"not in nodes/").expect("put");
+    one.put("nodes/b", b"2").expect("put");
+    one.put("nodes/a", b"1").expect("put");
+    let listed: Vec<String> = one
+        .list("nodes/")
+        .expect("list")
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(listed, ["nodes/a", "nodes/b"]);
+
+    assert!(one.delete("nodes/a").expect("delete"));
+    assert!(!one.delete("nodes/a").expect("delete"));
+    assert_eq!(two.get("nodes/a").expect("get"), None);
+
+    // Every change reached the other manager's watch, in order, once.
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while seen.len() < 7 && std::time::Instant::now() < deadline {
+        match events.try_recv() {
+            Ok(event) => seen.push((event.key, event.deleted)),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let expected = [
+        ("networks/a", false),
+        ("networks/a", false),
+        ("networks/b", false),
+        ("nodesx", false),
+        ("nodes/b", false),
+        ("nodes/a", false),
+        ("nodes/a", true),
+    ];
+    let seen: Vec<(&str, bool)> = seen.iter().map(|(k, d)| (k.as_str(), *d)).collect();
+    assert_eq!(seen, expected);
+}

@@ -14,7 +14,7 @@ use std::{future::Future, time::Duration};
 
 use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp,
-    WatchOptions,
+    WatchOptions, WatchStream,
 };
 use tokio::{runtime::Runtime, sync::broadcast};
 use tracing::{debug, warn};
@@ -25,8 +25,10 @@ use super::store::{Compare, Event, Op, Store, StoreError, Versioned};
 const ETCD_HINT: &str = "check that a majority of the etcd members given with --store answer (`etcdctl endpoint health`) and that this node reaches them";
 /// How long one request may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause before a broken watch is opened again.
+/// Pause before a broken watch is opened again, doubled after each failure
+/// to open it, up to `WATCH_RETRY_MAX`.
 const WATCH_RETRY: Duration = Duration::from_millis(200);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
 
 fn failed(op: &'static str) -> impl Fn(etcd_client::Error) -> StoreError {
     move |error| StoreError {
@@ -196,39 +198,56 @@ async fn watch_loop(
     mut from: u64,
     events: broadcast::Sender<Event>,
 ) {
+    let mut retry = WATCH_RETRY;
     loop {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(from as i64);
         match client.watch(prefix.clone(), Some(options)).await {
-            Ok(mut stream) => loop {
-                match stream.message().await {
-                    Ok(Some(response)) => {
-                        for event in response.events() {
-                            let Some(kv) = event.kv() else { continue };
-                            let revision = kv.mod_revision().max(0) as u64;
-                            let key = String::from_utf8_lossy(kv.key());
-                            let Some(key) = key.strip_prefix(&prefix) else {
-                                continue;
-                            };
-                            // No receiver is fine: nobody watches yet.
-                            let _ = events.send(Event {
-                                revision,
-                                key: key.to_owned(),
-                                deleted: event.event_type() == EventType::Delete,
-                            });
-                            from = from.max(revision + 1);
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(error) => {
-                        debug!(%error, "etcd watch broke; opening it again");
-                        break;
-                    }
-                }
-            },
-            Err(error) => warn!(%error, "cannot watch etcd; trying again"),
+            Ok(mut stream) => {
+                retry = WATCH_RETRY;
+                forward(&mut stream, &prefix, &mut from, &events).await;
+            }
+            Err(error) => {
+                warn!(%error, retry_in = ?retry, "cannot watch etcd; trying again");
+                retry = (retry * 2).min(WATCH_RETRY_MAX);
+            }
         }
-        tokio::time::sleep(WATCH_RETRY).await;
+        tokio::time::sleep(retry).await;
+    }
+}
+
+/// Sends the changes `stream` reports on to `events` until it ends or
+/// breaks; `from` follows the revision after the last one sent.
+async fn forward(
+    stream: &mut WatchStream,
+    prefix: &str,
+    from: &mut u64,
+    events: &broadcast::Sender<Event>,
+) {
+    loop {
+        let response = match stream.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => return,
+            Err(error) => {
+                debug!(%error, "etcd watch broke; opening it again");
+                return;
+            }
+        };
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            let revision = kv.mod_revision().max(0) as u64;
+            let key = String::from_utf8_lossy(kv.key());
+            let Some(key) = key.strip_prefix(prefix) else {
+                continue;
+            };
+            // No receiver is fine: nobody watches yet.
+            let _ = events.send(Event {
+                revision,
+                key: key.to_owned(),
+                deleted: event.event_type() == EventType::Delete,
+            });
+            *from = (*from).max(revision + 1);
+        }
     }
 }

@@ -45,6 +45,7 @@ pub const PROGRAMS: &[(&str, Source)] = &[
     ("nc", Source::Package("netcat-openbsd")),
     ("nft", Source::Package("nftables")),
     ("nsenter", Source::Package("util-linux")),
+    ("openssl", Source::Package("openssl")),
     ("ping", Source::Package("iputils-ping")),
     ("python3", Source::Package("python3")),
     ("rustup", Source::Toolchain),

@@ -30,6 +30,11 @@ const PACKAGES: &[(&str, &str)] = &[
         "the lab's etcd members, the store of several managers",
     ),
     (
+        "etcd-client",
+        "etcdctl, reading and writing the lab's etcd in tests",
+    ),
+    ("openssl", "the lab's certificates for etcd with TLS"),
+    (
         "bind9-dnsutils",
         "dig, in tests and the lab's readiness checks",
     ),

@@ -13,8 +13,8 @@
 use std::{future::Future, time::Duration};
 
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp,
-    WatchOptions, WatchStream,
+    Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions,
+    Identity, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use tokio::{runtime::Runtime, sync::broadcast};
 use tracing::{debug, warn};
@@ -38,6 +38,15 @@ fn failed(op: &'static str) -> impl Fn(etcd_client::Error) -> StoreError {
     }
 }
 
+/// TLS to etcd: the CA that signed the members' certificates, and this
+/// client's certificate and key (etcd's `--client-cert-auth`), all PEM.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
 pub struct EtcdStore {
     client: Client,
     prefix: String,
@@ -48,9 +57,14 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
-    /// Connects to `endpoints` (etcd's client fails over between them) and
-    /// keeps every key under `prefix`.
-    pub fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
+    /// Connects to `endpoints` (etcd's client fails over between them),
+    /// over TLS when `tls` is given (`https://` endpoints), and keeps every
+    /// key under `prefix`.
+    pub fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        tls: Option<&EtcdTls>,
+    ) -> Result<Self, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("etcd-client")
@@ -61,9 +75,16 @@ impl EtcdStore {
                 message: error.to_string(),
                 hint: "the node may be out of memory or threads",
             })?;
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT);
+        if let Some(tls) = tls {
+            options = options.with_tls(
+                TlsOptions::new()
+                    .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                    .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
+            );
+        }
         let connect = Client::connect(endpoints.to_vec(), Some(options));
         let client = wait(&runtime, connect).map_err(failed("connect"))?;
         let (events, _) = broadcast::channel(1024);

@@ -448,7 +448,29 @@ impl Lab {
     /// returns its client URLs (in the order of `nodes`) once every member
     /// answers healthy.
     pub fn start_etcd(&mut self, nodes: &[&str]) -> Result<Vec<String>, LabError> {
-        let members = nodes
+        self.start_etcd_members(nodes, None)
+    }
+
+    /// `start_etcd` with TLS: clients reach the members over `https` and
+    /// must present a certificate of the lab's CA (`--client-cert-auth`);
+    /// also returns the certificates (made in the lab's state directory).
+    pub fn start_etcd_with_tls(
+        &mut self,
+        nodes: &[&str],
+    ) -> Result<(Vec<String>, etcd::Certs), LabError> {
+        let members = self.etcd_members(nodes)?;
+        let dir = self.state_dir.join("etcd-certs");
+        std::fs::create_dir_all(&dir).map_err(|source| LabError::File {
+            path: dir.clone(),
+            source,
+        })?;
+        let certs = etcd::make_certs(&dir, &members)?;
+        let urls = self.start_etcd_members(nodes, Some(&certs))?;
+        Ok((urls, certs))
+    }
+
+    fn etcd_members(&self, nodes: &[&str]) -> Result<Vec<etcd::Member>, LabError> {
+        nodes
             .iter()
             .map(|name| {
                 self.node(name).map(|node| etcd::Member {
@@ -456,7 +478,15 @@ impl Lab {
                     addr: node.addr,
                 })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect()
+    }
+
+    fn start_etcd_members(
+        &mut self,
+        nodes: &[&str],
+        certs: Option<&etcd::Certs>,
+    ) -> Result<Vec<String>, LabError> {
+        let members = self.etcd_members(nodes)?;
         for member in &members {
             let netns = self.node(&member.name)?.netns.clone();
             let data_dir = self.state_dir.join(format!("etcd-{}", member.name));
@@ -464,7 +494,7 @@ impl Lab {
             let child = process::spawn_in_netns(
                 &netns_path(&netns),
                 Path::new("etcd"),
-                &etcd::args(member, &members, &data_dir, &self.prefix),
+                &etcd::args(member, &members, &data_dir, &self.prefix, certs),
                 &log,
                 self.lifetime(),
                 Mounts::Host,
@@ -477,9 +507,12 @@ impl Lab {
             self.etcd.push((member.name.clone(), child, id));
         }
         for member in &members {
-            self.wait_etcd_healthy(member)?;
+            self.wait_etcd_healthy(member, certs)?;
         }
-        Ok(members.iter().map(|m| etcd::client_url(m.addr)).collect())
+        Ok(members
+            .iter()
+            .map(|m| etcd::client_url(m.addr, certs.is_some()))
+            .collect())
     }
 
     /// Stops node `name`'s etcd member, as a switched-off manager's.
@@ -491,14 +524,29 @@ impl Lab {
         }
     }
 
-    fn wait_etcd_healthy(&self, member: &etcd::Member) -> Result<(), LabError> {
+    fn wait_etcd_healthy(
+        &self,
+        member: &etcd::Member,
+        certs: Option<&etcd::Certs>,
+    ) -> Result<(), LabError> {
         let netns = &self.node(&member.name)?.netns;
-        let url = format!("{}/health", etcd::client_url(member.addr));
+        let url = format!("{}/health", etcd::client_url(member.addr, certs.is_some()));
+        let mut curl: Vec<String> = ["netns", "exec", netns, "curl", "-s", "-m", "1"]
+            .map(str::to_owned)
+            .into();
+        if let Some(certs) = certs {
+            for (flag, path) in [
+                ("--cacert", &certs.ca),
+                ("--cert", &certs.client_cert),
+                ("--key", &certs.client_key),
+            ] {
+                curl.push(flag.to_owned());
+                curl.push(path.display().to_string());
+            }
+        }
+        curl.push(url);
         process::wait_until(Duration::from_secs(20), || {
-            let output = Command::new("ip")
-                .args(["netns", "exec", netns, "curl", "-s", "-m", "1", &url])
-                .output()
-                .ok()?;
+            let output = Command::new("ip").args(&curl).output().ok()?;
             String::from_utf8_lossy(&output.stdout)
                 .contains("\"health\":\"true\"")
                 .then_some(())

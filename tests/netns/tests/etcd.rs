@@ -10,9 +10,18 @@ use netlab::{require_root, Lab, LabSpec};
 fn etcdctl(lab: &Lab, node: &str, url: &str, args: &[&str]) -> Result<String, String> {
     let netns = lab.node(node).expect("node").netns.clone();
     let endpoints = format!("--endpoints={url}");
-    let mut command = vec!["etcdctl", &endpoints, "--command-timeout=2s"];
-    command.extend_from_slice(args);
-    let output = lab.exec(&netns, &command).expect("etcdctl runs");
+    let output = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &netns,
+            "etcdctl",
+            &endpoints,
+            "--command-timeout=2s",
+        ])
+        .args(args)
+        .output()
+        .expect("etcdctl runs");
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     } else {
@@ -72,29 +81,50 @@ fn three_members_take_writes_with_one_down_and_refuse_them_with_two_down() {
     lab.teardown().expect("teardown");
 }
 
-/// Where the contract test reaches the lab's etcd (set by the test that
-/// starts it inside a node).
+/// Where the contract test reaches the lab's etcd, and the CA, certificate
+/// and key it does so with (set by the test that starts it inside a node).
 const URLS_VAR: &str = "NETLAB_ETCD_URLS";
+const TLS_VAR: &str = "NETLAB_ETCD_TLS";
 
-/// The control plane's store on the lab's etcd behaves as the managers rely
-/// on. The client must open its connections inside a node's namespace, and
-/// no test thread may switch namespace: the checks run in a second process
-/// of this test binary, started inside n1.
+/// The control plane's store on the lab's etcd, over TLS with client
+/// certificates, behaves as the managers rely on. The client must open its
+/// connections inside a node's namespace, and no test thread may switch
+/// namespace: the checks run in a second process of this test binary,
+/// started inside n1.
 #[test]
-fn the_etcd_store_keeps_the_store_contract() {
+fn the_etcd_store_keeps_the_store_contract_over_tls() {
     require_root!();
     let mut lab = Lab::up(LabSpec::nodes(3)).expect("lab");
-    let urls = lab.start_etcd(&["n1", "n2", "n3"]).expect("etcd");
+    let (urls, certs) = lab.start_etcd_with_tls(&["n1", "n2", "n3"]).expect("etcd");
     let netns = lab.node("n1").expect("n1").netns.clone();
+
+    // A client without a certificate of the lab's CA is refused.
+    let ca = certs.ca.display().to_string();
+    let health = format!("{}/health", urls[0]);
+    let anonymous = lab
+        .exec(&netns, &["curl", "-s", "-m", "2", "--cacert", &ca, &health])
+        .expect("curl runs");
+    assert!(
+        !String::from_utf8_lossy(&anonymous.stdout).contains("true"),
+        "etcd answered a client without a certificate"
+    );
+
     let exe = std::env::current_exe().expect("test binary");
-    let setting = format!("{URLS_VAR}={}", urls.join(","));
+    let urls_setting = format!("{URLS_VAR}={}", urls.join(","));
+    let tls_setting = format!(
+        "{TLS_VAR}={},{},{}",
+        certs.ca.display(),
+        certs.client_cert.display(),
+        certs.client_key.display()
+    );
     let exe = exe.to_string_lossy();
     let output = lab
         .exec(
             &netns,
             &[
                 "env",
-                &setting,
+                &urls_setting,
+                &tls_setting,
                 &exe,
                 "--exact",
                 "etcd_store_contract_inside_a_node",
@@ -113,23 +143,35 @@ fn the_etcd_store_keeps_the_store_contract() {
 }
 
 #[test]
-#[ignore = "runs inside a lab node, started by the_etcd_store_keeps_the_store_contract"]
+#[ignore = "runs inside a lab node, started by the_etcd_store_keeps_the_store_contract_over_tls"]
 fn etcd_store_contract_inside_a_node() {
     use std::time::Duration;
 
     use netagent::control::{
-        etcd_store::EtcdStore,
+        etcd_store::{EtcdStore, EtcdTls},
         store::{Compare, Op, Store},
     };
 
-    let urls: Vec<String> = std::env::var(URLS_VAR)
-        .expect("started by the outer test")
-        .split(',')
-        .map(str::to_owned)
-        .collect();
+    let setting = |name: &str| -> Vec<String> {
+        std::env::var(name)
+            .expect("started by the outer test")
+            .split(',')
+            .map(str::to_owned)
+            .collect()
+    };
+    let urls = setting(URLS_VAR);
+    let read = |path: &String| std::fs::read_to_string(path).expect("certificate file");
+    let tls = match setting(TLS_VAR).as_slice() {
+        [ca, cert, key] => Some(EtcdTls {
+            ca_pem: read(ca),
+            cert_pem: read(cert),
+            key_pem: read(key),
+        }),
+        other => panic!("{TLS_VAR} holds {other:?}"),
+    };
     // Two managers, each through its own member.
-    let one = EtcdStore::connect(&urls[..1], "netagent-test/").expect("connect");
-    let two = EtcdStore::connect(&urls[1..2], "netagent-test/").expect("connect");
+    let one = EtcdStore::connect(&urls[..1], "netagent-test/", tls.as_ref()).expect("connect");
+    let two = EtcdStore::connect(&urls[1..2], "netagent-test/", tls.as_ref()).expect("connect");
     let put = |key: &str, value: &str| Op::Put {
         key: key.into(),
         value: value.into(),

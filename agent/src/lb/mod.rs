@@ -39,14 +39,10 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use std::collections::HashMap as StdHashMap;
-
-use aya::maps::HashMap;
 use netagent_api::types::VipState;
 use netagent_common::{
-    IngressRemote, IngressRev, LbBackend, LbMaglevTable, LbService, LbServiceKey,
-    INGRESS_REMOTE_MAP, INGRESS_REV_CT_MAP, LB_BACKENDS_MAP, LB_EGRESS_PROG, LB_INGRESS_PROG,
-    LB_MAGLEV_MAP, LB_SERVICES_MAP,
+    IngressRemote, IngressRev, LbMaglevTable, INGRESS_REMOTE_MAP, INGRESS_REV_CT_MAP,
+    LB_EGRESS_PROG, LB_INGRESS_PROG, LB_MAGLEV_MAP,
 };
 use tracing::info;
 
@@ -107,7 +103,7 @@ impl LoadBalancer {
     /// Opens the load balancer's maps under `bpffs` (creating them on the
     /// first run) and adopts what an earlier run programmed.
     pub fn load(bpffs: &Path, sizes: MapSizes) -> Result<Self, LbError> {
-        let mut datapath = Datapath::load(bpffs, &sizes)?;
+        let datapath = Datapath::load(bpffs, &sizes)?;
         // Pinned maps keep the layout and sizes they were created with (aya
         // adopts a pin without comparing them): check before anything is
         // written or attached.
@@ -122,34 +118,15 @@ impl LoadBalancer {
                 });
             }
         }
-        let services: HashMap<_, LbServiceKey, LbService> =
-            HashMap::try_from(datapath.map_mut(LB_SERVICES_MAP)?)
-                .map_err(map_failure(LB_SERVICES_MAP))?;
-        let services: BTreeMap<Ipv4Addr, LbService> = services
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, v)| (Ipv4Addr::from(k.vip.to_ne_bytes()), v))
-            .collect();
-        let backends: HashMap<_, u32, LbBackend> =
-            HashMap::try_from(datapath.map_mut(LB_BACKENDS_MAP)?)
-                .map_err(map_failure(LB_BACKENDS_MAP))?;
-        let backends: StdHashMap<Ipv4Addr, (u32, u32)> = backends
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(id, b)| (Ipv4Addr::from(b.ip.to_ne_bytes()), (id, b.flags)))
-            .collect();
+        let mut maps = PinnedMaps::new(datapath)?;
+        let (services, backends) = maps.adopted()?;
         info!(
             vips = services.len(),
             backends = backends.len(),
             "load balancer maps opened"
         );
         Ok(Self {
-            state: Arc::new(Mutex::new(State::adopt(
-                PinnedMaps::new(datapath),
-                sizes,
-                services,
-                backends,
-            ))),
+            state: Arc::new(Mutex::new(State::adopt(maps, sizes, services, backends))),
             planner: Mutex::new(plan::Planner::default()),
             attached: Mutex::new(BTreeSet::new()),
         })

@@ -134,8 +134,13 @@ fn wait<T: Send + 'static>(
         .map_err(|error| etcd_client::Error::IoError(std::io::Error::other(error)))?
 }
 
+/// etcd's revisions are `i64`, never negative.
+fn revision(value: i64) -> u64 {
+    value.max(0) as u64
+}
+
 fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> u64 {
-    header.map_or(0, |h| h.revision()).max(0) as u64
+    revision(header.map_or(0, |h| h.revision()))
 }
 
 impl Store for EtcdStore {
@@ -145,7 +150,7 @@ impl Store for EtcdStore {
         let response = self.call("read", async move { client.get(key, None).await })?;
         Ok(response.kvs().first().map(|kv| Versioned {
             value: kv.value().to_vec(),
-            mod_revision: kv.mod_revision().max(0) as u64,
+            mod_revision: revision(kv.mod_revision()),
         }))
     }
 
@@ -162,7 +167,7 @@ impl Store for EtcdStore {
                 let key = key.strip_prefix(&self.prefix)?.to_owned();
                 let versioned = Versioned {
                     value: kv.value().to_vec(),
-                    mod_revision: kv.mod_revision().max(0) as u64,
+                    mod_revision: revision(kv.mod_revision()),
                 };
                 Some((key, versioned))
             })
@@ -257,18 +262,18 @@ async fn forward(
         };
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
-            let revision = kv.mod_revision().max(0) as u64;
+            let changed_at = revision(kv.mod_revision());
             let key = String::from_utf8_lossy(kv.key());
             let Some(key) = key.strip_prefix(prefix) else {
                 continue;
             };
             // No receiver is fine: nobody watches yet.
             let _ = events.send(Event {
-                revision,
+                revision: changed_at,
                 key: key.to_owned(),
                 deleted: event.event_type() == EventType::Delete,
             });
-            *from = (*from).max(revision + 1);
+            *from = (*from).max(changed_at + 1);
         }
     }
 }

@@ -421,7 +421,6 @@ impl ClusterRuntime {
         Pass {
             node_name: self.identity.node_name.clone(),
             networks: self.networks().await,
-            live_nodes: view.nodes.keys().cloned().collect(),
             local_entries,
             local,
             view,

@@ -27,8 +27,6 @@ pub struct Pass {
     pub local_entries: Vec<LocalEndpoint>,
     pub local: Vec<Endpoint>,
     pub view: Arc<GossipView>,
-    /// The nodes the view shows (their tasks it does not mention are gone).
-    pub live_nodes: BTreeSet<String>,
     pub services: Vec<Service>,
     /// The services were read from the managers at least once: before,
     /// an empty copy proves nothing and no step removes for lack of one.
@@ -95,9 +93,11 @@ impl Reconciler for VipMaps<'_> {
     type Error = LbError;
 
     async fn reconcile(&self, pass: &Pass) -> Result<(), LbError> {
+        // The nodes the view shows: their tasks it does not mention are gone.
+        let live_nodes = pass.view.nodes.keys().cloned().collect();
         let seen = Seen {
             settled: pass.settled,
-            live_nodes: &pass.live_nodes,
+            live_nodes: &live_nodes,
         };
         let tables = pass.published.host_tables.clone();
         self.0.sync_with(&pass.services, &pass.all, tables, &seen)

@@ -380,23 +380,17 @@ impl Lab {
             ),
         )?;
         let log = self.state_dir.join("dnsmasq.log");
-        let child = process::spawn_in_netns(
-            &netns_path(&format!("{}-dns", self.prefix)),
-            Path::new("dnsmasq"),
+        let started = self.spawn_recorded(
+            &format!("{}-dns", self.prefix),
+            "dnsmasq",
             &[
                 "--keep-in-foreground".to_owned(),
                 format!("--conf-file={}", conf.display()),
             ],
             &log,
-            self.lifetime(),
-            Mounts::Host,
-        )
-        .map_err(|source| LabError::Spawn {
-            what: "dnsmasq (install it with `cargo xtask setup`)".into(),
-            source,
-        })?;
-        let id = self.record_process(&child)?;
-        self.dnsmasq = Some((child, id));
+            "dnsmasq (install it with `cargo xtask setup`)",
+        )?;
+        self.dnsmasq = Some(started);
         let dns_netns = format!("{}-dns", self.prefix);
         process::wait_until(Duration::from_secs(10), || {
             let output = Command::new("ip")
@@ -427,21 +421,36 @@ impl Lab {
         args: &[String],
     ) -> Result<(), LabError> {
         let log = self.state_dir.join(format!("{netns}-{program}.log"));
+        let started =
+            self.spawn_recorded(netns, program, args, &log, &format!("{program} in {netns}"))?;
+        self.processes.push(started);
+        Ok(())
+    }
+
+    /// Starts `program args...` in namespace `netns`, its output in `log`,
+    /// and records it for the sweep; `what` names it in an error.
+    fn spawn_recorded(
+        &self,
+        netns: &str,
+        program: &str,
+        args: &[String],
+        log: &Path,
+        what: &str,
+    ) -> Result<(Child, ProcessId), LabError> {
         let child = process::spawn_in_netns(
             &netns_path(netns),
             Path::new(program),
             args,
-            &log,
+            log,
             self.lifetime(),
             Mounts::Host,
         )
         .map_err(|source| LabError::Spawn {
-            what: format!("{program} in {netns}"),
+            what: what.to_owned(),
             source,
         })?;
         let id = self.record_process(&child)?;
-        self.processes.push((child, id));
-        Ok(())
+        Ok((child, id))
     }
 
     /// Starts one etcd member in each of `nodes`, forming one cluster, and
@@ -491,19 +500,13 @@ impl Lab {
             let netns = self.node(&member.name)?.netns.clone();
             let data_dir = self.state_dir.join(format!("etcd-{}", member.name));
             let log = self.state_dir.join(format!("etcd-{}.log", member.name));
-            let child = process::spawn_in_netns(
-                &netns_path(&netns),
-                Path::new("etcd"),
+            let (child, id) = self.spawn_recorded(
+                &netns,
+                "etcd",
                 &etcd::args(member, &members, &data_dir, &self.prefix, certs),
                 &log,
-                self.lifetime(),
-                Mounts::Host,
-            )
-            .map_err(|source| LabError::Spawn {
-                what: "etcd (install it with `cargo xtask setup`)".into(),
-                source,
-            })?;
-            let id = self.record_process(&child)?;
+                "etcd (install it with `cargo xtask setup`)",
+            )?;
             self.etcd.push((member.name.clone(), child, id));
         }
         for member in &members {

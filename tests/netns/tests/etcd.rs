@@ -232,13 +232,13 @@ fn etcd_store_contract_inside_a_node() {
 
     // Every change reached the other manager's watch, in order, once.
     let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while seen.len() < 7 && std::time::Instant::now() < deadline {
-        match events.try_recv() {
-            Ok(event) => seen.push((event.key, event.deleted)),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+    let all_seen = netlab::wait_until(Duration::from_secs(10), || {
+        while let Ok(event) = events.try_recv() {
+            seen.push((event.key, event.deleted));
         }
-    }
+        (seen.len() >= 7).then_some(())
+    });
+    assert!(all_seen.is_ok(), "the watch saw only {seen:?}");
     let expected = [
         ("networks/a", false),
         ("networks/a", false),
